@@ -1,0 +1,33 @@
+# Quick start: `make demo` and `make test`. Both create .venv and install the project first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_OUT ?= demo_output
+
+.PHONY: install demo test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cameo_eqx needs Python >= 3.11, found " + sys.version.split()[0]'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,openmm,bench]"
+	@touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) cli.py demo --output $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+# pytest exits 5 when no test is selected; an empty slow tier is not a failure.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
