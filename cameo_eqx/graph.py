@@ -123,3 +123,167 @@ def stack_batches(batches: list[Batch]) -> Batch:
     if len(caps) != 1:
         raise ValueError(f"cannot stack batches of different capacities: {sorted(caps)}")
     return jax.tree.map(lambda *xs: np.stack(xs), *batches)
+
+
+class FrameGraph(NamedTuple):
+    """One frame's host-side graph before packing (indices local to the frame, NumPy arrays)."""
+
+    positions: np.ndarray  # (n, 3) float32
+    species: np.ndarray  # (n,) int32
+    senders: np.ndarray  # (e,) int32
+    receivers: np.ndarray  # (e,) int32
+    bonds: np.ndarray  # (b, 2) int32
+    angles: np.ndarray  # (a, 3) int32
+    dihedrals: np.ndarray  # (d, 4) int32
+    pairs: np.ndarray  # (p, 2) int32
+    pair_sep: np.ndarray  # (p,) int32
+    forces: np.ndarray | None  # (n, 3) float32
+    energy: float = float("nan")
+    temperature: float = float("nan")
+    protein_index: int = -1
+    frame_index: int = -1
+
+    @property
+    def sizes(self) -> Capacity:
+        """This frame's own sizes (n_graph = 1)."""
+        return Capacity(len(self.positions), len(self.senders), 1, len(self.bonds),
+                        len(self.angles), len(self.dihedrals), len(self.pairs))  # fmt: skip
+
+
+def frame_graph(
+    positions: Float[np.ndarray, "n 3"],
+    topology,  # topology.CGTopology
+    cutoff: float,
+    *,
+    pair_min_sep: int = 2,
+    forces: Float[np.ndarray, "n 3"] | None = None,
+    **meta,
+) -> FrameGraph:
+    """Builds one frame's graph: radius-graph edges, the protein's bonded terms, non-bonded pairs.
+
+    Non-bonded pairs are the undirected radius-graph pairs (i < j) whose sequence separation is at
+    least `pair_min_sep` (pairs in different chain segments always count). `pair_sep` keeps the
+    separation so a prior can apply a stricter minimum.
+
+    **Arguments:**
+
+    - `positions`: bead positions (Å) of one frame.
+    - `topology`: the protein's `CGTopology`.
+    - `cutoff`: radius-graph cutoff in Å.
+    - `pair_min_sep`: minimum sequence separation of a non-bonded pair.
+    - `forces`: target forces, if any; `meta`: `energy`, `temperature`, `protein_index`, `frame_index`.
+
+    **Returns:** a `FrameGraph`.
+    """
+    from .neighbors import radius_graph
+
+    s, r = radius_graph(positions, cutoff)
+    upper = s < r
+    pi, pj = s[upper], r[upper]
+    sep = topology.sequence_separation(pi, pj)
+    keep = sep >= pair_min_sep
+    return FrameGraph(
+        positions=np.asarray(positions, np.float32),
+        species=np.asarray(topology.species, np.int32),
+        senders=s,
+        receivers=r,
+        bonds=topology.bonds,
+        angles=topology.angles,
+        dihedrals=topology.dihedrals,
+        pairs=np.stack([pi[keep], pj[keep]], axis=-1).astype(np.int32),
+        pair_sep=sep[keep],
+        forces=None if forces is None else np.asarray(forces, np.float32),
+        **meta,
+    )
+
+
+def _pad_idx(parts: list[np.ndarray], offsets: np.ndarray, cap: int, fill: int, width: int):
+    """Concatenates per-frame index arrays shifted by node offsets, padded with `fill` to `cap`."""
+    k = sum(len(p) for p in parts)
+    if k > cap:
+        raise ValueError(f"capacity overflow: {k} entries for capacity {cap}")
+    shape = (cap,) if width == 0 else (cap, width)
+    out = np.full(shape, fill, dtype=np.int32)
+    if k:
+        shifted = [p + o for p, o in zip(parts, offsets)]
+        out[:k] = np.concatenate(shifted, axis=0)
+    mask = np.zeros(cap, dtype=bool)
+    mask[:k] = True
+    return out, mask
+
+
+def pack(frames: list[FrameGraph], capacity: Capacity) -> Batch:
+    """Packs frame graphs into one fixed-capacity `Batch` (host NumPy arrays).
+
+    **Arguments:**
+
+    - `frames`: the frames to pack; their summed sizes must fit `capacity`.
+    - `capacity`: the bucket's static sizes.
+
+    **Returns:** a `Batch` with real entries first, padding at the end (see the module docstring).
+    """
+    c = capacity
+    if len(frames) > c.n_graph:
+        raise ValueError(f"capacity overflow: {len(frames)} frames for n_graph {c.n_graph}")
+    n_nodes = np.asarray([len(f.positions) for f in frames], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(n_nodes)[:-1]]).astype(np.int32)
+    n = int(n_nodes.sum())
+    if n > c.n_node:
+        raise ValueError(f"capacity overflow: {n} beads for n_node {c.n_node}")
+    pos = np.zeros((c.n_node, 3), np.float32)
+    frc = np.zeros((c.n_node, 3), np.float32)
+    spc = np.zeros(c.n_node, np.int32)
+    gidx = np.full(c.n_node, c.n_graph, np.int32)
+    node_mask = np.zeros(c.n_node, bool)
+    if frames:
+        pos[:n] = np.concatenate([f.positions for f in frames])
+        spc[:n] = np.concatenate([f.species for f in frames])
+        if all(f.forces is not None for f in frames):
+            frc[:n] = np.concatenate([f.forces for f in frames])
+        else:
+            frc[:n] = np.nan  # no targets: any use as a target is loud
+        gidx[:n] = np.repeat(np.arange(len(frames), dtype=np.int32), n_nodes)
+        node_mask[:n] = True
+    fill = c.n_node
+    snd, edge_mask = _pad_idx([f.senders for f in frames], offsets, c.n_edge, fill, 0)
+    rcv, _ = _pad_idx([f.receivers for f in frames], offsets, c.n_edge, fill, 0)
+    bonds, bond_mask = _pad_idx([f.bonds for f in frames], offsets, c.n_bond, fill, 2)
+    angles, angle_mask = _pad_idx([f.angles for f in frames], offsets, c.n_angle, fill, 3)
+    dih, dih_mask = _pad_idx([f.dihedrals for f in frames], offsets, c.n_dih, fill, 4)
+    pairs, pair_mask = _pad_idx([f.pairs for f in frames], offsets, c.n_pair, fill, 2)
+    sep = np.zeros(c.n_pair, np.int32)
+    k = int(pair_mask.sum())
+    if k:
+        sep[:k] = np.concatenate([f.pair_sep for f in frames])
+
+    def per_graph(values, fill_value, dtype):
+        out = np.full(c.n_graph, fill_value, dtype)
+        out[: len(frames)] = values
+        return out
+
+    graph_mask = np.zeros(c.n_graph, bool)
+    graph_mask[: len(frames)] = True
+    return Batch(
+        positions=pos, species=spc, node_mask=node_mask, graph_index=gidx,
+        senders=snd, receivers=rcv, edge_mask=edge_mask,
+        bonds=bonds, bond_mask=bond_mask, angles=angles, angle_mask=angle_mask,
+        dihedrals=dih, dihedral_mask=dih_mask, pairs=pairs, pair_sep=sep, pair_mask=pair_mask,
+        forces=frc, graph_mask=graph_mask,
+        energy=per_graph([f.energy for f in frames], np.nan, np.float32),
+        temperature=per_graph([f.temperature for f in frames], np.nan, np.float32),
+        protein_index=per_graph([f.protein_index for f in frames], -1, np.int32),
+        frame_index=per_graph([f.frame_index for f in frames], -1, np.int32),
+    )  # fmt: skip
+
+
+def single_frame_batch(
+    positions: Float[np.ndarray, "n 3"],
+    topology,
+    cutoff: float,
+    *,
+    pair_min_sep: int = 2,
+    forces: Float[np.ndarray, "n 3"] | None = None,
+) -> Batch:
+    """An unpadded batch of one protein frame (notebook use): capacity equals the frame's sizes."""
+    fg = frame_graph(positions, topology, cutoff, pair_min_sep=pair_min_sep, forces=forces)
+    return pack([fg], fg.sizes)
