@@ -42,6 +42,9 @@ class PrepareConfig:
     """Å; distance std below which a pair counts as constrained (XTC-rounded mdCATH: X-H ≈ 0.004, heavy-atom bonds ≥ 0.024)."""
     check_constraints: bool = True
     """Cross-check topology constraints against the data and warn on disagreement."""
+    noise_estimate: bool = True
+    """Estimate each domain's mapped-force noise floor on held-out frames (an optimal map fitted on the
+    others; the difference of mean squared mapped forces bounds the loss no CG model can beat)."""
     temperatures: tuple[int, ...] | None = None
     """Temperatures (K) to read; None reads all present."""
     replicas: tuple[int, ...] | None = None
