@@ -78,4 +78,13 @@ def main(argv: Sequence[str] | None = None) -> object:
 
 
 if __name__ == "__main__":
-    main()
+    import os
+
+    try:
+        main()
+    except (ValueError, OSError, RuntimeError, KeyError) as e:
+        if os.environ.get("CAMEO_DEBUG"):
+            raise
+        # bad input: a clear message, no traceback (CAMEO_DEBUG=1 shows it)
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        raise SystemExit(1) from None

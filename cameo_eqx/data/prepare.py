@@ -204,6 +204,31 @@ def _job(args: tuple[Path, PrepareConfig]) -> tuple[Path, dict[str, Any] | None,
         return path, None, f"{type(e).__name__}: {e}"
 
 
+def preflight(paths: list[Path], cfg: PrepareConfig) -> list[str]:
+    """Cheap checks of every input before any work (layout, residues, forces present, selection).
+
+    **Returns:** the error messages (empty when every file passes).
+    """
+    errors = []
+    rmap = _residue_map(cfg)
+    for p in paths:
+        try:
+            with mdcath.MDCATHFile(p) as f:
+                mdcath.select_beads(f.atoms, residue_map=rmap, where=f"{p.name}:{f.domain}")
+                sel = f.select(cfg.temperatures, cfg.replicas)
+                if not sel:
+                    raise PrepareError(f"no trajectory matches temperatures={cfg.temperatures} "
+                                       f"replicas={cfg.replicas}")  # fmt: skip
+                if cfg.require_forces and not all(f.has_forces(t.temperature, t.replica) for t in sel):
+                    raise mdcath.MDCATHError(
+                        f"domain {f.domain} is coordinate-only (no 'forces' dataset) but forces are "
+                        "needed for force matching; pass --no-require-forces to store coordinates only"
+                    )
+        except (mdcath.MDCATHError, PrepareError, ValueError, KeyError, OSError) as e:
+            errors.append(f"{p}: {type(e).__name__}: {e}")
+    return errors
+
+
 def _identity(cfg: PrepareConfig) -> dict[str, Any]:
     """The parts of the config that determine the output (not workers, not output paths)."""
     d = to_dict(cfg)
@@ -234,6 +259,9 @@ def prepare(cfg: PrepareConfig) -> Path:
         if same:
             print(f"{final} is up to date ({len(paths)} domains); nothing to do")
             return final
+    bad = preflight(paths, cfg)
+    if bad and cfg.on_error == "raise":
+        raise PrepareError("input check failed, nothing was written:\n  " + "\n  ".join(bad))
     smap = SPECIES_MAPS[cfg.species_map]
     # Reuse complete groups of an interrupted run (same config), skip unchanged proteins
     h5, tmp, final = open_for_writing(out, species_map_name=cfg.species_map, species_map=smap,
