@@ -1,0 +1,265 @@
+"""PaiNN and MACE backbones: symmetries, forces vs finite differences, padding/packing independence,
+tracing per capacity bucket, finite parameter gradients on real data, and the receptive field.
+
+Models are tiny so the whole file runs in well under two minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cameo_eqx.graph import Capacity, frame_graph, graph_sum, pack, single_frame_batch
+from cameo_eqx.modules.painn import PRESETS as PAINN_PRESETS
+from cameo_eqx.modules.painn import PaiNN
+from cameo_eqx.topology import CGTopology
+
+N_SPECIES = 4
+CUTOFF = 7.0
+
+TINY = {
+    "painn": (PaiNN, dict(n_features=8, n_layers=2, n_radial_basis=6)),
+}
+PRESET_TABLES = {"painn": PAINN_PRESETS}
+
+try:  # MACE is optional in this file until it exists
+    from cameo_eqx.modules.mace import MACE
+    from cameo_eqx.modules.mace import PRESETS as MACE_PRESETS
+
+    TINY["mace"] = (
+        MACE,
+        dict(hidden_irreps="4x0e + 4x1o", l_max=2, correlation=3, n_layers=2, n_radial_basis=6,
+             radial_hidden=(8,), readout_hidden=4),
+    )  # fmt: skip
+    PRESET_TABLES["mace"] = MACE_PRESETS
+except ImportError:  # pragma: no cover
+    pass
+
+NAMES = sorted(TINY)
+
+
+def make_model(name: str, seed: int = 0, cutoff: float = CUTOFF, n_species: int = N_SPECIES, **kw):
+    cls, hp = TINY[name]
+    return cls(n_species, cutoff, key=jax.random.PRNGKey(seed), preset="small", **{**hp, **kw})
+
+
+# ------------------------------------------------------------------------------------ test proteins
+
+
+def helix(n: int, seed: int = 0, noise: float = 0.3) -> np.ndarray:
+    """An alpha-helix-like CA trace (rise 1.5 Å, 100° per bead, radius 2.3 Å) with noise."""
+    t = np.arange(n) * np.deg2rad(100.0)
+    x = np.stack([2.3 * np.cos(t), 2.3 * np.sin(t), 1.5 * np.arange(n)], axis=-1)
+    return (x + noise * np.random.default_rng(seed).normal(size=x.shape)).astype(np.float32)
+
+
+def topo(n: int, seed: int = 0) -> CGTopology:
+    spc = np.random.default_rng(seed + 100).integers(0, N_SPECIES, n).astype(np.int32)
+    return CGTopology(("ALA",) * n, np.arange(n, dtype=np.int32), ("A",) * n,
+                      np.zeros(n, np.int32), spc)  # fmt: skip
+
+
+def energy_forces(model, batch):
+    """Per-frame energies, per-bead energies and forces = -dE/dR."""
+
+    def total(pos):
+        e = model.node_energies(batch.with_positions(pos))
+        return jnp.sum(e), e
+
+    (_, e), g = jax.value_and_grad(total, has_aux=True)(batch.positions)
+    return graph_sum(e, batch), e, -g
+
+
+jit_energy_forces = eqx.filter_jit(energy_forces)
+
+
+def random_orthogonal(seed: int, proper: bool = True) -> np.ndarray:
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if (np.linalg.det(q) > 0) != proper:
+        q[:, 0] = -q[:, 0]
+    return q.astype(np.float32)
+
+
+def permute(batch, perm: np.ndarray):
+    """The same single-frame batch with beads renumbered: new bead k is old bead perm[k]."""
+    inv = np.argsort(perm).astype(np.int32)
+    return dataclasses.replace(
+        batch, positions=batch.positions[perm], species=batch.species[perm],
+        senders=inv[batch.senders], receivers=inv[batch.receivers],
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_presets_and_bad_hyperparameters(name):
+    cls, _ = TINY[name]
+    assert {"small", "default", "large"} <= set(PRESET_TABLES[name])
+    with pytest.raises(ValueError, match="preset"):
+        cls(N_SPECIES, key=jax.random.PRNGKey(0), preset="nope")
+    with pytest.raises(TypeError, match="no_such_thing"):
+        cls(N_SPECIES, key=jax.random.PRNGKey(0), no_such_thing=3)
+    m = make_model(name)
+    assert m.n_message_passing_layers == 2
+    # hyperparameters are static: the only leaves are arrays
+    leaves = jax.tree.leaves(m)
+    assert leaves and all(isinstance(x, jax.Array) for x in leaves)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_symmetries(name):
+    model = make_model(name)
+    n = 14
+    pos = helix(n, seed=1)
+    b = single_frame_batch(pos, topo(n), CUTOFF).to_device()
+    E0, e0, F0 = jit_energy_forces(model, b)
+    assert np.all(np.isfinite(np.asarray(F0))) and float(jnp.abs(F0).max()) > 0
+    scale_e = float(jnp.abs(E0).max()) + 1e-3
+    scale_f = float(jnp.abs(F0).max())
+    # rotations (proper) and reflections: invariant energy, equivariant forces; plus a translation
+    for seed, proper in [(0, True), (1, True), (2, False)]:
+        q = random_orthogonal(seed, proper)
+        shift = np.array([3.0, -7.0, 11.0], np.float32)
+        E1, e1, F1 = jit_energy_forces(model, b.with_positions(jnp.asarray(pos @ q.T + shift)))
+        np.testing.assert_allclose(E1, E0, atol=2e-5 * scale_e, rtol=2e-5)
+        np.testing.assert_allclose(e1, e0, atol=2e-5 * scale_e, rtol=2e-5)
+        np.testing.assert_allclose(F1, np.asarray(F0) @ q.T, atol=2e-5 * scale_f, rtol=1e-4)
+    # bead permutations
+    perm = np.random.default_rng(3).permutation(n)
+    bp = permute(single_frame_batch(pos, topo(n), CUTOFF), perm).to_device()
+    E2, e2, F2 = jit_energy_forces(model, bp)
+    np.testing.assert_allclose(E2, E0, atol=2e-5 * scale_e, rtol=2e-5)
+    np.testing.assert_allclose(e2, np.asarray(e0)[perm], atol=2e-5 * scale_e, rtol=2e-5)
+    np.testing.assert_allclose(F2, np.asarray(F0)[perm], atol=2e-5 * scale_f, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forces_match_finite_differences_float64(name):
+    with jax.enable_x64(True):
+        model = make_model(name)
+        model = jax.tree.map(
+            lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, model
+        )
+        n = 9
+        b = single_frame_batch(helix(n, seed=4), topo(n, 4), CUTOFF).to_device()
+        pos = jnp.asarray(b.positions, jnp.float64)
+        b = b.with_positions(pos)
+
+        @jax.jit
+        def energy(p):
+            return jnp.sum(model.node_energies(b.with_positions(p)))
+
+        g = jax.jit(jax.grad(energy))(pos)
+        assert g.dtype == jnp.float64
+        h = 1e-4
+        rng = np.random.default_rng(0)
+        for i, k in zip(rng.integers(0, n, 8), rng.integers(0, 3, 8)):
+            d = jnp.zeros_like(pos).at[i, k].set(h)
+            fd = (energy(pos + d) - energy(pos - d)) / (2 * h)
+            np.testing.assert_allclose(float(g[i, k]), float(fd), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_alone_vs_packed_and_padded(name):
+    model = make_model(name)
+    fa = frame_graph(helix(11, seed=5), topo(11, 5), CUTOFF)
+    fb = frame_graph(helix(7, seed=6), topo(7, 6), CUTOFF)
+    fc = frame_graph(helix(13, seed=7), topo(13, 7), CUTOFF)
+    alone = pack([fa], fa.sizes).to_device()
+    Ea, ea, Fa = jit_energy_forces(model, alone)
+    sizes = [f.sizes for f in (fb, fa, fc)]
+    cap = Capacity(*[sum(s[k] for s in sizes) + extra for k, extra in
+                     zip(range(7), (9, 40, 2, 3, 3, 3, 5))])  # fmt: skip
+    for frames, j, start in (([fb, fa, fc], 1, 7), ([fa], 0, 0)):
+        packed = pack(frames, cap).to_device()
+        E, e, F = jit_energy_forces(model, packed)
+        sl = slice(start, start + 11)
+        np.testing.assert_allclose(e[sl], ea, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(F[sl], Fa, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(E[j], Ea[0], atol=1e-5, rtol=1e-5)
+        pad = ~np.asarray(packed.node_mask)
+        assert pad.sum() >= 9
+        assert np.all(np.asarray(e)[pad] == 0.0), "padded beads must get exactly zero energy"
+        assert np.all(np.asarray(F)[pad] == 0.0), "padded beads must get exactly zero gradient"
+        assert np.all(np.asarray(E)[len(frames):] == 0.0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_traces_once_per_capacity_bucket(name):
+    model = make_model(name)
+
+    @eqx.filter_jit
+    @eqx.debug.assert_max_traces(max_traces=2)
+    def step(model, batch):
+        return energy_forces(model, batch)
+
+    frames = [frame_graph(helix(n, seed=n), topo(n, n), CUTOFF) for n in (6, 9, 12, 8)]
+    small = Capacity(24, 200, 3, 30, 30, 30, 60)
+    big = Capacity(40, 400, 4, 60, 60, 60, 120)
+    for cap, sel in ((small, [0, 1]), (small, [2, 3]), (big, [0, 1, 2]), (small, [3]),
+                     (big, [3, 2, 1, 0])):  # fmt: skip
+        step(model, pack([frames[i] for i in sel], cap).to_device())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_receptive_field_is_n_layers_hops(name):
+    """On a zigzag line with only nearest neighbours inside the cutoff, changing bead 0 changes the
+    energies of beads 0..K and leaves bead K+1 onwards exactly unchanged (K = message passing layers)."""
+    n, cutoff = 9, 5.0
+    x = np.stack([3.5 * np.arange(n), 0.6 * (np.arange(n) % 2), np.zeros(n)], -1).astype(np.float32)
+    t = topo(n, 8)
+    model = make_model(name, cutoff=cutoff, n_layers=3)
+    k = model.n_message_passing_layers
+    assert k == 3
+    b0 = single_frame_batch(x, t, cutoff).to_device()
+    assert len(b0.senders) == 2 * (n - 1)  # a path graph
+    x1 = x.copy()
+    x1[0] += np.array([0.3, -0.4, 0.5], np.float32)
+    b1 = single_frame_batch(x1, t, cutoff).to_device()
+    assert len(b1.senders) == 2 * (n - 1)
+    _, e0, _ = jit_energy_forces(model, b0)
+    _, e1, _ = jit_energy_forces(model, b1)
+    diff = np.abs(np.asarray(e1) - np.asarray(e0))
+    assert np.all(diff[: k + 1] > 1e-7), diff
+    assert np.all(diff[k + 1 :] == 0.0), diff
+
+
+def villin_batch(path, cutoff: float, n_frames: int = 2):
+    from cameo_eqx.data.mdcath import MDCATHFile, cg_topology
+
+    with MDCATHFile(path) as f:
+        sel = f.beads()
+        coords, forces = f.read(320, 0, [0, 100][:n_frames])
+    ca = coords[:, sel.ca_index]
+    t = cg_topology(sel, ca[0])
+    frames = [frame_graph(c, t, cutoff, forces=fo[sel.ca_index]) for c, fo in zip(ca, forces)]
+    sizes = [fr.sizes for fr in frames]
+    cap = Capacity(*[sum(s[k] for s in sizes) + 5 for k in range(7)])
+    return pack(frames, cap).to_device(), int(t.species.max()) + 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_gradients_finite_on_villin(name, villin_h5):
+    batch, n_sp = villin_batch(villin_h5, 10.0)
+    model = make_model(name, cutoff=10.0, n_species=20)
+    assert n_sp <= 20
+
+    @eqx.filter_jit
+    @eqx.filter_value_and_grad
+    def loss(model):
+        _, _, f = energy_forces(model, batch)
+        err = jnp.where(batch.node_mask[:, None], f - batch.forces, 0.0)
+        return jnp.sum(err**2) / jnp.sum(batch.node_mask)
+
+    value, grads = loss(model)
+    assert np.isfinite(float(value))
+    leaves = jax.tree.leaves(eqx.filter(grads, eqx.is_inexact_array))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+    assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
