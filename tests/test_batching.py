@@ -1,4 +1,5 @@
-"""Splits, buckets, epoch plans and the batch loader: exact coverage, padding, determinism, sharding."""
+"""Splits, buckets, epoch plans and the batch loader: exact coverage, padding, determinism,
+sharding."""
 
 from __future__ import annotations
 
@@ -88,9 +89,9 @@ def check_batch_and_collect(b, records, cutoff, seen):
         assert ((b.receivers[inside] >= a) & (b.receivers[inside] < z)).all()
         got = sorted(zip((b.senders[inside] - a).tolist(), (b.receivers[inside] - a).tolist()))
         assert got == sorted(zip(ref.senders.tolist(), ref.receivers.tolist()))
-        for arr, mask, want in [(b.bonds, b.bond_mask, ref.bonds), (b.angles, b.angle_mask, ref.angles),
-                                (b.dihedrals, b.dihedral_mask, ref.dihedrals),
-                                (b.pairs, b.pair_mask, ref.pairs)]:  # fmt: skip
+        terms = [(b.bonds, b.bond_mask, ref.bonds), (b.angles, b.angle_mask, ref.angles),
+                 (b.dihedrals, b.dihedral_mask, ref.dihedrals), (b.pairs, b.pair_mask, ref.pairs)]
+        for arr, mask, want in terms:
             sel = mask & (arr[:, 0] >= a) & (arr[:, 0] < z)
             np.testing.assert_array_equal(arr[sel] - a, want)
             counted[id(arr)] += int(sel.sum())
@@ -99,8 +100,8 @@ def check_batch_and_collect(b, records, cutoff, seen):
         counted["edges"] += int(inside.sum())
     # nothing real belongs to no frame
     assert counted["edges"] == int(b.edge_mask.sum())
-    for arr, mask in [(b.bonds, b.bond_mask), (b.angles, b.angle_mask), (b.dihedrals, b.dihedral_mask),
-                      (b.pairs, b.pair_mask)]:  # fmt: skip
+    for arr, mask in [(b.bonds, b.bond_mask), (b.angles, b.angle_mask),
+                      (b.dihedrals, b.dihedral_mask), (b.pairs, b.pair_mask)]:  # fmt: skip
         assert counted[id(arr)] == int(mask.sum())
 
 
@@ -141,8 +142,8 @@ def test_plan_deterministic_and_epochs_differ(recs):
         assert len(items) == len(set(items)) == sum(r.n_frames for r in recs)
     # the loader's batches follow the plan exactly
     loader = BatchLoader(recs, cutoff=CUTOFF, buckets=bp, seed=5, prefetch=0)
-    got = [[(loader.names[p], f) for p, f, m in zip(x.protein_index, x.frame_index, x.graph_mask) if m]
-           for x in loader.epoch(0)]  # fmt: skip
+    got = [[(loader.names[p], f) for p, f, m in zip(x.protein_index, x.frame_index, x.graph_mask)
+            if m] for x in loader.epoch(0)]  # fmt: skip
     assert sorted(map(tuple, got)) == sorted(map(tuple, a))
 
 
@@ -282,10 +283,12 @@ def test_planner_utilisation_on_mdcath_like_mix():
         topo = CGTopology(("ALA",) * n, np.arange(n), ("A",) * n, np.zeros(n, np.int32),
                           np.zeros(n, np.int32))  # fmt: skip
         name = f"p{k}"
-        recs.append(ProteinRecord(name, topo, np.zeros((t, 1, 3)), None,
-                                  np.full(t, 320.0, np.float32), np.zeros(t, np.int32)))  # fmt: skip
+        temp = np.full(t, 320.0, np.float32)
+        recs.append(ProteinRecord(name, topo, np.zeros((t, 1, 3)), None, temp,
+                                  np.zeros(t, np.int32)))  # fmt: skip
         e = int(n * (22 - 60 / n ** 0.5) * rng.uniform(0.9, 1.1))
-        est[name] = SizeEstimate(name, n, n - 1, n - 2, n - 3, (320.0,), (e,), (e // 2 - n,), ((0,),))
+        est[name] = SizeEstimate(name, n, n - 1, n - 2, n - 3, (320.0,), (e,), (e // 2 - n,),
+                                 ((0,),))  # fmt: skip
     bp = choose_buckets(recs, cutoff=10.0, target_nodes=2048, estimates=est, margin=0.0)
     plan = EpochPlanner(recs, None, bp).plan_epoch(0, 0)
     cap = bp.buckets[0]
@@ -337,8 +340,9 @@ def _villin_records(path) -> list[ProteinRecord]:
                               chain_segments(["A"] * len(ca), resid[ca], xyz[0, ca]),
                               species_of(resname))  # fmt: skip
             t = len(xyz)
-            out.append(ProteinRecord(f"{dom}_{temp}", topo, xyz[:, ca], fca,
-                                     np.full(t, float(temp), np.float32), np.zeros(t, np.int32)))  # fmt: skip
+            temps = np.full(t, float(temp), np.float32)
+            out.append(ProteinRecord(f"{dom}_{temp}", topo, xyz[:, ca], fca, temps,
+                                     np.zeros(t, np.int32)))  # fmt: skip
     return out
 
 

@@ -1,30 +1,34 @@
 """Splits, capacity buckets, epoch planning and the prefetching batch loader.
 
-The pipeline from a prepared dataset to packed `Batch`es (see `cameo_eqx.graph` for the batch layout):
+From a prepared dataset to packed `Batch`es (see `cameo_eqx.graph` for the batch layout):
 
-1. `split_frames` selects frames (optionally by temperature) and splits them into train / validation,
-   either by protein (whole proteins held out: transferability) or by frame.
-2. `choose_buckets` derives a few `Capacity` buckets from the dataset: beads and bonded terms per frame
-   are exact (topology); radius-graph edges and non-bonded pairs are estimated from a few sampled
-   frames per (protein, temperature) and recorded in the returned `BucketPlan`.
+1. `split_frames` selects frames (optionally by temperature) and splits them into train and
+   validation, by protein (whole proteins held out: transferability) or by frame.
+2. `choose_buckets` derives a few `Capacity` buckets from the dataset: beads and bonded terms per
+   frame are exact (topology); radius-graph edges and non-bonded pairs are estimated from a few
+   sampled frames per (protein, temperature) and recorded in the returned `BucketPlan`. Make one
+   plan on the whole dataset and give it to the train and validation loaders: they share buckets,
+   hence compiled steps.
 3. `EpochPlanner.plan_epoch(seed, epoch)` shuffles every selected frame and packs them greedily
-   (first fit over a few open batches) under the bucket limits. Every selected frame appears exactly
-   once per epoch; the plan is a pure function of (seed, epoch).
+   (first fit over a few open batches) under the bucket limits. Every selected frame appears
+   exactly once per epoch; the plan is a pure function of (seed, epoch).
 4. `BatchLoader` reads each step's frames grouped by protein (one sorted h5py read per protein per
-   step), builds the frame graphs (matscipy) and packs them in a background thread, optionally with a
-   leading device axis and sharded across processes.
+   step), builds the frame graphs (matscipy) and packs them in a background thread, optionally
+   with a leading device axis and sharded across processes.
 
-Overflow policy. The planner fills a batch up to the bucket's capacity divided by `1 + margin` using
-the estimates; the real sizes are only known once a frame is read. A step whose real sizes exceed its
-bucket is packed into the smallest bucket that holds it (each size class has an "overflow" bucket with
-`1 + overflow` times the edges and pairs), counted in `EpochStats.promoted`. Nothing is dropped or
-truncated: if no bucket holds the step, a `CapacityError` names the frames and sizes.
+Overflow policy. The planner fills a batch up to the bucket's capacity divided by `1 + margin`
+using the estimates; the real sizes are only known once a frame is read. A step whose real sizes
+exceed its bucket is packed into the smallest bucket that holds it (each size class has an
+"overflow" bucket with `1 + overflow` times the edges and pairs), counted in `EpochStats.promoted`.
+Nothing is dropped or truncated: if no bucket holds the step, a `CapacityError` names the frames
+and sizes. (In a multi-process run a promotion changes that step's shapes on one process only;
+the default margins make it rare, and the stats count it.)
 
-Shuffling. `shuffle="frames"` is a uniform permutation of all selected frames (random h5py reads, one
-call per protein per step). `shuffle="blocks"` trades randomness for read locality: each protein's
-frames are cut into blocks of `block_frames` consecutive frames (match the HDF5 chunk length), blocks
-are permuted, and frames are permuted inside windows of `window_blocks` consecutive blocks, so nearby
-steps read the same chunks.
+Shuffling. `shuffle="frames"` is a uniform permutation of all selected frames (random h5py reads,
+one call per protein per step). `shuffle="blocks"` trades randomness for read locality: each
+protein's frames are cut into blocks of `block_frames` consecutive frames (match the HDF5 chunk
+length), blocks are permuted, and frames are permuted inside windows of `window_blocks`
+consecutive blocks, so nearby steps read the same chunks.
 """
 
 from __future__ import annotations
@@ -93,8 +97,8 @@ def _records(source: Source) -> list[ProteinRecord]:
 class Split:
     """Train / validation frame indices per protein name (sorted, unique)."""
 
-    train: dict[str, np.ndarray]
-    val: dict[str, np.ndarray]
+    train: dict[str, Int[np.ndarray, " k"]]
+    val: dict[str, Int[np.ndarray, " k"]]
     by: str
     seed: int
 
@@ -126,7 +130,8 @@ def select_frames(
             t = np.asarray(rec.temperature, np.float64)
             if len(t) != rec.n_frames:
                 raise ValueError(
-                    f"protein {rec.name}: temperature has {len(t)} entries for {rec.n_frames} frames"
+                    f"protein {rec.name}: temperature has {len(t)} entries for "
+                    f"{rec.n_frames} frames"
                 )
             keep = np.zeros(rec.n_frames, bool)
             for want in temperatures:
@@ -152,9 +157,9 @@ def split_frames(
     **Arguments:**
 
     - `source`: a `PreparedDataset` or a sequence of `ProteinRecord`s.
-    - `by`: `"protein"` holds out whole proteins (`round(val_fraction * n_proteins)`, at least one when
-      `val_fraction > 0` and there are two or more proteins): tests transferability. `"frame"` holds
-      out `round(val_fraction * n)` random frames of every protein.
+    - `by`: `"protein"` holds out whole proteins (`round(val_fraction * n_proteins)`, at least one
+      when `val_fraction > 0` and there are two or more proteins): tests transferability.
+      `"frame"` holds out `round(val_fraction * n)` random frames of every protein.
     - `val_fraction`: fraction held out, in [0, 1).
     - `seed`: the random seed.
     - `temperatures`: select only frames at these temperatures (K) first.
@@ -235,8 +240,9 @@ class _CachedTopology:
 class SizeEstimate:
     """Sizes of one protein's frames: exact bead and bonded counts, sampled edge and pair counts.
 
-    `edges[g]`/`pairs[g]` are the largest counts seen over the frames `sampled[g]` of temperature group
-    `temperatures[g]` (directed edges; undirected pairs with the planner's minimum separation).
+    `edges[g]`/`pairs[g]` are the largest counts seen over the frames `sampled[g]` of temperature
+    group `temperatures[g]` (directed edges; undirected pairs with the planner's minimum
+    separation).
     """
 
     name: str
@@ -275,7 +281,7 @@ def estimate_sizes(
     pair_min_sep: int,
     samples: int,
 ) -> SizeEstimate:
-    """Estimates one protein's per-frame sizes from `samples` evenly spaced frames per temperature."""
+    """One protein's per-frame sizes from `samples` evenly spaced frames per temperature."""
     topo = _CachedTopology(rec.topology)
     keys, group = _temperature_groups(rec, idx)
     picks = []
@@ -412,9 +418,9 @@ def choose_buckets(
 
     Frames of proteins with at most `target_nodes` beads form the main class (bucket `n_node =
     target_nodes`); proteins larger than that, if any, form a second class whose bucket holds the
-    largest one. Each class has a normal bucket and an overflow bucket (`1 + overflow` times the edges
-    and pairs) for steps whose real sizes exceed the estimates. The edge and pair limits are chosen by
-    simulating the planner on a sample of frames so that both node and edge slots fill well.
+    largest one. Each class has a normal bucket and an overflow bucket (`1 + overflow` times the
+    edges and pairs) for steps whose real sizes exceed the estimates. The edge and pair limits are
+    chosen by simulating the planner on a sample of frames so that node and edge slots fill well.
 
     **Arguments:**
 
@@ -458,7 +464,7 @@ def choose_buckets(
         grp_rows += [(e.beads, e.edges[j], e.pairs[j]) for j in g.tolist()]
     sample = np.asarray(grp_rows, np.int64).reshape(-1, 3)
 
-    classes_beads = [int(target_nodes)]
+    classes_beads = [int(target_nodes)] if beads.min() <= target_nodes else []
     if beads.max() > target_nodes:
         classes_beads.append(int(beads.max()))
     buckets: list[Capacity] = []
@@ -524,8 +530,8 @@ def _first_fit(chunks, limits, *, n_open: int, min_nodes):
 
     `chunks` yields `(ids, nodes, edges, pairs, cls)` arrays in item order; `limits[c]` is
     `(nodes, edges, pairs, graphs)` of class c. A batch closes when its free nodes drop below the
-    class's smallest frame, or when it is the oldest and a new one must open. Returns the item ids in
-    batch order, the batch offsets and each batch's class.
+    class's smallest frame, or when it is the oldest and a new one must open. Returns the item ids
+    in batch order, the batch offsets and each batch's class.
     """
     out = array.array("q")
     off = array.array("q", [0])
@@ -614,11 +620,14 @@ class EpochPlan(Sequence):
         a, b = self.offsets[i], self.offsets[i + 1]
         return [(self.names[p], int(f)) for p, f in zip(self.protein[a:b], self.frame[a:b])]
 
-    def steps(self, n_devices: int = 1, process_index: int = 0, process_count: int = 1) -> list[Step]:
+    def steps(
+        self, n_devices: int = 1, process_index: int = 0, process_count: int = 1
+    ) -> list[Step]:
         """This process's steps: global steps of `n_devices * process_count` batches of one class
         (in plan order; each class's last step padded with empty batches); process p takes the
         `n_devices` batches `[p * n_devices, (p + 1) * n_devices)` of every global step, so every
-        process gets the same number of steps, in the same class order, and the shares are disjoint."""
+        process gets the same number of steps in the same class order, and the shares are
+        disjoint."""
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} not in [0, {process_count})")
         width = n_devices * process_count
@@ -767,8 +776,8 @@ class EpochStats:
     per_bucket: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def _add(self, bucket: int, cap: Capacity, b: Batch) -> None:
-        d = self.per_bucket.setdefault(bucket, {"batches": 0, "nodes": 0, "edges": 0, "pairs": 0,
-                                                "graphs": 0, "capacity": cap._asdict()})  # fmt: skip
+        zero = {"batches": 0, "nodes": 0, "edges": 0, "pairs": 0, "graphs": 0}
+        d = self.per_bucket.setdefault(bucket, zero | {"capacity": cap._asdict()})
         d["batches"] += 1
         d["nodes"] += int(b.node_mask.sum())
         d["edges"] += int(b.edge_mask.sum())
@@ -919,7 +928,9 @@ class BatchLoader:
             try:
                 r, f = rec.frames(idx)
             except Exception as e:
-                raise OSError(f"reading frames {idx.tolist()[:8]}... of protein {rec.name}: {e}") from e
+                raise OSError(
+                    f"reading frames {idx.tolist()[:8]}... of protein {rec.name}: {e}"
+                ) from e
             for k, fi in enumerate(idx.tolist()):
                 got[(p, fi)] = (r[k], None if f is None else f[k])
         out = []
@@ -934,10 +945,10 @@ class BatchLoader:
                 x, frc = got[(p, fi)]
                 if not np.isfinite(x).all():
                     raise ValueError(f"protein {rec.name} frame {fi}: non-finite positions")
+                temp = float(rec.temperature[fi]) if len(rec.temperature) else float("nan")
                 fgs.append(frame_graph(
                     x, self._topo[p], self.cutoff, pair_min_sep=self.pair_min_sep, forces=frc,
-                    temperature=float(rec.temperature[fi]) if len(rec.temperature) else float("nan"),
-                    protein_index=p, frame_index=fi,
+                    temperature=temp, protein_index=p, frame_index=fi,
                 ))  # fmt: skip
             out.append(fgs)
         return out
@@ -957,10 +968,10 @@ class BatchLoader:
             if not fitting:
                 frames = [plan[b] for b in step.batches if b >= 0]
                 raise CapacityError(
-                    f"step {step.index} of epoch {plan.epoch}: real sizes {need} exceed every bucket "
-                    f"({list(self.buckets.buckets)}); frames {frames}. The edge/pair estimates are "
-                    "too low for these frames: re-run choose_buckets with more samples or a larger "
-                    "margin/overflow"
+                    f"step {step.index} of epoch {plan.epoch}: real sizes {need} exceed every "
+                    f"bucket ({list(self.buckets.buckets)}); frames {frames}. The edge/pair "
+                    "estimates are too low for these frames: re-run choose_buckets with more "
+                    "samples or a larger margin/overflow"
                 )
             bucket = min(fitting, key=lambda k: (self.buckets.buckets[k].n_edge,
                                                  self.buckets.buckets[k].n_node))  # fmt: skip
@@ -1048,7 +1059,8 @@ class BatchLoader:
                 if item is _DONE:
                     break
                 if isinstance(item, _Failure):
-                    raise RuntimeError(f"batch loader failed at {item.where}: {item.exc}") from item.exc
+                    msg = f"batch loader failed at {item.where}: {item.exc}"
+                    raise RuntimeError(msg) from item.exc
                 yield item
             th.join()
             self._finish(stats)
