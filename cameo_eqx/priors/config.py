@@ -52,9 +52,9 @@ class PriorConfig:
     repulsion_per_species: bool = False
     """Repulsion ε, σ per unordered species pair instead of global."""
     angle_order: int = 3
-    """Fourier order of the angle term (fitting may choose a lower one; unused orders stay zero)."""
+    """Fourier order of an unfitted angle term (fitting picks its own order, up to max_fourier_order)."""
     dihedral_order: int = 3
-    """Fourier order of the dihedral term."""
+    """Fourier order of an unfitted dihedral term (fitting picks its own, up to max_fourier_order)."""
     repulsion_exponent: int = 4
     """p of ε (σ/r)^p."""
     repulsion_min_sep: int = 2

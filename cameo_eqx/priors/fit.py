@@ -1,0 +1,706 @@
+"""Boltzmann inversion of the physics prior from a prepared dataset, with PNG diagnostics.
+
+For each term a histogram of its coordinate x is accumulated over all frames (streamed in chunks),
+separately for every temperature T and (for per-species terms) every parameter type. The inverted
+potential of one temperature is
+
+    u_T(x) = -kT ln( n_T(x) / J(x) ),     J = r² (bonds), sin θ (angles), 1 (dihedrals),
+
+defined up to a constant. One parameter set is fitted to all temperatures at once by weighted least
+squares with a free offset per temperature; the weight of a bin is its inverse variance
+n_T(x) / (kT)² (Poisson counts: var ln n = 1/n). Each frame is thus inverted at its own temperature.
+(The potential of mean force of a coordinate depends on T; pooling gives the inverse-variance-weighted
+compromise; restrict `temperatures` to fit one.)
+
+- bonds: U = 0.5 k (r - r0)² is linear in (r², r): k = 2 c_2, r0 = -c_1 / k;
+- angles: Σ_n a_n cos nθ + b_n sin nθ; dihedrals: Σ_n A_n cos nφ + B_n sin nφ, written as
+  Σ_n k_n (1 + cos(nφ - γ_n)) with k_n = |(A_n, B_n)|, γ_n = atan2(B_n, A_n) (the constant is dropped);
+  the order is the one with the smallest information criterion (AIC = χ² + 2p, BIC = χ² + p ln n_bins)
+  among orders 1..max whose fitted potential has no minimum outside the sampled range lower than the
+  lowest sampled value (an order that would pull beads into unsampled geometry is rejected);
+- repulsion: σ = a low percentile of the distances of non-bonded pairs (sequence separation ≥ min_sep
+  or different segments) within the cutoff; ε stays at its configured value (only ε σ^p matters).
+
+Nonsense is refused with `FitError` showing the histogram: k ≤ 0 (a bond potential unbounded below),
+non-finite coefficients, no samples, too many bond lengths outside the histogram range.
+Fitted parameters are the inverted potentials themselves; the prior's weights multiply them (see
+`prior.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Float, Int
+
+from ..data.store import PreparedDataset, ProteinRecord
+from ..units import KB_KCAL_PER_MOL_K
+from .config import FitPriorsConfig
+from .prior import Prior
+from .terms import (
+    FourierAngle,
+    HarmonicBond,
+    PeriodicDihedral,
+    SoftSphereRepulsion,
+    n_types,
+    pair_type,
+    quadruplet_type,
+    triplet_type,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_TEMPERATURES = 64
+REPULSION_BIN = 0.01  # Å, resolution of the non-bonded distance histogram
+
+
+class FitError(ValueError):
+    """A fit that would give a nonsensical potential; the message shows the histogram behind it."""
+
+
+# ------------------------------------------------------------------------------- NumPy geometry
+
+
+def np_bond_lengths(R: Float[np.ndarray, "k N 3"], idx: Int[np.ndarray, "m 2"]) -> Float[np.ndarray, "k m"]:
+    """Bond lengths (Å) of every frame, float64."""
+    return np.linalg.norm(R[:, idx[:, 1]] - R[:, idx[:, 0]], axis=-1)
+
+
+def np_angles(R: Float[np.ndarray, "k N 3"], idx: Int[np.ndarray, "m 3"]) -> Float[np.ndarray, "k m"]:
+    """Angles (rad, [0, π]) at the middle bead, same convention as `terms.bond_angles`."""
+    u = R[:, idx[:, 0]] - R[:, idx[:, 1]]
+    v = R[:, idx[:, 2]] - R[:, idx[:, 1]]
+    return np.arctan2(np.linalg.norm(np.cross(u, v), axis=-1), np.sum(u * v, axis=-1))
+
+
+def np_dihedrals(R: Float[np.ndarray, "k N 3"], idx: Int[np.ndarray, "m 4"]) -> Float[np.ndarray, "k m"]:
+    """IUPAC dihedrals (rad, (-π, π]), same convention as `terms.dihedral_angles`."""
+    b1 = R[:, idx[:, 1]] - R[:, idx[:, 0]]
+    b2 = R[:, idx[:, 2]] - R[:, idx[:, 1]]
+    b3 = R[:, idx[:, 3]] - R[:, idx[:, 2]]
+    n1, n2 = np.cross(b1, b2), np.cross(b2, b3)
+    y = np.linalg.norm(b2, axis=-1) * np.sum(b1 * n2, axis=-1)
+    return np.arctan2(y, np.sum(n1 * n2, axis=-1))
+
+
+# ------------------------------------------------------------------------------ sparse histograms
+
+
+class SparseCounts:
+    """Counts of int64 keys (type, temperature, bin), merged chunk by chunk (memory ∝ occupied bins)."""
+
+    def __init__(self) -> None:
+        self.keys = np.zeros(0, np.int64)
+        self.counts = np.zeros(0, np.int64)
+
+    def add(self, keys: Int[np.ndarray, " k"], weights: Int[np.ndarray, " k"] | None = None) -> None:
+        if weights is None:
+            k, c = np.unique(keys, return_counts=True)
+        else:
+            k, inv = np.unique(keys, return_inverse=True)
+            c = np.bincount(inv.ravel(), weights=weights).astype(np.int64)
+        allk = np.concatenate([self.keys, k])
+        allc = np.concatenate([self.counts, c])
+        self.keys, inv = np.unique(allk, return_inverse=True)
+        self.counts = np.bincount(inv.ravel(), weights=allc, minlength=len(self.keys)).astype(np.int64)
+
+    def dense(self, n_bins: int, n_temps: int) -> dict[int, np.ndarray]:
+        """type → (n_temps, n_bins) counts."""
+        b = self.keys % n_bins
+        t = (self.keys // n_bins) % MAX_TEMPERATURES
+        ty = self.keys // (n_bins * MAX_TEMPERATURES)
+        out: dict[int, np.ndarray] = {}
+        for u in np.unique(ty):
+            sel = ty == u
+            h = np.zeros((n_temps, n_bins), np.int64)
+            np.add.at(h, (t[sel], b[sel]), self.counts[sel])
+            out[int(u)] = h
+        return out
+
+
+@dataclasses.dataclass
+class TermHistogram:
+    """Histograms of one term's coordinate: per type, per temperature."""
+
+    name: str
+    edges: Float[np.ndarray, " nb1"]
+    per_type: dict[int, np.ndarray]  # type → (n_temps, n_bins)
+
+    @property
+    def centers(self) -> np.ndarray:
+        return 0.5 * (self.edges[1:] + self.edges[:-1])
+
+    @property
+    def total(self) -> np.ndarray:
+        """(n_temps, n_bins) summed over types."""
+        return sum(self.per_type.values()) if self.per_type else np.zeros((0, len(self.edges) - 1))
+
+
+@dataclasses.dataclass
+class PriorHistograms:
+    """Everything the inversion needs, accumulated over the data in one streaming pass."""
+
+    temperatures: list[float]
+    bond: TermHistogram
+    angle: TermHistogram
+    dihedral: TermHistogram
+    pair: TermHistogram  # non-bonded distances (0..cutoff), per pair type
+    bond_outside: int
+    n_frames: int
+    proteins: list[str]
+    n_species: int
+
+
+def _temperature_index(temps: list[float], t: float, where: str) -> int:
+    if not np.isfinite(t) or t <= 0:
+        raise ValueError(f"{where}: frame temperature {t} K is not a positive number")
+    for i, u in enumerate(temps):
+        if abs(u - t) < 1e-3:
+            return i
+    if len(temps) >= MAX_TEMPERATURES:
+        raise ValueError(f"{where}: more than {MAX_TEMPERATURES} distinct temperatures")
+    temps.append(float(t))
+    return len(temps) - 1
+
+
+def _binned(values: np.ndarray, lo: float, hi: float, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bin index of every value and whether it lies in [lo, hi)."""
+    b = np.floor((values - lo) / (hi - lo) * n_bins).astype(np.int64)
+    ok = (b >= 0) & (b < n_bins)
+    return np.clip(b, 0, n_bins - 1), ok
+
+
+def collect_histograms(records: Iterable[ProteinRecord], cfg: FitPriorsConfig) -> PriorHistograms:
+    """One streaming pass over the selected frames (chunks of `cfg.chunk_frames`).
+
+    **Arguments:**
+
+    - `records`: the proteins (lazy `ProteinRecord`s are read chunk by chunk).
+    - `cfg`: the fit config (temperatures, stride, bins, per-species choices, min_sep, cutoff).
+
+    **Returns:** `PriorHistograms`.
+    """
+    pc = cfg.prior
+    s = pc.n_species
+    temps: list[float] = []
+    counts = {k: SparseCounts() for k in ("bond", "angle", "dihedral", "pair")}
+    lo_b, hi_b = cfg.bond_range
+    n_pair_bins = int(round(pc.repulsion_cutoff / REPULSION_BIN))
+    bond_outside = n_frames = 0
+    names = []
+    select_t = None if cfg.temperatures is None else np.asarray(cfg.temperatures, np.float64)
+    for rec in records:
+        if cfg.proteins is not None and rec.name not in cfg.proteins:
+            continue
+        topo = rec.topology
+        sp = np.asarray(topo.species, np.int64)
+        if len(sp) and (sp.min() < 0 or sp.max() >= s):
+            raise ValueError(f"protein {rec.name}: species {sp.max()} outside [0, {s}) "
+                             f"(PriorConfig.n_species = {s}; set it to the dataset's species count)")  # fmt: skip
+        frames = np.arange(0, rec.n_frames, cfg.frame_stride)
+        temp = np.asarray(rec.temperature, np.float64)[frames]
+        if select_t is not None:
+            frames = frames[np.any(np.abs(temp[:, None] - select_t[None]) < 1e-3, axis=1)]
+            temp = np.asarray(rec.temperature, np.float64)[frames]
+        if len(frames) == 0:
+            continue
+        names.append(rec.name)
+        bonds, angles, dih = topo.bonds, topo.angles, topo.dihedrals
+        ty = {
+            "bond": pair_type(sp[bonds[:, 0]], sp[bonds[:, 1]], s) if pc.bond_per_species else np.zeros(len(bonds), np.int64),
+            "angle": triplet_type(*(sp[angles[:, c]] for c in range(3)), s) if pc.angle_per_species else np.zeros(len(angles), np.int64),
+            "dihedral": quadruplet_type(*(sp[dih[:, c]] for c in range(4)), s) if pc.dihedral_per_species else np.zeros(len(dih), np.int64),
+        }  # fmt: skip
+        n = topo.n_beads
+        pi, pj = np.triu_indices(n, k=1)
+        sep = topo.sequence_separation(pi, pj)
+        keep = sep >= pc.min_sep
+        pi, pj = pi[keep], pj[keep]
+        ty["pair"] = pair_type(sp[pi], sp[pj], s) if pc.repulsion_per_species else np.zeros(len(pi), np.int64)
+        tidx = np.asarray([_temperature_index(temps, t, f"protein {rec.name}") for t in temp], np.int64)
+        for c0 in range(0, len(frames), cfg.chunk_frames):
+            fr = frames[c0 : c0 + cfg.chunk_frames]
+            R, _ = rec.frames(fr)
+            R = R.astype(np.float64)
+            if not np.all(np.isfinite(R)):
+                bad = np.argwhere(~np.isfinite(R))[0]
+                raise ValueError(f"protein {rec.name}: NaN/inf position at frame {fr[bad[0]]}, bead {bad[1]}")
+            ti = tidx[c0 : c0 + len(fr)][:, None]
+
+            def add(name, values, lo, hi, nb, types):
+                b, ok = _binned(values, lo, hi, nb)
+                key = ((types[None, :] * MAX_TEMPERATURES + ti) * nb + b)[ok]
+                counts[name].add(key.ravel())
+                return int((~ok).sum())
+
+            if len(bonds):
+                bond_outside += add("bond", np_bond_lengths(R, bonds), lo_b, hi_b, cfg.bond_bins, ty["bond"])
+            if len(angles):
+                # θ = π falls in the last bin
+                th = np.minimum(np_angles(R, angles), np.pi * (1 - 1e-12))
+                add("angle", th, 0.0, np.pi, cfg.angle_bins, ty["angle"])
+            if len(dih):
+                ph = np.where(np_dihedrals(R, dih) >= np.pi, -np.pi, np_dihedrals(R, dih))
+                add("dihedral", ph, -np.pi, np.pi, cfg.dihedral_bins, ty["dihedral"])
+            if len(pi):
+                step = max(1, (1 << 22) // max(1, len(pi)))  # bound memory for large proteins
+                for a in range(0, len(fr), step):
+                    Rs = R[a : a + step]
+                    d = np.linalg.norm(Rs[:, pj] - Rs[:, pi], axis=-1)
+                    b, ok = _binned(d, 0.0, pc.repulsion_cutoff, n_pair_bins)
+                    key = ((ty["pair"][None, :] * MAX_TEMPERATURES + ti[a : a + step]) * n_pair_bins + b)[ok]
+                    counts["pair"].add(key.ravel())
+            n_frames += len(fr)
+    if n_frames == 0:
+        raise FitError(f"no frames selected (temperatures={cfg.temperatures}, proteins={cfg.proteins})")
+    nt = len(temps)
+
+    def th(name, lo, hi, nb):
+        return TermHistogram(name, np.linspace(lo, hi, nb + 1), counts[name].dense(nb, nt))
+
+    return PriorHistograms(
+        temperatures=temps,
+        bond=th("bond", lo_b, hi_b, cfg.bond_bins),
+        angle=th("angle", 0.0, np.pi, cfg.angle_bins),
+        dihedral=th("dihedral", -np.pi, np.pi, cfg.dihedral_bins),
+        pair=th("pair", 0.0, pc.repulsion_cutoff, n_pair_bins),
+        bond_outside=bond_outside,
+        n_frames=n_frames,
+        proteins=names,
+        n_species=s,
+    )
+
+
+# ----------------------------------------------------------------------------------- the fits
+
+
+def histogram_text(centers: np.ndarray, counts: np.ndarray, temps: Sequence[float], unit: str = "") -> str:
+    """The histogram as a compact text table (bins with counts), for error messages."""
+    lines = [f"  {'x' + unit:>10} " + " ".join(f"{f'n@{t:g}K':>9}" for t in temps)]
+    for i in np.flatnonzero(counts.sum(0)):
+        lines.append(f"  {centers[i]:10.4f} " + " ".join(f"{int(c):9d}" for c in counts[:, i]))
+    return "\n".join(lines)
+
+
+def _inverted(centers, counts, temps, jac):
+    """Rows (bin, temperature) with counts: x, u = -kT ln(n / J), weight n / kT², temperature index."""
+    xs, us, ws, ts = [], [], [], []
+    for t, (T, c) in enumerate(zip(temps, counts)):
+        kT = KB_KCAL_PER_MOL_K * T
+        ok = (c > 0) & (jac > 0)
+        xs.append(centers[ok])
+        us.append(-kT * np.log(c[ok] / jac[ok]))
+        ws.append(c[ok] / kT**2)
+        ts.append(np.full(ok.sum(), t))
+    return np.concatenate(xs), np.concatenate(us), np.concatenate(ws), np.concatenate(ts)
+
+
+def _wlsq(X, y, w):
+    sw = np.sqrt(w)
+    coef, *_ = np.linalg.lstsq(X * sw[:, None], y * sw, rcond=None)
+    r = y - X @ coef
+    return coef, float(np.sum(w * r * r)), r
+
+
+def _offsets(t_index, n_temps):
+    return (t_index[:, None] == np.arange(n_temps)[None, :]).astype(np.float64)
+
+
+def fit_harmonic(
+    centers: Float[np.ndarray, " nb"], counts: Int[np.ndarray, "nT nb"], temps: Sequence[float],
+    what: str = "bond",
+) -> tuple[float, float, dict[str, Any]]:  # fmt: skip
+    """Fits 0.5 k (r - r0)² to the r²-corrected inverted bond histogram(s).
+
+    **Arguments:**
+
+    - `centers`: bin centres (Å); `counts`: (n_temperatures, n_bins) counts; `temps`: K.
+    - `what`: name for the error message.
+
+    **Returns:** `(r0, k, info)` with the χ²/dof and the weighted RMS residual (kcal/mol).
+
+    **Raises:** `FitError` with the histogram if there are fewer than 3 occupied bins or k ≤ 0.
+    """
+    counts = np.asarray(counts)
+    x, u, w, t = _inverted(centers, counts, temps, centers**2)
+    if len(np.unique(x)) < 3:
+        raise FitError(f"{what}: fewer than 3 occupied histogram bins; cannot fit a harmonic bond\n"
+                       + histogram_text(centers, counts, temps, " Å"))  # fmt: skip
+    X = np.concatenate([(x**2)[:, None], x[:, None], _offsets(t, len(temps))], axis=1)
+    coef, chi2, r = _wlsq(X, u, w)
+    k = 2.0 * coef[0]
+    if not np.isfinite(k) or k <= 0:
+        raise FitError(
+            f"{what}: fitted force constant k = {k:.4g} kcal/mol/Å² ≤ 0 (the potential would be "
+            "unbounded below); the histogram is not single-peaked:\n" + histogram_text(centers, counts, temps, " Å")
+        )
+    r0 = -coef[1] / k
+    dof = max(1, len(u) - X.shape[1])
+    info = {"n_samples": [int(c) for c in counts.sum(1)], "chi2_per_dof": chi2 / dof,
+            "rms_residual_kcal": float(np.sqrt(np.average(r * r, weights=w)))}  # fmt: skip
+    return float(r0), float(k), info
+
+
+def _fourier_design(x, order):
+    n = np.arange(1, order + 1)
+    return np.concatenate([np.cos(x[:, None] * n), np.sin(x[:, None] * n)], axis=1)
+
+
+def fourier_energy(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Σ_n a_n cos(n x) + b_n sin(n x) (NumPy)."""
+    n = np.arange(1, len(a) + 1)
+    return np.cos(np.multiply.outer(x, n)) @ a + np.sin(np.multiply.outer(x, n)) @ b
+
+
+def fit_fourier(
+    centers: Float[np.ndarray, " nb"], counts: Int[np.ndarray, "nT nb"], temps: Sequence[float], *,
+    jacobian: Float[np.ndarray, " nb"], domain: tuple[float, float], max_order: int,
+    criterion: str = "bic", what: str = "angle",
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:  # fmt: skip
+    """Fits Σ_n a_n cos nx + b_n sin nx to the Jacobian-corrected inverted histogram(s).
+
+    The order is chosen by the information criterion among orders 1..`max_order` whose potential has
+    no minimum outside the sampled bins lower than the lowest sampled value.
+
+    **Returns:** `(a, b, info)` of length = the chosen order; info has the order, the criterion of every
+    order, χ²/dof and the weighted RMS residual (kcal/mol).
+
+    **Raises:** `FitError` with the histogram if there are too few occupied bins or no order passes.
+    """
+    counts = np.asarray(counts)
+    x, u, w, t = _inverted(centers, counts, temps, jacobian)
+    n_occ = len(np.unique(x))
+    if n_occ < 3:
+        raise FitError(f"{what}: fewer than 3 occupied histogram bins; cannot fit\n"
+                       + histogram_text(centers, counts, temps))  # fmt: skip
+    grid = np.linspace(domain[0], domain[1], 721)
+    width = centers[1] - centers[0]
+    occupied = np.zeros(len(grid), bool)
+    for c in np.unique(x):
+        occupied |= np.abs(grid - c) <= 0.5 * width + 1e-12
+    best, scores, rejected = None, {}, {}
+    off = _offsets(t, len(temps))
+    for m in range(1, max_order + 1):
+        p = 2 * m + len(temps)
+        if p >= len(u):
+            break
+        X = np.concatenate([_fourier_design(x, m), off], axis=1)
+        coef, chi2, r = _wlsq(X, u, w)
+        if not np.all(np.isfinite(coef)):
+            continue
+        a, b = coef[:m], coef[m : 2 * m]
+        ug = fourier_energy(grid, a, b)
+        if (~occupied).any() and ug[~occupied].min() < ug[occupied].min() - 1e-9:
+            rejected[m] = float(ug[occupied].min() - ug[~occupied].min())
+            continue
+        ic = chi2 + (2 * p if criterion == "aic" else p * math.log(len(u)))
+        scores[m] = ic
+        if best is None or ic < best[0]:
+            best = (ic, m, a, b, chi2, r, p)
+    if best is None:
+        raise FitError(
+            f"{what}: no Fourier order 1..{max_order} gives a potential bounded below by its sampled "
+            f"minimum (orders rejected, with how far they dip below it in kcal/mol: {rejected})\n"
+            + histogram_text(centers, counts, temps)
+        )
+    _, m, a, b, chi2, r, p = best
+    info = {"order": m, "criterion": criterion, "scores": scores, "rejected_orders": rejected,
+            "n_samples": [int(c) for c in counts.sum(1)], "chi2_per_dof": chi2 / max(1, len(u) - p),
+            "rms_residual_kcal": float(np.sqrt(np.average(r * r, weights=w)))}  # fmt: skip
+    return a, b, info
+
+
+def fourier_to_periodic(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A_n cos nφ + B_n sin nφ = k_n (1 + cos(nφ - γ_n)) - k_n, k_n = |(A_n, B_n)|, γ_n = atan2(B_n, A_n)."""
+    return np.hypot(a, b), np.arctan2(b, a)
+
+
+def repulsion_sigma(counts: Int[np.ndarray, "nT nb"], edges: np.ndarray, percentile: float) -> float:
+    """The `percentile` (%) of the pooled distance histogram (linear within a bin)."""
+    c = np.asarray(counts).sum(0).astype(np.float64)
+    cum = np.cumsum(c)
+    if cum[-1] <= 0:
+        raise FitError("repulsion: no non-bonded pairs within the cutoff to set σ from")
+    target = percentile / 100.0 * cum[-1]
+    i = int(np.searchsorted(cum, target))
+    prev = cum[i - 1] if i else 0.0
+    frac = (target - prev) / c[i] if c[i] else 0.0
+    return float(edges[i] + frac * (edges[i + 1] - edges[i]))
+
+
+# ------------------------------------------------------------------------------------- assemble
+
+
+def _pad(v: np.ndarray, width: int) -> np.ndarray:
+    out = np.zeros(width)
+    out[: len(v)] = v
+    return out
+
+
+def fit_from_histograms(h: PriorHistograms, cfg: FitPriorsConfig, dataset: str = "") -> Prior:
+    """The Boltzmann-inverted `Prior` from collected histograms (see the module docstring).
+
+    Per-species types with fewer than `cfg.min_count` samples get the global fit (listed in the
+    provenance as `fallback_types`).
+    """
+    pc = cfg.prior
+    pc.validate()
+    temps = h.temperatures
+    prov: dict[str, Any] = {
+        "method": "boltzmann_inversion", "dataset": dataset, "proteins": h.proteins,
+        "n_frames": h.n_frames, "temperatures": temps, "criterion": cfg.criterion,
+        "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), "terms": {},
+    }  # fmt: skip
+    terms, weights = [], []
+    s = pc.n_species
+
+    def per_type(hist: TermHistogram, fit_one, per_species: bool):
+        """Global fit plus per-type fits (types under min_count fall back to the global one)."""
+        g = fit_one(hist.total, f"{hist.name} (global)")
+        if not per_species:
+            return g, {}, []
+        fits, fallback = {}, []
+        for ty, c in sorted(hist.per_type.items()):
+            if c.sum() < cfg.min_count:
+                fallback.append(ty)
+                continue
+            fits[ty] = fit_one(c, f"{hist.name} type {ty}")
+        return g, fits, fallback
+
+    if pc.bond:
+        hb = h.bond
+        n_in = int(hb.total.sum())
+        if n_in == 0:
+            raise FitError("bond: no bond lengths inside bond_range "
+                           f"{cfg.bond_range} Å ({h.bond_outside} outside)")  # fmt: skip
+        if h.bond_outside > 0.01 * (n_in + h.bond_outside):
+            raise FitError(f"bond: {h.bond_outside} of {n_in + h.bond_outside} bond lengths lie outside "
+                           f"bond_range {cfg.bond_range} Å (> 1 %); widen it\n"
+                           + histogram_text(hb.centers, hb.total, temps, " Å"))  # fmt: skip
+        g, fits, fb = per_type(hb, lambda c, w: fit_harmonic(hb.centers, c, temps, w), pc.bond_per_species)
+        nt = n_types("pair", s) if pc.bond_per_species else 1
+        r0 = np.full(nt, g[0])
+        k = np.full(nt, g[1])
+        for ty, (a, b, _) in fits.items():
+            r0[ty], k[ty] = a, b
+        terms.append(HarmonicBond(np.asarray(r0, np.float32), np.asarray(k, np.float32), pc.bond_per_species, s))
+        weights.append(pc.weight_bond)
+        prov["terms"]["bond"] = {"global": {"r0": g[0], "k": g[1], **g[2]}, "bins": cfg.bond_bins,
+                                 "range": list(cfg.bond_range), "n_outside_range": h.bond_outside,
+                                 "per_type": {str(t): {"r0": v[0], "k": v[1], **v[2]} for t, v in fits.items()},
+                                 "fallback_types": fb}  # fmt: skip
+
+    for name, hist, per, dom, jac in (
+        ("angle", h.angle, pc.angle_per_species, (0.0, np.pi), np.sin(h.angle.centers)),
+        ("dihedral", h.dihedral, pc.dihedral_per_species, (-np.pi, np.pi), np.ones_like(h.dihedral.centers)),
+    ):
+        if not getattr(pc, name):
+            continue
+        if hist.total.sum() == 0:
+            raise FitError(f"{name}: no samples (are all proteins shorter than {3 if name == 'angle' else 4} beads?)")
+
+        def one(c, w, jac=jac, dom=dom):
+            return fit_fourier(hist.centers, c, temps, jacobian=jac, domain=dom,
+                               max_order=cfg.max_fourier_order, criterion=cfg.criterion, what=w)  # fmt: skip
+
+        g, fits, fb = per_type(hist, one, per)
+        order = max([len(g[0])] + [len(v[0]) for v in fits.values()])
+        kind = "triplet" if name == "angle" else "quadruplet"
+        nt = n_types(kind, s) if per else 1
+        A = np.tile(_pad(g[0], order), (nt, 1))
+        B = np.tile(_pad(g[1], order), (nt, 1))
+        for ty, (a, b, _) in fits.items():
+            A[ty], B[ty] = _pad(a, order), _pad(b, order)
+        if name == "angle":
+            terms.append(FourierAngle(np.asarray(A, np.float32), np.asarray(B, np.float32), per, s))
+            weights.append(pc.weight_angle)
+        else:
+            kk, gg = fourier_to_periodic(A, B)
+            terms.append(PeriodicDihedral(np.asarray(kk, np.float32), np.asarray(gg, np.float32), per, s))
+            weights.append(pc.weight_dihedral)
+        prov["terms"][name] = {"global": {"a": list(g[0]), "b": list(g[1]), **g[2]}, "bins": len(hist.centers),
+                               "per_type": {str(t): v[2] for t, v in fits.items()}, "fallback_types": fb}  # fmt: skip
+
+    if pc.repulsion:
+        hp = h.pair
+        if hp.total.sum() == 0:
+            raise FitError(f"repulsion: no non-bonded pairs (separation ≥ {pc.min_sep}) within "
+                           f"{pc.repulsion_cutoff} Å in the data")  # fmt: skip
+        sig_g = repulsion_sigma(hp.total, hp.edges, cfg.repulsion_percentile)
+        nt = n_types("pair", s) if pc.repulsion_per_species else 1
+        sig = np.full(nt, sig_g)
+        fb = []
+        if pc.repulsion_per_species:
+            for ty, c in hp.per_type.items():
+                if c.sum() < cfg.min_count:
+                    fb.append(ty)
+                else:
+                    sig[ty] = repulsion_sigma(c, hp.edges, cfg.repulsion_percentile)
+        if not np.all(sig > 0):
+            raise FitError(f"repulsion: σ ≤ 0 from the {cfg.repulsion_percentile} % percentile")
+        terms.append(SoftSphereRepulsion(
+            np.full(nt, pc.repulsion_epsilon, np.float32), np.asarray(sig, np.float32), pc.repulsion_exponent,
+            pc.min_sep, pc.repulsion_cutoff, pc.repulsion_switch, pc.switch_on, 0.1, pc.repulsion_per_species, s))  # fmt: skip
+        weights.append(pc.weight_repulsion)
+        prov["terms"]["repulsion"] = {"sigma_global": sig_g, "percentile": cfg.repulsion_percentile,
+                                      "min_sep": pc.min_sep, "n_pairs": [int(c) for c in hp.total.sum(1)],
+                                      "epsilon": pc.repulsion_epsilon, "fallback_types": sorted(fb)}  # fmt: skip
+    terms = [jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, np.ndarray) else x, t) for t in terms]
+    return Prior(terms, weights, prov)
+
+
+def fit_prior(
+    records: PreparedDataset | Iterable[ProteinRecord], cfg: FitPriorsConfig,
+    plots_dir: str | os.PathLike | None = None,
+) -> tuple[Prior, PriorHistograms]:  # fmt: skip
+    """Boltzmann inversion from a prepared dataset or a list of records.
+
+    **Arguments:**
+
+    - `records`: a `PreparedDataset` or `ProteinRecord`s.
+    - `cfg`: the fit config; `plots_dir`: where to write PNG diagnostics (None: none).
+
+    **Returns:** `(prior, histograms)`.
+    """
+    dataset = str(records.path) if isinstance(records, PreparedDataset) else ""
+    h = collect_histograms(records, cfg)
+    prior = fit_from_histograms(h, cfg, dataset)
+    if plots_dir is not None:
+        plot_diagnostics(prior, h, plots_dir, max_panels=cfg.max_panels)
+    return prior, h
+
+
+# ---------------------------------------------------------------------------------------- plots
+
+
+def _term_potential(prior: Prior, name: str, x: np.ndarray, ty: int) -> np.ndarray:
+    t = prior.term(name)
+    if name == "bond":
+        return 0.5 * float(t.k[ty]) * (x - float(t.r0[ty])) ** 2
+    if name == "angle":
+        return fourier_energy(x, np.asarray(t.a[ty]), np.asarray(t.b[ty]))
+    k, g = np.asarray(t.k[ty]), np.asarray(t.gamma[ty])
+    n = np.arange(1, len(k) + 1)
+    return (k * (1 + np.cos(np.multiply.outer(x, n) - g))).sum(-1)
+
+
+def plot_diagnostics(prior: Prior, h: PriorHistograms, out_dir: str | os.PathLike, max_panels: int = 24) -> list[Path]:
+    """PNGs of the histogram vs the fitted Boltzmann density J(x) exp(-U(x)/kT) (normalised like the
+    histogram), one line pair per temperature; per-species terms show the `max_panels` most populated
+    types. The unweighted fitted potential U is plotted (weights are not part of the inversion).
+
+    **Returns:** the written files.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    specs = [("bond", h.bond, lambda x: x**2, "r (Å)"), ("angle", h.angle, np.sin, "θ (rad)"),
+             ("dihedral", h.dihedral, np.ones_like, "φ (rad)")]  # fmt: skip
+    for name, hist, jac, xlabel in specs:
+        if name not in prior.names:
+            continue
+        t = prior.term(name)
+        types = sorted(hist.per_type, key=lambda k: -hist.per_type[k].sum())[:max_panels] if t.per_species else [0]
+        n = len(types)
+        cols = min(4, n)
+        rows = math.ceil(n / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+        x = hist.centers
+        width = x[1] - x[0]
+        for ax, ty in zip(axes.ravel(), types):
+            counts = hist.per_type[ty] if t.per_species else hist.total
+            u = _term_potential(prior, name, x, ty)
+            for i, T in enumerate(h.temperatures):
+                c = counts[i]
+                if c.sum() == 0:
+                    continue
+                dens = c / (c.sum() * width)
+                kT = KB_KCAL_PER_MOL_K * T
+                p = jac(x) * np.exp(-(u - u.min()) / kT)
+                p = p / (p.sum() * width)
+                ax.step(x, dens, where="mid", label=f"data {T:g} K", alpha=0.7)
+                ax.plot(x, p, "--", label=f"fit {T:g} K")
+            ax.set_title(f"{name} type {ty}" if t.per_species else name)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("density")
+        for ax in axes.ravel()[n:]:
+            ax.axis("off")
+        axes.ravel()[0].legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"prior_{name}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    if "repulsion" in prior.names:
+        rep = prior.term("repulsion")
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        hp = h.pair
+        c = hp.total.sum(0)
+        ax.step(hp.centers, c / max(1, c.sum()) / (hp.edges[1] - hp.edges[0]), where="mid", label="non-bonded pairs")
+        sig = float(rep.sigma[0])
+        ax.axvline(sig, color="k", ls="--", label=f"σ (global) = {sig:.2f} Å")
+        ax.set_xlabel("r (Å)")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / "prior_repulsion.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------ command
+
+
+def fit_priors(cfg: FitPriorsConfig) -> Path:
+    """The `fit-priors` command: Boltzmann inversion (and optional LBFGS refinement) on a prepared
+    dataset; writes `<output>/prior.yaml`, `<output>/fit_priors_config.json` and `<output>/plots/*.png`.
+
+    **Returns:** the path of `prior.yaml`.
+    """
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    with PreparedDataset(cfg.dataset) as ds:
+        if ds.n_species > cfg.prior.n_species:
+            raise ValueError(
+                f"{ds.path}: species map {ds.species_map_name!r} has {ds.n_species} species but "
+                f"PriorConfig.n_species = {cfg.prior.n_species}; set --prior.n-species {ds.n_species}"
+            )
+        prior, h = fit_prior(ds, cfg, out / "plots" if cfg.plots else None)
+        prov = prior.provenance
+        prov["species_map"] = ds.species_map_name
+        if cfg.refine.enabled:
+            from .refine import make_batches, refine_prior
+
+            records = [ds.record(n) for n in h.proteins]
+            rc = cfg.refine
+            batches = make_batches(records, n_frames=rc.n_frames, frames_per_batch=rc.frames_per_batch,
+                                   cutoff=cfg.prior.repulsion_cutoff, min_sep=cfg.prior.min_sep,
+                                   temperatures=cfg.temperatures, seed=rc.seed)  # fmt: skip
+            refined, report = refine_prior(prior, batches, max_steps=rc.max_steps, rtol=rc.rtol, atol=rc.atol,
+                                           refine_sigma=rc.refine_sigma)  # fmt: skip
+            prov["refine"] = report
+            prior = refined
+            log.info("refined prior: force RMSE %.4f → %.4f kcal/mol/Å", report["rmse_before"], report["rmse_after"])
+        prior = prior.with_provenance(prov)
+    path = prior.save(out / "prior.yaml")
+    tmp = out / "fit_priors_config.json.tmp"
+    tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=1, default=str))
+    os.replace(tmp, out / "fit_priors_config.json")
+    return path

@@ -1,0 +1,232 @@
+"""Boltzmann inversion (recovery of known potentials, refusal of nonsense), the villin fit, LBFGS
+refinement and the fit-priors command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cameo_eqx.data import store
+from cameo_eqx.priors.config import FitPriorsConfig, PriorConfig, RefineConfig
+from cameo_eqx.priors.fit import (
+    FitError,
+    fit_fourier,
+    fit_harmonic,
+    fit_prior,
+    fit_priors,
+    fourier_energy,
+    fourier_to_periodic,
+    np_angles,
+    np_dihedrals,
+    repulsion_sigma,
+)
+from cameo_eqx.priors.prior import Prior
+from cameo_eqx.priors.refine import force_rmse, make_batches, refine_prior
+from cameo_eqx.priors.terms import bond_angles, dihedral_angles
+from cameo_eqx.units import KB_KCAL_PER_MOL_K
+
+
+def _sample(rng, grid, logp, n):
+    """Inverse-CDF samples of a density known on a fine grid (linear interpolation)."""
+    p = np.exp(logp - logp.max())
+    cdf = np.concatenate([[0], np.cumsum(0.5 * (p[1:] + p[:-1]) * np.diff(grid))])
+    return np.interp(rng.uniform(0, cdf[-1], n), cdf, grid)
+
+
+def _hist(samples, edges):
+    return np.histogram(samples, edges)[0]
+
+
+# ------------------------------------------------------------------------------------- recovery
+
+
+def test_harmonic_recovered_from_two_temperatures():
+    rng = np.random.default_rng(0)
+    r0, k = 3.81, 120.0
+    edges = np.linspace(2.8, 4.8, 81)
+    grid = np.linspace(2.8, 4.8, 20001)
+    counts = []
+    temps = [300.0, 400.0]
+    for T in temps:
+        kT = KB_KCAL_PER_MOL_K * T
+        s = _sample(rng, grid, 2 * np.log(grid) - 0.5 * k * (grid - r0) ** 2 / kT, 200_000)
+        counts.append(_hist(s, edges))
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    fr0, fk, info = fit_harmonic(centers, np.asarray(counts), temps)
+    # statistical error of k ~ sqrt(2/N) ≈ 0.2 %, binning bias ≈ h²/(12σ²) ≈ 1 %
+    assert abs(fr0 - r0) < 3e-3
+    assert abs(fk / k - 1) < 0.03
+    assert info["n_samples"] == [200_000, 200_000]
+    # without the r² Jacobian r0 would be biased by 2kT/(k r0) ≈ 2.5e-3 Å at 300 K; the fit is unbiased
+    # to well below that in the mean over both temperatures
+    assert info["chi2_per_dof"] < 3.0
+
+
+def test_fourier_angle_recovered_with_bic():
+    rng = np.random.default_rng(1)
+    a_true, b_true = np.array([1.2, 0.6]), np.array([-0.8, 0.3])
+    T = 350.0
+    kT = KB_KCAL_PER_MOL_K * T
+    grid = np.linspace(0, np.pi, 20001)
+    s = _sample(rng, grid, np.log(np.sin(grid) + 1e-300) - fourier_energy(grid, a_true, b_true) / kT, 400_000)
+    edges = np.linspace(0, np.pi, 91)
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    a, b, info = fit_fourier(centers, _hist(s, edges)[None], [T], jacobian=np.sin(centers),
+                             domain=(0, np.pi), max_order=6, criterion="bic")  # fmt: skip
+    # compare potentials (up to a constant) where the density is appreciable
+    counts = _hist(s, edges)
+    well = counts > 2000
+    du = fourier_energy(centers, _pad(a, 6), _pad(b, 6)) - fourier_energy(centers, a_true, b_true)
+    du = du[well] - np.average(du[well], weights=counts[well])
+    assert np.max(np.abs(du)) < 0.1 * kT, du
+    assert info["order"] in (2, 3)
+    if info["order"] == 2:
+        np.testing.assert_allclose(a, a_true, atol=0.1)
+        np.testing.assert_allclose(b, b_true, atol=0.1)
+
+
+def _pad(v, n):
+    out = np.zeros(n)
+    out[: len(v)] = v
+    return out
+
+
+def test_periodic_dihedral_recovered():
+    rng = np.random.default_rng(2)
+    k_true, g_true = np.array([0.9, 0.0, 0.5]), np.array([0.7, 0.0, -1.2])
+    T = 320.0
+    kT = KB_KCAL_PER_MOL_K * T
+    n = np.arange(1, 4)
+    grid = np.linspace(-np.pi, np.pi, 20001)
+    u = (k_true * (1 + np.cos(np.multiply.outer(grid, n) - g_true))).sum(-1)
+    s = _sample(rng, grid, -u / kT, 400_000)
+    edges = np.linspace(-np.pi, np.pi, 73)
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    a, b, info = fit_fourier(centers, _hist(s, edges)[None], [T], jacobian=np.ones(72),
+                             domain=(-np.pi, np.pi), max_order=6, criterion="bic")  # fmt: skip
+    assert info["order"] == 3
+    k, g = fourier_to_periodic(a, b)
+    np.testing.assert_allclose(k[[0, 2]], k_true[[0, 2]], atol=0.06)
+    assert k[1] < 0.06
+    np.testing.assert_allclose(np.angle(np.exp(1j * (g[[0, 2]] - g_true[[0, 2]]))), 0.0, atol=0.1)
+
+
+def test_refuses_k_le_zero_with_histogram():
+    edges = np.linspace(2.8, 4.8, 41)
+    centers = 0.5 * (edges[1:] + edges[:-1])
+    counts = (100 * (1 + (centers - 3.8) ** 2 * 10) * centers**2).astype(int)  # U-shaped: k < 0
+    with pytest.raises(FitError, match=r"(?s)k = .* ≤ 0.*unbounded below.*3\.8250"):
+        fit_harmonic(centers, counts[None], [300.0])
+    with pytest.raises(FitError, match="fewer than 3"):
+        fit_harmonic(centers, np.eye(1, 40, 5, dtype=int) * 10, [300.0])
+
+
+def test_repulsion_sigma_percentile():
+    edges = np.linspace(0, 10, 1001)
+    d = np.random.default_rng(3).uniform(4, 10, 100_000)
+    s = repulsion_sigma(np.histogram(d, edges)[0][None], edges, 1.0)
+    assert abs(s - np.percentile(d, 1.0)) < 0.01
+
+
+def test_numpy_geometry_matches_jax_terms():
+    R = np.random.default_rng(4).normal(size=(3, 6, 3)) * 3
+    ang = np.array([[0, 1, 2], [3, 4, 5]])
+    dih = np.array([[0, 1, 2, 3], [2, 3, 4, 5]])
+    for f in range(3):
+        np.testing.assert_allclose(np_angles(R, ang)[f], bond_angles(*(jnp.asarray(R[f][ang[:, c]]) for c in range(3))), rtol=1e-5)
+        np.testing.assert_allclose(np_dihedrals(R, dih)[f], dihedral_angles(*(jnp.asarray(R[f][dih[:, c]]) for c in range(4))), rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ villin data
+
+
+@pytest.fixture(scope="module")
+def villin_records(request):
+    """Villin CA beads at both temperatures; forces summed over each CA and its hydrogens (basic map)."""
+    from tests.conftest import shared_file
+
+    from cameo_eqx.data.forcemap import basic_map, hydrogen_bond_pairs
+    from cameo_eqx.data.mdcath import MDCATHFile, cg_topology
+
+    path = shared_file("mdcath_dataset_villinHP35.h5")
+    with MDCATHFile(path) as f:
+        sel = f.beads()
+        Rs, Fs, Ts = [], [], []
+        for T in f.temperatures:
+            c, F = f.read(T, 0)
+            Rs.append(c)
+            Fs.append(F)
+            Ts.append(np.full(len(c), float(T), np.float32))
+        R, F = np.concatenate(Rs), np.concatenate(Fs)
+        fmap = basic_map(sel.ca_index, f.n_atoms, hydrogen_bond_pairs(f.atoms.element, R[0]))
+        topo = cg_topology(sel, R[0][sel.ca_index])
+    rec = store.ProteinRecord(name="villinHP35", topology=topo, positions=R[:, sel.ca_index],
+                              forces=fmap.apply(F), temperature=np.concatenate(Ts),
+                              replica=np.zeros(len(R), np.int32))  # fmt: skip
+    return [rec]
+
+
+def test_villin_fit_r0_and_plots(villin_records, tmp_path):
+    cfg = FitPriorsConfig(chunk_frames=64, max_fourier_order=4)
+    prior, h = fit_prior(villin_records, cfg, plots_dir=tmp_path / "plots")
+    rec = villin_records[0]
+    b = rec.topology.bonds
+    mean_d = np.linalg.norm(rec.positions[:, b[:, 1]] - rec.positions[:, b[:, 0]], axis=-1).mean()
+    r0 = float(prior.term("bond").r0[0])
+    assert abs(r0 - mean_d) < 0.05, (r0, mean_d)
+    assert float(prior.term("bond").k[0]) > 0
+    assert h.temperatures == [320.0, 348.0] and h.n_frames == 400
+    prov = prior.provenance
+    assert prov["temperatures"] == [320.0, 348.0]
+    assert prov["terms"]["bond"]["global"]["n_samples"] == [200 * 34, 200 * 34]
+    assert 1 <= prov["terms"]["angle"]["global"]["order"] <= 4
+    sig = float(prior.term("repulsion").sigma[0])
+    assert 3.5 < sig < 6.5  # CA-CA at separation >= 2 (i, i+2 ≈ 5.5 Å in helices)
+    for name in ("bond", "angle", "dihedral", "repulsion"):
+        assert (tmp_path / "plots" / f"prior_{name}.png").stat().st_size > 1000
+    # restricted to one temperature
+    prior1, h1 = fit_prior(villin_records, dataclasses.replace(cfg, temperatures=(320.0,)))
+    assert h1.temperatures == [320.0] and h1.n_frames == 200
+    # per-species bonds: populated types get their own fit, rare types the global one
+    ps = dataclasses.replace(cfg, prior=PriorConfig(bond_per_species=True), min_count=500)
+    prior_s, _ = fit_prior(villin_records, ps)
+    fb = prior_s.provenance["terms"]["bond"]["fallback_types"]
+    fitted = prior_s.provenance["terms"]["bond"]["per_type"]
+    assert fitted and fb
+    for ty in fb:
+        assert float(prior_s.term("bond").r0[ty]) == pytest.approx(r0, abs=1e-5)
+
+
+def test_villin_refined_prior_has_lower_force_rmse(villin_records):
+    cfg = FitPriorsConfig(chunk_frames=64, max_fourier_order=4)
+    prior, _ = fit_prior(villin_records, cfg)
+    train = make_batches(villin_records, n_frames=64, frames_per_batch=32, cutoff=10.0, seed=0)
+    test = make_batches(villin_records, n_frames=64, frames_per_batch=32, cutoff=10.0, seed=1)
+    refined, report = refine_prior(prior, train, max_steps=60)
+    assert report["rmse_after"] < report["rmse_before"]
+    assert force_rmse(refined, test) < force_rmse(prior, test)
+    assert refined.provenance["refine"]["rmse_after"] == report["rmse_after"]
+    # the repulsion σ is frozen by default
+    assert float(refined.term("repulsion").sigma[0]) == float(prior.term("repulsion").sigma[0])
+
+
+def test_fit_priors_command(villin_records, tmp_path):
+    rec = villin_records[0]
+    h5, tmp, final = store.open_for_writing(tmp_path / "ds", species_map_name="aa20",
+                                           species_map={"ALA": 0}, config={})  # fmt: skip
+    store.write_record(h5, rec, frame=np.arange(rec.n_frames) % 200)
+    store.finalise(h5, tmp, final)
+    cfg = FitPriorsConfig(dataset=tmp_path / "ds", output=tmp_path / "out", frame_stride=2,
+                          refine=RefineConfig(enabled=True, n_frames=16, frames_per_batch=8, max_steps=10))  # fmt: skip
+    path = fit_priors(cfg)
+    assert path == tmp_path / "out" / "prior.yaml"
+    prior = Prior.load(path)
+    prov = prior.provenance
+    assert prov["dataset"].endswith("dataset.h5") and prov["n_frames"] == 200
+    assert prov["refine"]["rmse_after"] <= prov["refine"]["rmse_before"]
+    assert json.loads((tmp_path / "out" / "fit_priors_config.json").read_text())["frame_stride"] == 2
+    assert (tmp_path / "out" / "plots" / "prior_bond.png").exists()
