@@ -1,0 +1,416 @@
+"""MACE: higher-order equivariant message passing (Batatia, Kovács, Simm, Ortner & Csányi, NeurIPS 2022).
+
+Our own implementation on e3nn-jax building blocks (real spherical harmonics and Clebsch-Gordan
+coefficients, the reduced symmetric tensor-product basis). Node features are E(3) irreps with one
+multiplicity `C` for every irrep of `hidden_irreps` (e.g. `"32x0e + 32x1o"`), stored per irrep as
+`(n, C, 2l+1)` arrays. Each of the `n_layers` interaction layers does, as published:
+
+1. `linear_up`: a channel-mixing linear map per irrep of the input features `h^t`.
+2. One-particle basis (the "A-basis"): for every path `l1 ⊗ l2 → l3` (input irrep `l1`, spherical
+   harmonic `l2 ≤ l_max`, target irrep `l3` among the spherical-harmonic irreps)
+   `φ_ij = R_path,c(r_ij) (h_j ⊗ Y(r̂_ij))_l3`, summed over neighbours j and divided by
+   `avg_num_neighbors`, then a linear map mixing (paths × channels) → `C` channels per `l3`.
+   The radial weights `R` are an MLP (no biases, SiLU) of the Bessel basis times the polynomial
+   envelope, so they vanish smoothly at the cutoff.
+3. Higher body order (the "B-basis"): per channel, symmetric contractions of `A` with itself up to
+   the correlation order `ν = correlation`, `B_L = Σ_ν Σ_k W^ν_{z_i,k,c} (U^{ν,L}_k · A^{⊗ν})`, with
+   learnable weights per bead species `z_i` and the generalised Clebsch-Gordan basis `U` from
+   `e3nn.reduced_symmetric_tensor_product_basis`. `A^{⊗ν}` is evaluated on the distinct (sorted)
+   monomials only, with `U` summed over permutations, so the contraction is one gather and one matmul.
+4. Update: `h^{t+1} = Linear(B) + Linear_{z_i}(h^t)` (the species-dependent residual of MACE; the
+   first layer, whose input is the species embedding, has none, as in MACE).
+5. Readout of every layer's scalars: linear for all but the last layer, a one-hidden-layer SiLU MLP
+   for the last; per-bead energies are their sum. The last layer only computes scalar outputs.
+
+Presets (`PRESETS`; every hyperparameter of `DEFAULTS` can be overridden by keyword):
+
+- `small`: `16x0e + 16x1o`, `l_max = 2`, correlation 3, 2 layers, radial MLP (32, 32): tests, CPU smoke.
+- `default`: `32x0e + 32x1o`, `l_max = 3`, correlation 3, 2 layers, radial MLP (64, 64, 64): CPU training.
+- `large`: `64x0e + 64x1o + 64x2e`, `l_max = 3`, correlation 3, 2 layers: the MACE paper's accuracy setting.
+
+Aggregations are `segment_sum` over the (padded) edge list; no dense n × n arrays. Padded edges get
+zero radial weights and padded beads exactly zero energy.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Sequence
+from typing import Any
+
+import e3nn_jax as e3nn
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ..graph import Batch
+from .base import AbstractEnergyModel
+from .painn import MLP, Dense, edge_geometry, resolve_hyperparameters
+from .radial import SpeciesEmbedding, bessel_basis, polynomial_envelope
+
+Ir = tuple[int, int]  # (l, parity ±1)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "small": dict(hidden_irreps="16x0e + 16x1o", l_max=2, correlation=3, n_layers=2,
+                  radial_hidden=(32, 32), readout_hidden=8),
+    "default": dict(hidden_irreps="32x0e + 32x1o", l_max=3, correlation=3, n_layers=2,
+                    radial_hidden=(64, 64, 64), readout_hidden=16),
+    "large": dict(hidden_irreps="64x0e + 64x1o + 64x2e", l_max=3, correlation=3, n_layers=2,
+                  radial_hidden=(64, 64, 64), readout_hidden=16),
+}  # fmt: skip
+"""Size presets; every entry (and every key of `DEFAULTS`) can be overridden by keyword."""
+
+DEFAULTS: dict[str, Any] = dict(
+    hidden_irreps="32x0e + 32x1o",  # one multiplicity for all irreps; must contain 0e
+    l_max=3,  # spherical harmonics (and A-basis irreps) up to this l
+    correlation=3,  # body order of the B-basis minus one (ν)
+    n_layers=2,
+    n_radial_basis=8,
+    envelope_p=5,  # exponent of the polynomial cutoff envelope
+    radial_hidden=(64, 64, 64),  # hidden widths of the radial MLP
+    readout_hidden=16,  # hidden width of the last layer's readout MLP
+    avg_num_neighbors=20.0,  # A-basis sums are divided by this (CA beads at 10 Å: ~15-30)
+)
+"""Hyperparameters not fixed by a preset."""
+
+
+# ----------------------------------------------------------------------------------------------
+# static plans (NumPy constants built once per configuration, embedded in the jaxpr as constants)
+
+
+def _parse_hidden(hidden_irreps: str) -> tuple[int, tuple[Ir, ...]]:
+    irreps = e3nn.Irreps(hidden_irreps)
+    muls = {mul for mul, _ in irreps}
+    if len(muls) != 1:
+        raise ValueError(
+            f"MACE: hidden_irreps {hidden_irreps!r} must use one multiplicity for every irrep "
+            "(the symmetric contraction is channel-wise)"
+        )
+    irs = tuple((ir.l, ir.p) for _, ir in irreps)
+    if len(set(irs)) != len(irs):
+        raise ValueError(f"MACE: hidden_irreps {hidden_irreps!r} repeats an irrep")
+    if (0, 1) not in irs:
+        raise ValueError(f"MACE: hidden_irreps {hidden_irreps!r} must contain 0e (the energy)")
+    return muls.pop(), irs
+
+
+def _dim(ir: Ir) -> int:
+    return 2 * ir[0] + 1
+
+
+def _irreps_str(irs: Sequence[Ir]) -> str:
+    return " + ".join(str(e3nn.Irrep(l, p)) for l, p in irs)
+
+
+def _sh_irs(l_max: int) -> tuple[Ir, ...]:
+    return tuple((l, (-1) ** l) for l in range(l_max + 1))
+
+
+@functools.lru_cache(maxsize=None)
+def _conv_plan(in_irs: tuple[Ir, ...], sh_irs: tuple[Ir, ...]):
+    """Paths `l1 ⊗ l2 → l3` (l3 among the spherical-harmonic irreps) and their CG blocks.
+
+    Returns `(blocks, path_irs, path_index)`: per input irrep a `(d_sh, d1, D1)` array mapping
+    `Y ⊗ h` to the concatenated outputs of its paths; the target irrep of every path; and for every
+    output component the path it belongs to.
+    """
+    sh_off = np.concatenate([[0], np.cumsum([_dim(i) for i in sh_irs])])
+    blocks, path_irs, path_index = [], [], []
+    for l1, p1 in in_irs:
+        cols = []
+        for j, (l2, p2) in enumerate(sh_irs):
+            for l3, p3 in sh_irs:
+                if p3 != p1 * p2 or not abs(l1 - l2) <= l3 <= l1 + l2:
+                    continue
+                cg = np.asarray(e3nn.clebsch_gordan(l1, l2, l3), np.float64) * np.sqrt(2 * l3 + 1)
+                block = np.zeros((sh_off[-1], 2 * l1 + 1, 2 * l3 + 1))
+                block[sh_off[j] : sh_off[j + 1]] = cg.transpose(1, 0, 2)
+                cols.append(block)
+                path_index += [len(path_irs)] * (2 * l3 + 1)
+                path_irs.append((l3, p3))
+        blocks.append(np.concatenate(cols, axis=-1) if cols else np.zeros((sh_off[-1], 2 * l1 + 1, 0)))
+    return tuple(blocks), tuple(path_irs), np.asarray(path_index, np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def _a_plan(path_irs: tuple[Ir, ...], sh_irs: tuple[Ir, ...]):
+    """For every target irrep, the `(P_l, d_l)` indices of its paths' components in the messages."""
+    off = np.concatenate([[0], np.cumsum([_dim(i) for i in path_irs])])
+    out = []
+    for ir in sh_irs:
+        rows = [np.arange(off[j], off[j + 1]) for j, p in enumerate(path_irs) if p == ir]
+        out.append(np.stack(rows).astype(np.int32) if rows else np.zeros((0, _dim(ir)), np.int32))
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=None)
+def _symmetric_plan(sh_irs: tuple[Ir, ...], out_irs: tuple[Ir, ...], correlation: int):
+    """The generalised CG basis of the symmetric contraction, on distinct monomials of A.
+
+    Returns `(monomials, ubar, slices)`: per degree ν an `(m_ν, ν)` array of sorted component
+    indices; the matrix `(Σ m_ν, Σ_L K_L d_L)` from those monomials to every output irrep's basis
+    functions; and per output irrep `(offset, K_L)` into the columns.
+    """
+    a_irreps = e3nn.Irreps(_irreps_str(sh_irs))
+    d = a_irreps.dim
+    per_nu: list[list[np.ndarray]] = []  # [nu][L] -> (d,)*nu x K x d_L
+    for nu in range(1, correlation + 1):
+        row = []
+        for ir in out_irs:
+            u = e3nn.reduced_symmetric_tensor_product_basis(a_irreps, nu, keep_ir=[e3nn.Irrep(*ir)])
+            arr = np.asarray(u.array, np.float64)
+            row.append(arr.reshape((d,) * nu + (-1, _dim(ir))))
+        per_nu.append(row)
+    monomials, rows = [], []
+    for nu, row in enumerate(per_nu, start=1):
+        mono = np.asarray(list(itertools.combinations_with_replacement(range(d), nu)), np.int64)
+        # every index tuple -> its sorted monomial; U summed over the permutations of each monomial
+        flat_idx = np.asarray(list(itertools.product(range(d), repeat=nu)), np.int64)
+        key = np.ravel_multi_index(np.sort(flat_idx, axis=1).T, (d,) * nu)
+        pos = {k: i for i, k in enumerate(np.ravel_multi_index(mono.T, (d,) * nu))}
+        target = np.asarray([pos[k] for k in key])
+        sym = []
+        for arr in row:
+            acc = np.zeros((len(mono),) + arr.shape[nu:])
+            np.add.at(acc, target, arr.reshape((-1,) + arr.shape[nu:]))
+            sym.append(acc)
+        keep = np.zeros(len(mono), bool)
+        for acc in sym:
+            keep |= np.abs(acc).reshape(len(mono), -1).max(axis=1) > 1e-9
+        monomials.append(mono[keep].astype(np.int32))
+        rows.append([acc[keep] for acc in sym])
+    # block layout: columns per output irrep L = (K_L = Σ_ν K_ν,L) x d_L, rows = monomials by degree
+    n_rows = sum(len(m) for m in monomials)
+    row_off = np.concatenate([[0], np.cumsum([len(m) for m in monomials])])
+    cols, slices, col = [], [], 0
+    for i, ir in enumerate(out_irs):
+        ks = [rows[nu][i].shape[1] for nu in range(correlation)]
+        blk = np.zeros((n_rows, sum(ks), _dim(ir)))
+        for nu in range(correlation):
+            k0 = sum(ks[:nu])
+            blk[row_off[nu] : row_off[nu + 1], k0 : k0 + ks[nu]] = rows[nu][i]
+        cols.append(blk.reshape(n_rows, -1))
+        slices.append((col, sum(ks)))
+        col += sum(ks) * _dim(ir)
+    ubar = np.concatenate(cols, axis=1)
+    return tuple(monomials), ubar, tuple(slices)
+
+
+def _channel_linear(x: Float[Array, "n c m"], w: Float[Array, "c d"]) -> Float[Array, "n d m"]:
+    return jnp.einsum("ncm,cd->ndm", x, w)
+
+
+def _normal(key: PRNGKeyArray, shape: tuple[int, ...], fan_in: int) -> Array:
+    return jax.random.normal(key, shape) / np.sqrt(max(fan_in, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# one interaction + product + readout layer
+
+
+class _Layer(eqx.Module):
+    linear_up: tuple[Array, ...]  # per input irrep (C, C)
+    radial: MLP  # n_radial_basis -> ... -> C * n_paths (no biases)
+    linear_a: tuple[Array, ...]  # per sh irrep (C, P_l, C)
+    sym_weights: tuple[Array, ...]  # per output irrep (n_species, K_L, C)
+    linear_out: tuple[Array, ...]  # per output irrep (C, C)
+    skip: tuple[Array | None, ...] | None  # per output irrep (n_species, C, C), or None (first layer)
+    readout: Dense | MLP
+    in_irs: tuple[Ir, ...] = eqx.field(static=True)
+    out_irs: tuple[Ir, ...] = eqx.field(static=True)
+    sh_irs: tuple[Ir, ...] = eqx.field(static=True)
+    correlation: int = eqx.field(static=True)
+    channels: int = eqx.field(static=True)
+
+    def __init__(self, n_species, channels, in_irs, out_irs, sh_irs, correlation, n_radial_basis,
+                 radial_hidden, readout_hidden, residual, last, *, key):  # fmt: skip
+        c = channels
+        self.in_irs, self.out_irs, self.sh_irs = in_irs, out_irs, sh_irs
+        self.correlation, self.channels = correlation, c
+        _, path_irs, _ = _conv_plan(in_irs, sh_irs)
+        a_idx = _a_plan(path_irs, sh_irs)
+        _, _, slices = _symmetric_plan(sh_irs, out_irs, correlation)
+        keys = iter(jax.random.split(key, 64))
+        self.linear_up = tuple(_normal(next(keys), (c, c), c) for _ in in_irs)
+        self.radial = MLP((n_radial_basis, *radial_hidden, c * len(path_irs)), key=next(keys),
+                          bias=False)  # fmt: skip
+        self.linear_a = tuple(
+            _normal(next(keys), (c, len(idx), c), c * max(len(idx), 1)) for idx in a_idx
+        )
+        self.sym_weights = tuple(
+            _normal(next(keys), (n_species, k, c), k) for _, k in slices
+        )
+        self.linear_out = tuple(_normal(next(keys), (c, c), c) for _ in out_irs)
+        if residual:
+            self.skip = tuple(
+                _normal(next(keys), (n_species, c, c), c) if ir in in_irs else None
+                for ir in out_irs
+            )
+        else:
+            self.skip = None
+        if last:
+            self.readout = MLP((c, readout_hidden, 1), key=next(keys))
+        else:
+            self.readout = Dense(c, 1, key=next(keys), bias=False)
+
+    def __call__(self, h, species, y, radial_in, senders, receivers, n_node, inv_avg):
+        """One layer: features per input irrep -> (features per output irrep, per-bead energy)."""
+        dtype = h[0].dtype
+        c = self.channels
+        blocks, path_irs, path_index = _conv_plan(self.in_irs, self.sh_irs)
+        # 1. linear_up on nodes, then per-edge channel-wise tensor products with Y(r̂)
+        msgs = []
+        for x, w, blk in zip(h, self.linear_up, blocks):
+            if blk.shape[-1] == 0:
+                continue
+            x = _channel_linear(x, w)[senders]  # (E, C, d1)
+            yb = jnp.einsum("eq,qmk->emk", y, jnp.asarray(blk, dtype))  # (E, d1, D1)
+            msgs.append(jnp.einsum("ecm,emk->eck", x, yb))
+        m = jnp.concatenate(msgs, axis=-1)  # (E, C, D)
+        r = self.radial(radial_in).reshape(-1, c, len(path_irs))  # (E, C, P); zero on padding
+        m = m * r[..., path_index]
+        m = jax.ops.segment_sum(m, receivers, num_segments=n_node) * inv_avg  # (n, C, D)
+        # 2. the A-basis: mix paths x channels per target irrep
+        a_idx = _a_plan(path_irs, self.sh_irs)
+        a = []
+        for idx, w, ir in zip(a_idx, self.linear_a, self.sh_irs):
+            if idx.shape[0] == 0:
+                a.append(jnp.zeros((n_node, c, _dim(ir)), dtype))
+            else:
+                a.append(jnp.einsum("ncpm,cpd->ndm", m[..., idx], w))
+        a = jnp.concatenate(a, axis=-1)  # (n, C, d_sh)
+        # 3. the B-basis: symmetric contractions on distinct monomials of A, species weights
+        monomials, ubar, slices = _symmetric_plan(self.sh_irs, self.out_irs, self.correlation)
+        mono = []
+        for idx in monomials:
+            p = a[..., idx[:, 0]]
+            for j in range(1, idx.shape[1]):
+                p = p * a[..., idx[:, j]]
+            mono.append(p)
+        basis = jnp.concatenate(mono, axis=-1) @ jnp.asarray(ubar, dtype)  # (n, C, Σ K_L d_L)
+        # 4. update with the species-dependent residual
+        out = []
+        for i, (ir, (c0, k)) in enumerate(zip(self.out_irs, slices)):
+            d = _dim(ir)
+            b = basis[..., c0 : c0 + k * d].reshape(n_node, c, k, d)
+            b = jnp.einsum("nckm,nkc->ncm", b, self.sym_weights[i][species])
+            new = _channel_linear(b, self.linear_out[i])
+            if self.skip is not None and self.skip[i] is not None:
+                old = h[self.in_irs.index(ir)]
+                new = new + jnp.einsum("ncm,ncd->ndm", old, self.skip[i][species])
+            out.append(new)
+        # 5. readout of the scalars
+        scalars = out[self.out_irs.index((0, 1))][..., 0]  # (n, C)
+        return tuple(out), self.readout(scalars)[:, 0]
+
+
+# ----------------------------------------------------------------------------------------------
+# the model
+
+
+class MACE(AbstractEnergyModel):
+    """MACE energy model: per-bead energies (kcal/mol) from higher-order equivariant features.
+
+    **Arguments (constructor):**
+
+    - `n_species`: number of bead species.
+    - `cutoff`: radial cutoff in Å (the radius graph of the batch must use the same cutoff).
+    - `key`: PRNG key for the initial parameters.
+    - `preset`: one of `PRESETS` (`small`, `default`, `large`).
+    - `**hyperparameters`: overrides of any key of `DEFAULTS`: `hidden_irreps`, `l_max`,
+      `correlation`, `n_layers`, `n_radial_basis`, `envelope_p`, `radial_hidden`,
+      `readout_hidden`, `avg_num_neighbors`.
+    """
+
+    embedding: SpeciesEmbedding
+    layers: tuple[_Layer, ...]
+    n_species: int = eqx.field(static=True)
+    cutoff: float = eqx.field(static=True)
+    hidden_irreps: str = eqx.field(static=True)
+    l_max: int = eqx.field(static=True)
+    correlation: int = eqx.field(static=True)
+    n_layers: int = eqx.field(static=True)
+    n_radial_basis: int = eqx.field(static=True)
+    envelope_p: int = eqx.field(static=True)
+    radial_hidden: tuple[int, ...] = eqx.field(static=True)
+    readout_hidden: int = eqx.field(static=True)
+    avg_num_neighbors: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        n_species: int,
+        cutoff: float = 10.0,
+        *,
+        key: PRNGKeyArray,
+        preset: str = "default",
+        **hyperparameters: Any,
+    ):
+        hp = resolve_hyperparameters("MACE", PRESETS, DEFAULTS, preset, hyperparameters)
+        for name in ("l_max", "correlation", "n_layers", "n_radial_basis", "readout_hidden"):
+            if int(hp[name]) < 1 and not (name == "l_max" and int(hp[name]) == 0):
+                raise ValueError(f"MACE: {name} must be >= 1, got {hp[name]!r}")
+        if n_species < 1 or cutoff <= 0:
+            raise ValueError(f"MACE: need n_species >= 1 and cutoff > 0, got {n_species}, {cutoff}")
+        if float(hp["avg_num_neighbors"]) <= 0:
+            raise ValueError(f"MACE: avg_num_neighbors must be > 0, got {hp['avg_num_neighbors']!r}")
+        channels, hidden = _parse_hidden(str(hp["hidden_irreps"]))
+        self.n_species = int(n_species)
+        self.cutoff = float(cutoff)
+        self.hidden_irreps = str(e3nn.Irreps(str(hp["hidden_irreps"])))
+        self.l_max = int(hp["l_max"])
+        self.correlation = int(hp["correlation"])
+        self.n_layers = int(hp["n_layers"])
+        self.n_radial_basis = int(hp["n_radial_basis"])
+        self.envelope_p = int(hp["envelope_p"])
+        self.radial_hidden = tuple(int(w) for w in hp["radial_hidden"])
+        self.readout_hidden = int(hp["readout_hidden"])
+        self.avg_num_neighbors = float(hp["avg_num_neighbors"])
+        sh = _sh_irs(self.l_max)
+        ke, *kl = jax.random.split(key, self.n_layers + 1)
+        self.embedding = SpeciesEmbedding(n_species, channels, key=ke)
+        layers = []
+        in_irs: tuple[Ir, ...] = ((0, 1),)
+        for t in range(self.n_layers):
+            last = t == self.n_layers - 1
+            out_irs = ((0, 1),) if last else hidden
+            layers.append(
+                _Layer(n_species, channels, in_irs, out_irs, sh, self.correlation,
+                       self.n_radial_basis, self.radial_hidden, self.readout_hidden,
+                       residual=t > 0, last=last, key=kl[t])  # fmt: skip
+            )
+            in_irs = out_irs
+        self.layers = tuple(layers)
+
+    @property
+    def n_message_passing_layers(self) -> int:
+        """Receptive field in graph hops: a bead's energy depends on beads up to this many hops away."""
+        return self.n_layers
+
+    def node_energies(self, batch: Batch) -> Float[Array, " n_node"]:
+        """Per-bead energies in kcal/mol, exactly zero (with zero gradient) on padded beads.
+
+        **Arguments:**
+
+        - `batch`: a packed batch (no leading device axis) whose edges use this model's cutoff.
+
+        **Returns:** an `(n_node,)` array.
+        """
+        n = batch.n_node
+        dtype = batch.positions.dtype
+        geo = edge_geometry(batch)
+        sh = e3nn.Irreps(_irreps_str(_sh_irs(self.l_max)))
+        y = e3nn.spherical_harmonics(sh, geo.unit, normalize=False, normalization="component").array
+        radial_in = bessel_basis(geo.distances, self.cutoff, self.n_radial_basis)
+        env = polynomial_envelope(geo.distances, self.cutoff, self.envelope_p)
+        radial_in = radial_in * jnp.where(geo.mask, env, 0.0)[:, None]
+        species: Int[Array, " n_node"] = batch.species
+        h = (self.embedding(species).astype(dtype)[:, :, None],)
+        energy = jnp.zeros((n,), dtype)
+        for layer in self.layers:
+            h, e = layer(h, species, y, radial_in, batch.senders, batch.receivers, n,
+                         1.0 / self.avg_num_neighbors)  # fmt: skip
+            energy = energy + e
+        return jnp.where(batch.node_mask, energy, 0.0)
