@@ -1,0 +1,359 @@
+"""The force field: a backbone (ML) plus a prior (physics), or either alone; single-file save/load.
+
+One pytree holds every learnable parameter (backbone and prior); `trainable_filter` picks what trains.
+
+**Prior protocol** (what a prior class provides to plug in here):
+
+- it is an `AbstractEnergyModel` (`node_energies(batch)`), learnable parameters as array fields;
+- save/load: `to_config() -> dict` (JSON-serialisable, enough to rebuild a skeleton with the same array
+  shapes) and a classmethod `from_config(config) -> prior`; the class is found again at load time through
+  `register_prior(cls)` or, for classes inside `cameo_eqx`, by its module path;
+- per-term forces (optional, first match wins): `component_node_energies(batch) -> {name: (n_node,)}`
+  (each term is differentiated here), or `components(batch) -> {name: (energy, forces) | forces}`;
+  otherwise the whole prior is one term named "prior".
+
+**File format** (`save`/`load`): one UTF-8 JSON line (format tag, the skeleton description, the user's
+config), a newline, then `eqx.tree_serialise_leaves` bytes. Written to a temporary file and renamed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from ..graph import Batch, frame_graph, graph_sum, pack
+from ..topology import CGTopology
+from .base import AbstractEnergyModel
+
+FORMAT = "cameo_eqx.forcefield/1"
+
+
+class ForceField(AbstractEnergyModel):
+    """Backbone + prior energy model: total energies, per-bead energies, forces, per-term forces.
+
+    **Arguments (constructor):**
+
+    - `backbone`: the ML energy model, or `None` (prior only).
+    - `prior`: the physics prior (an `AbstractEnergyModel`), or `None` (pure ML).
+    - `cutoff`: radius-graph cutoff (Å) used when this object builds graphs itself (`forces`); default
+      the backbone's `cutoff`, else the prior's `cutoff` attribute, else 10 Å.
+    - `pair_min_sep`: minimum sequence separation of non-bonded pairs when building graphs.
+    """
+
+    backbone: AbstractEnergyModel | None
+    prior: AbstractEnergyModel | None
+    cutoff: float = eqx.field(static=True)
+    pair_min_sep: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        backbone: AbstractEnergyModel | None,
+        prior: AbstractEnergyModel | None = None,
+        *,
+        cutoff: float | None = None,
+        pair_min_sep: int = 2,
+    ):
+        if backbone is None and prior is None:
+            raise ValueError("ForceField needs a backbone, a prior, or both; got neither")
+        for what, m in (("backbone", backbone), ("prior", prior)):
+            if m is not None and not isinstance(m, AbstractEnergyModel):
+                raise TypeError(f"ForceField {what} must be an AbstractEnergyModel, got {type(m)}")
+        if cutoff is None:
+            cutoff = getattr(backbone, "cutoff", None) or getattr(prior, "cutoff", None) or 10.0
+        self.backbone, self.prior = backbone, prior
+        self.cutoff, self.pair_min_sep = float(cutoff), int(pair_min_sep)
+
+    def node_energies(self, batch: Batch) -> Float[Array, " n_node"]:
+        """Per-bead energies (kcal/mol), backbone + prior, zero on padded beads."""
+        e = jnp.zeros(batch.positions.shape[:1], batch.positions.dtype)
+        for m in (self.backbone, self.prior):
+            if m is not None:
+                e = e + m.node_energies(batch)
+        return jnp.where(batch.node_mask, e, 0.0)
+
+    def energy(self, batch: Batch) -> Float[Array, " n_graph"]:
+        """Total energy of every frame (kcal/mol), zero for padded frames."""
+        return graph_sum(self.node_energies(batch), batch)
+
+    def energy_and_forces(
+        self, batch: Batch
+    ) -> tuple[Float[Array, " n_graph"], Float[Array, "n_node 3"]]:
+        """Energies per frame and forces -∂E/∂R (kcal/mol/Å), zero on padded beads."""
+        return _energy_and_forces(self, batch)
+
+    def term_forces(self, batch: Batch) -> dict[str, Float[Array, "n_node 3"]]:
+        """Forces of each term: "ml" (the backbone) and each prior component (see the module docstring).
+
+        **Returns:** a dict name → `(n_node, 3)` forces, zero on padded beads.
+        """
+        mask = batch.node_mask[:, None]
+        out = {}
+        if self.backbone is not None:
+            out["ml"] = _energy_and_forces(self.backbone, batch)[1]
+        prior = self.prior
+        if prior is None:
+            return out
+        if hasattr(prior, "component_node_energies"):
+            names = list(prior.component_node_energies(batch).keys())
+            for name in names:
+                def total(pos, name=name):
+                    return jnp.sum(prior.component_node_energies(batch.with_positions(pos))[name] * batch.node_mask)
+                out[name] = jnp.where(mask, -jax.grad(total)(batch.positions), 0.0)
+        elif callable(getattr(prior, "components", None)):
+            for name, value in prior.components(batch).items():
+                f = value[1] if isinstance(value, (tuple, list)) else value
+                f = f["forces"] if isinstance(f, Mapping) else f
+                out[name] = jnp.where(mask, f, 0.0)
+        else:
+            out["prior"] = _energy_and_forces(prior, batch)[1]
+        return out
+
+    def batch_for(
+        self,
+        positions: Float[np.ndarray, "n 3"] | Float[np.ndarray, "t n 3"],
+        species_or_topology: Int[np.ndarray, " n"] | CGTopology,
+        topology: CGTopology | None = None,
+    ) -> Batch:
+        """An unpadded batch of one protein (one or several frames), graphs built at `self.cutoff`."""
+        pos = np.asarray(positions, dtype=np.float32)
+        if pos.ndim == 2:
+            pos = pos[None]
+        if pos.ndim != 3 or pos.shape[-1] != 3:
+            raise ValueError(f"positions must have shape (n, 3) or (frames, n, 3), got {np.shape(positions)}")
+        n = pos.shape[1]
+        if isinstance(species_or_topology, CGTopology):
+            topology = species_or_topology
+        else:
+            species = np.asarray(species_or_topology, dtype=np.int32)
+            if species.shape != (n,):
+                raise ValueError(f"species must have shape ({n},) to match positions, got {species.shape}")
+            if topology is None:  # one unbroken chain
+                topology = CGTopology(resname=("UNK",) * n, resid=np.arange(n), chain=("A",) * n,
+                                      segment=np.zeros(n, np.int32), species=species)  # fmt: skip
+            else:
+                topology = dataclasses.replace(topology, species=species)
+        if topology.n_beads != n:
+            raise ValueError(f"topology has {topology.n_beads} beads but positions have {n}")
+        n_species = getattr(self.backbone, "n_species", None)
+        if n_species is not None and len(topology.species) and int(np.max(topology.species)) >= n_species:
+            raise ValueError(f"species index {int(np.max(topology.species))} out of range for a model "
+                             f"with {n_species} species")  # fmt: skip
+        frames = [frame_graph(p, topology, self.cutoff, pair_min_sep=self.pair_min_sep) for p in pos]
+        sizes = [f.sizes for f in frames]
+        cap = type(sizes[0])(*(sum(s[k] for s in sizes) for k in range(len(sizes[0]))))
+        return pack(frames, cap).to_device()
+
+    def forces(
+        self,
+        positions: Float[np.ndarray, "n 3"] | Float[np.ndarray, "t n 3"],
+        species_or_topology: Int[np.ndarray, " n"] | CGTopology,
+        topology: CGTopology | None = None,
+    ) -> Float[np.ndarray, "n 3"] | Float[np.ndarray, "t n 3"]:
+        """Forces (kcal/mol/Å) on one unpadded protein, for notebooks (builds the graph on the host).
+
+        **Arguments:**
+
+        - `positions`: bead positions in Å, `(n, 3)` or `(frames, n, 3)`.
+        - `species_or_topology`: bead species `(n,)` or a `CGTopology` (gives species and bonded terms).
+        - `topology`: the topology when species are given separately (its species are replaced);
+          without one the beads form one unbroken chain.
+
+        **Returns:** NumPy forces with the shape of `positions`.
+        """
+        batch = self.batch_for(positions, species_or_topology, topology)
+        f = np.asarray(_jit_energy_and_forces(self, batch)[1])
+        return f.reshape(np.shape(positions))
+
+
+def _energy_and_forces(model: AbstractEnergyModel, batch: Batch):
+    def total(pos):
+        e = graph_sum(model.node_energies(batch.with_positions(pos)), batch)
+        return jnp.sum(e), e
+
+    (_, e), g = jax.value_and_grad(total, has_aux=True)(batch.positions)
+    return e, jnp.where(batch.node_mask[:, None], -g, 0.0)
+
+
+_jit_energy_and_forces = eqx.filter_jit(_energy_and_forces)
+
+
+def trainable_filter(ff: ForceField, train_backbone: bool = True, train_prior: bool = True) -> Any:
+    """Filter spec (a pytree of bools like `ff`) for `eqx.partition`: which arrays train.
+
+    **Arguments:**
+
+    - `ff`: the force field.
+    - `train_backbone`, `train_prior`: whether that part's floating-point arrays train.
+
+    **Returns:** the spec; `params, static = eqx.partition(ff, spec)`.
+    """
+    spec = jax.tree.map(eqx.is_inexact_array, ff)
+    for part, on in (("backbone", train_backbone), ("prior", train_prior)):
+        sub = getattr(ff, part)
+        if sub is not None and not on:
+            spec = eqx.tree_at(lambda f, part=part: getattr(f, part), spec,
+                               jax.tree.map(lambda _: False, getattr(spec, part)))  # fmt: skip
+    return spec
+
+
+# --------------------------------------------------------------------------------------------- save / load
+
+PRIOR_REGISTRY: dict[str, type] = {}
+"""Prior classes that `load` may rebuild, by "module:qualname" (see `register_prior`)."""
+
+
+def register_prior(cls: type) -> type:
+    """Class decorator: lets `load` rebuild priors of this class (needs `to_config`/`from_config`)."""
+    if not (hasattr(cls, "from_config") and hasattr(cls, "to_config")):
+        raise TypeError(f"{cls.__qualname__} must define to_config() and a classmethod from_config()")
+    PRIOR_REGISTRY[f"{cls.__module__}:{cls.__qualname__}"] = cls
+    return cls
+
+
+def _prior_class(name: str) -> type:
+    if name in PRIOR_REGISTRY:
+        return PRIOR_REGISTRY[name]
+    module, _, qual = name.partition(":")
+    if not module.startswith("cameo_eqx"):
+        raise ValueError(f"prior class {name!r} is not registered (call register_prior on it before load)")
+    obj: Any = importlib.import_module(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except TypeError:
+        return False
+
+
+def _tuplify(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_tuplify(x) for x in v)
+    if isinstance(v, dict):
+        return {k: _tuplify(x) for k, x in v.items()}
+    return v
+
+
+def backbone_config(backbone: AbstractEnergyModel) -> dict:
+    """JSON description that rebuilds a registered backbone's skeleton through `make_backbone`."""
+    from . import BACKBONES
+
+    names = [n for n, c in BACKBONES.items() if type(backbone) is c]
+    if not names:
+        raise ValueError(f"backbone class {type(backbone).__qualname__} is not in BACKBONES; cannot save it")
+    if hasattr(backbone, "hyperparameters"):
+        hp = dict(backbone.hyperparameters())
+    else:  # static fields that are constructor keywords
+        sig = inspect.signature(type(backbone).__init__).parameters
+        hp = {f.name: getattr(backbone, f.name) for f in dataclasses.fields(backbone)
+              if f.metadata.get("static", False) and f.name in sig}  # fmt: skip
+        hp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in hp.items()}
+    hp = {k: v for k, v in hp.items() if k not in ("n_species", "cutoff", "key")}
+    bad = [k for k, v in hp.items() if not _jsonable(v)]
+    if bad:
+        raise ValueError(f"backbone hyperparameters {bad} are not JSON-serialisable")
+    return {"name": names[0], "n_species": int(backbone.n_species), "cutoff": float(backbone.cutoff),
+            "hyperparameters": hp}  # fmt: skip
+
+
+def skeleton_config(ff: ForceField) -> dict:
+    """The JSON description of `ff` that `load` rebuilds (parameters excluded)."""
+    out: dict[str, Any] = {"cutoff": ff.cutoff, "pair_min_sep": ff.pair_min_sep, "backbone": None,
+                           "prior": None}  # fmt: skip
+    if ff.backbone is not None:
+        out["backbone"] = backbone_config(ff.backbone)
+    if ff.prior is not None:
+        cls = type(ff.prior)
+        if not hasattr(ff.prior, "to_config"):
+            raise ValueError(f"prior class {cls.__qualname__} has no to_config(); cannot save it")
+        out["prior"] = {"class": f"{cls.__module__}:{cls.__qualname__}", "config": ff.prior.to_config()}
+    return out
+
+
+def save(path: str | os.PathLike, ff: ForceField, config: Mapping[str, Any] | None = None) -> Path:
+    """Writes `ff` (skeleton description + parameters) and `config` to one file, atomically.
+
+    **Arguments:**
+
+    - `path`: output file (conventionally `model.eqx`); its directory must exist.
+    - `ff`: the force field.
+    - `config`: extra JSON-serialisable metadata stored alongside (e.g. the training config).
+
+    **Returns:** the path written.
+    """
+    path = Path(path)
+    header = {"format": FORMAT, "model": skeleton_config(ff), "config": dict(config or {})}
+    try:
+        line = json.dumps(header)
+    except TypeError as err:
+        raise ValueError(f"save {path}: config is not JSON-serialisable: {err}") from err
+    buf = io.BytesIO()
+    eqx.tree_serialise_leaves(buf, ff)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(line.encode() + b"\n")
+            f.write(buf.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_header(f, path) -> dict:
+    line = f.readline()
+    try:
+        header = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path}: not a cameo_eqx force-field file (no JSON header line)") from None
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    return header
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """The JSON header of a saved force field: `{"format", "model", "config"}`."""
+    with open(path, "rb") as f:
+        return _read_header(f, path)
+
+
+def load(path: str | os.PathLike) -> ForceField:
+    """Rebuilds a `ForceField` saved by `save` (skeleton from the JSON header, then the parameters)."""
+    from . import make_backbone
+
+    with open(path, "rb") as f:
+        header = _read_header(f, path)
+        model = header["model"]
+        backbone = prior = None
+        if model["backbone"] is not None:
+            b = model["backbone"]
+            hp = {k: _tuplify(v) for k, v in b["hyperparameters"].items()}
+            backbone = make_backbone(b["name"], b["n_species"], b["cutoff"], **hp)
+        if model["prior"] is not None:
+            prior = _prior_class(model["prior"]["class"]).from_config(model["prior"]["config"])
+        skeleton = ForceField(backbone, prior, cutoff=model["cutoff"], pair_min_sep=model["pair_min_sep"])
+        try:
+            return eqx.tree_deserialise_leaves(f, skeleton)
+        except Exception as err:
+            raise ValueError(f"{path}: parameters do not match the saved skeleton: {err}") from err
