@@ -1,0 +1,621 @@
+"""Export an energy model as a chemtrain-deploy artifact (`.ptb`) for LAMMPS `pair_style chemtrain_deploy`.
+
+The artifact is the protobuf `chemsim.Model` (see `ptb.py`) holding the StableHLO text of one
+shape-polymorphic function of the connector's 8 arguments and 4 outputs (the contract is in
+`specs/chemtrain_deploy_contract.md` of the project notes, summarised here):
+
+| # | argument | | # | output |
+|---|---|---|---|---|
+| 0 | `f32[N,3]` positions (local, ghost, zero padding) | | 0 | `f32[N,3]` forces = -dE/dx |
+| 1 | `i32[N]` species, already 0-based | | 1 | `f32[]` energy summed over local atoms |
+| 2 | `i32[]` n_local; 3 `i32[]` n_ghost; 4 `bool[]` newton | | 2 | `i32[]` valid pruned edges (> M: rerun) |
+| 5 | `i32[B]` senders; 6 `i32[B]` receivers (padding N) | | 3 | `i32[]` input edges within the cutoff |
+| 7 | `bool[M]` capacity buffer (only its length counts) | | | |
+
+Inside, the function symmetrises and de-duplicates the (half or full) neighbour list, drops padding,
+self and over-cutoff edges, keeps the edges within `nbr_order` hops of local atoms, compacts them to
+M and evaluates the model's per-bead energies on a packed one-frame `Batch`.
+
+**Limits of a baked topology** (prior bonded terms index rows): valid only on one MPI rank, with no
+ghost atoms (`boundary s s s` or f, no periodic images) and `atom_modify sort 0 0.0` (row order =
+atom order). The function guards this: when `n_ghost != 0` or `n_local` differs from the exported
+protein's size it returns NaN energy and forces. Use `atom_style atomic` (a molecular style's
+`special_bonds 0 0 0` would silently remove 1-2/1-3/1-4 pairs) and
+`comm_modify cutoff >= nbr_order * cutoff + skin`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+from ..graph import Batch
+from ..topology import SEPARATION_NONBONDED, CGTopology
+from ..units import KCAL_PER_MOL_TO_EV
+from . import ptb
+
+UNIT_STYLES: dict[str, float] = {"real": 1.0, "metal": KCAL_PER_MOL_TO_EV}
+"""LAMMPS unit styles the exporter supports and their energy factor from kcal/mol (lengths are Å)."""
+
+PLATFORMS: tuple[str, ...] = ("cuda", "cpu")
+
+SYMBOLIC_SHAPES = "n_atoms, max_buffers, max_edges"
+SHAPE_CONSTRAINTS = ("max_edges <= 2*max_buffers",)
+
+
+# ------------------------------------------------------------------------------------------------
+# The connector function
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BakedTopology:
+    """The exported protein's bonded terms and chain segments, as NumPy constants."""
+
+    n_beads: int
+    bonds: np.ndarray  # (n_bond, 2) int32
+    angles: np.ndarray  # (n_angle, 3) int32
+    dihedrals: np.ndarray  # (n_dih, 4) int32
+    segment: np.ndarray  # (n,) int32
+
+    @classmethod
+    def from_topology(cls, topology: CGTopology | None) -> "BakedTopology | None":
+        if topology is None:
+            return None
+        return cls(
+            n_beads=topology.n_beads,
+            bonds=np.asarray(topology.bonds, np.int32).reshape(-1, 2),
+            angles=np.asarray(topology.angles, np.int32).reshape(-1, 3),
+            dihedrals=np.asarray(topology.dihedrals, np.int32).reshape(-1, 4),
+            segment=np.asarray(topology.segment, np.int32),
+        )
+
+
+def message_passing_hops(model) -> int | None:
+    """How many graph hops a bead's energy depends on, or None when the model does not say.
+
+    `n_message_passing_layers` when the model has it; a `ForceField` takes the larger of its backbone
+    and prior; a prior (`terms`) and Allegro (strictly local) depend on their own edges only (1).
+    """
+    k = getattr(model, "n_message_passing_layers", None)
+    if k is not None:
+        return int(k)
+    if hasattr(model, "backbone") and hasattr(model, "prior"):
+        parts = [m for m in (model.backbone, model.prior) if m is not None]
+        hops = [message_passing_hops(m) for m in parts]
+        return None if any(h is None for h in hops) or not hops else max(hops)
+    if hasattr(model, "terms") or type(model).__name__ == "Allegro":
+        return 1
+    return None
+
+
+def receptive_field(model, nbr_order: tuple[int, int] | None = None) -> tuple[int, int]:
+    """`nbr_order = [K, 2K]` for a model whose bead energies reach K hops (see `message_passing_hops`).
+
+    A strictly local model (Allegro, priors) has K = 1, so `[1, 2]`. An explicit `nbr_order` wins; a
+    model that does not state its receptive field requires one.
+    """
+    if nbr_order is not None:
+        order = tuple(int(v) for v in nbr_order)
+        if len(order) != 2 or min(order) < 1:
+            raise ValueError(f"nbr_order must be two positive ints [newton_on, newton_off], got {nbr_order}")
+        return order  # type: ignore[return-value]
+    k = message_passing_hops(model)
+    if k is None:
+        raise ValueError(
+            f"{type(model).__name__} has no `n_message_passing_layers`: pass nbr_order=(K, 2K) for a "
+            "model whose per-bead energy depends on neighbours up to K hops away"
+        )
+    if k < 1:
+        raise ValueError(f"{type(model).__name__}.n_message_passing_layers must be >= 1, got {k}")
+    return (k, 2 * k)
+
+
+def _reach(local: Bool[Array, " N"], snd, rcv, valid_edge, hops: int) -> Bool[Array, " N"]:
+    """Atoms within `hops` hops of a local atom along valid (symmetric) edges."""
+    n = local.shape[0]
+    reach = local
+    for _ in range(hops):
+        src = jnp.where(valid_edge, reach[jnp.minimum(snd, n - 1)], False)
+        hit = jnp.zeros(n, jnp.int32).at[rcv].max(src.astype(jnp.int32), mode="drop")
+        reach = reach | (hit > 0)
+    return reach
+
+
+def make_connector_function(
+    model,
+    *,
+    cutoff: float,
+    nbr_order: tuple[int, int],
+    topology: CGTopology | None = None,
+    unit_style: str = "real",
+    pair_min_sep: int = 2,
+):
+    """The connector-facing function of the 8 arguments and 4 outputs (see the module docstring).
+
+    **Arguments:**
+
+    - `model`: an `AbstractEnergyModel` (per-bead energies in kcal/mol on a packed `Batch`).
+    - `cutoff`: neighbour cutoff in Å (edges at distance >= cutoff are dropped).
+    - `nbr_order`: `(newton_on, newton_off)` hop counts of edges kept around local atoms.
+    - `topology`: the protein whose bonded terms and sequence separations are baked in (guarded:
+      NaN output unless `n_ghost == 0` and `n_local == topology.n_beads`); None bakes none.
+    - `unit_style`: "real" (Å, kcal/mol) or "metal" (Å, eV; converted inside).
+    - `pair_min_sep`: minimum sequence separation of a non-bonded pair (as `graph.frame_graph`).
+
+    **Returns:** a function `f(positions, species, n_local, n_ghost, newton, senders, receivers,
+    capacity) -> (forces, energy, n_valid_edges, n_edges_in_cutoff)`.
+    """
+    if unit_style not in UNIT_STYLES:
+        raise ValueError(f"unit_style must be one of {sorted(UNIT_STYLES)}, got {unit_style!r}")
+    energy_factor = UNIT_STYLES[unit_style]
+    baked = BakedTopology.from_topology(topology)
+    k_on, k_off = (int(v) for v in nbr_order)
+    cutoff2 = float(cutoff) ** 2
+
+    def f(positions, species, n_local, n_ghost, newton, senders, receivers, capacity):
+        n = positions.shape[0]
+        m = capacity.shape[0]
+        positions = positions.astype(jnp.float32)
+        species = species.astype(jnp.int32)
+        idx = jnp.arange(n, dtype=jnp.int32)
+        valid = idx < n_local + n_ghost
+        local = idx < n_local
+
+        # --- input edges: drop padding, invalid atoms, self and over-cutoff edges -----------
+        s = senders.astype(jnp.int32)
+        r = receivers.astype(jnp.int32)
+        in_range = (s >= 0) & (s < n) & (r >= 0) & (r < n)
+        sc = jnp.clip(s, 0, n - 1)
+        rc = jnp.clip(r, 0, n - 1)
+        d2 = jnp.sum((positions[sc] - positions[rc]) ** 2, axis=-1)
+        ok = in_range & valid[sc] & valid[rc] & (s != r) & (d2 < cutoff2)
+        n_in_cutoff = jnp.sum(ok, dtype=jnp.int32)
+
+        # --- symmetrise and de-duplicate: each directed edge once -------------------------
+        fill = jnp.full_like(s, n)
+        cs = jnp.concatenate([jnp.where(ok, sc, fill), jnp.where(ok, rc, fill)])
+        cr = jnp.concatenate([jnp.where(ok, rc, fill), jnp.where(ok, sc, fill)])
+        cs, cr = jax.lax.sort((cs, cr), num_keys=2)
+        dup = jnp.concatenate(
+            [jnp.zeros(1, bool), (cs[1:] == cs[:-1]) & (cr[1:] == cr[:-1])]
+        )
+        edge_ok = (cs < n) & ~dup
+
+        # --- keep edges within nbr_order hops of local atoms ------------------------------
+        # an edge can change a local energy (newton on: E = sum over local atoms) if one end is
+        # within K-1 hops of a local atom; with newton off every valid atom's energy enters the
+        # gradient and ghost energies reach K more hops, hence 2K.
+        reach_on = _reach(local, cs, cr, edge_ok, k_on - 1)
+        reach_off = _reach(local, cs, cr, edge_ok, k_off - 1)
+        reach = jnp.where(newton, reach_on, reach_off)
+        csc = jnp.minimum(cs, n - 1)
+        crc = jnp.minimum(cr, n - 1)
+        keep = edge_ok & (reach[csc] | reach[crc])
+        n_valid = jnp.sum(keep, dtype=jnp.int32)
+
+        # --- compact to the capacity M: a stable sort puts kept edges first (no cumsum: its
+        # dynamic reduce_window is a custom call the connector's loader would have to resolve)
+        _, cs_k, cr_k = jax.lax.sort((~keep, cs, cr), num_keys=1, is_stable=True)
+        e_snd = jax.lax.slice(cs_k, (0,), (m,))
+        e_rcv = jax.lax.slice(cr_k, (0,), (m,))
+        edge_mask = jnp.arange(m, dtype=jnp.int32) < n_valid
+        e_snd = jnp.where(edge_mask, e_snd, n)
+        e_rcv = jnp.where(edge_mask, e_rcv, n)
+
+        # --- non-bonded pairs (i < j) from the pruned edges --------------------------------
+        if baked is not None:
+            seg = jnp.asarray(baked.segment)
+            last = baked.n_beads - 1
+            same = seg[jnp.clip(e_snd, 0, last)] == seg[jnp.clip(e_rcv, 0, last)]
+            sep = jnp.where(same, jnp.abs(e_snd - e_rcv), SEPARATION_NONBONDED)
+        else:
+            sep = jnp.full((m,), SEPARATION_NONBONDED, jnp.int32)
+        pair_mask = edge_mask & (e_snd < e_rcv) & (sep >= pair_min_sep)
+        pairs = jnp.where(pair_mask[:, None], jnp.stack([e_snd, e_rcv], axis=-1), n)
+        pair_sep = jnp.where(pair_mask, sep, 0).astype(jnp.int32)
+
+        # --- bonded terms baked from the exported protein ---------------------------------
+        def bonded(arr: np.ndarray | None, width: int):
+            if baked is None or arr is None:
+                return jnp.zeros((0, width), jnp.int32), jnp.zeros((0,), bool)
+            return jnp.asarray(arr, jnp.int32), jnp.ones((arr.shape[0],), bool)
+
+        bonds, bond_mask = bonded(None if baked is None else baked.bonds, 2)
+        angles, angle_mask = bonded(None if baked is None else baked.angles, 3)
+        dihedrals, dihedral_mask = bonded(None if baked is None else baked.dihedrals, 4)
+
+        batch = Batch(
+            positions=positions,
+            species=jnp.where(valid, species, 0),
+            node_mask=valid,
+            graph_index=jnp.where(valid, 0, 1).astype(jnp.int32),
+            senders=e_snd,
+            receivers=e_rcv,
+            edge_mask=edge_mask,
+            bonds=bonds, bond_mask=bond_mask,
+            angles=angles, angle_mask=angle_mask,
+            dihedrals=dihedrals, dihedral_mask=dihedral_mask,
+            pairs=pairs.astype(jnp.int32), pair_sep=pair_sep, pair_mask=pair_mask,
+            forces=jnp.zeros_like(positions),
+            graph_mask=jnp.ones((1,), bool),
+            energy=jnp.full((1,), jnp.nan, jnp.float32),
+            temperature=jnp.full((1,), jnp.nan, jnp.float32),
+            protein_index=jnp.zeros((1,), jnp.int32),
+            frame_index=jnp.zeros((1,), jnp.int32),
+        )  # fmt: skip
+
+        def energies(pos):
+            e = model.node_energies(batch.with_positions(pos))
+            e = jnp.where(valid, e, 0.0).astype(jnp.float32) * energy_factor
+            e_local = jnp.sum(jnp.where(local, e, 0.0))
+            # newton on: ghost forces are returned and summed back by LAMMPS
+            e_grad = jnp.where(newton, e_local, jnp.sum(e))
+            return e_grad, e_local
+
+        grad, e_local = jax.grad(energies, has_aux=True)(positions)
+        forces = -grad
+        if baked is not None:
+            bad = (n_ghost != 0) | (n_local != baked.n_beads)
+            forces = jnp.where(bad, jnp.nan, forces)
+            e_local = jnp.where(bad, jnp.nan, e_local)
+        return (
+            forces.astype(jnp.float32),
+            e_local.astype(jnp.float32),
+            n_valid.astype(jnp.int32),
+            n_in_cutoff.astype(jnp.int32),
+        )
+
+    return f
+
+
+# ------------------------------------------------------------------------------------------------
+# StableHLO for the connector's older XLA
+# ------------------------------------------------------------------------------------------------
+
+
+def _walk(op, visit) -> None:
+    visit(op)
+    for region in op.regions:
+        for block in region.blocks:
+            for child in block.operations:
+                _walk(child.operation, visit)
+
+
+def _inline_calls(module, ir) -> None:
+    """Inlines every `func.call` into its caller and erases the private functions left unused.
+
+    Done by hand: the inliner pass of jax's bundled MLIR does not inline `func.call` (the func
+    dialect's inliner extension is not registered there). jax functions have one block; values a
+    cloned op's regions capture from the callee are remapped like its operands.
+    """
+    top = [op.operation for op in module.body.operations]
+    funcs = {ir.StringAttr(op.attributes["sym_name"]).value: op for op in top if op.name == "func.func"}
+    while True:
+        calls: list = []
+        _walk(module.operation, lambda o: calls.append(o) if o.name == "func.call" else None)
+        if not calls:
+            break
+        for call in calls:
+            callee = funcs[ir.FlatSymbolRefAttr(call.attributes["callee"]).value]
+            body = callee.regions[0].blocks[0]
+            mapping = {arg: val for arg, val in zip(body.arguments, call.operands)}
+            ip = ir.InsertionPoint(call)
+            results = None
+            for op in body.operations:
+                op = op.operation
+                if op.name == "func.return":
+                    results = [mapping.get(v, v) for v in op.operands]
+                    break
+                new = op.clone(ip=ip)
+
+                def remap(o, mapping=mapping):
+                    for i, v in enumerate(o.operands):
+                        if v in mapping:
+                            o.operands[i] = mapping[v]
+
+                _walk(new, remap)
+                for old_res, new_res in zip(op.results, new.results):
+                    mapping[old_res] = new_res
+            if results is None:
+                raise RuntimeError("a called function has no func.return")
+            for old, res in zip(call.results, results):
+                old.replace_all_uses_with(res)
+            call.erase()
+    for name, op in funcs.items():
+        if name != "main":
+            op.erase()
+
+
+def legacy_stablehlo_text(module_text: str) -> str:
+    """Makes jax's exported StableHLO loadable by the connector's StableHLO (1.7.x).
+
+    Replaces every `stablehlo.composite` by a `func.call` of its decomposition, inlines all calls
+    (so only `main` is left), and prints without debug locations. Module attributes (in particular
+    `jax.uses_shape_polymorphism = true`) are kept.
+
+    **Arguments:**
+
+    - `module_text`: the text of `Exported.mlir_module()`.
+
+    **Returns:** the rewritten module text.
+    """
+    from jax._src.interpreters import mlir as jax_mlir
+    from jax._src.lib.mlir import ir
+    from jax._src.lib.mlir.dialects import func as func_dialect
+
+    with jax_mlir.make_ir_context(), ir.Location.unknown():
+        module = ir.Module.parse(module_text)
+        composites = []
+        _walk(module.operation, lambda o: composites.append(o) if o.name == "stablehlo.composite" else None)
+        for op in composites:
+            callee = ir.FlatSymbolRefAttr(op.attributes["decomposition"])
+            call = func_dialect.CallOp(
+                [res.type for res in op.results],
+                ir.FlatSymbolRefAttr.get(callee.value),
+                list(op.operands),
+                ip=ir.InsertionPoint(op),
+            )
+            for old, new in zip(op.results, call.results):
+                old.replace_all_uses_with(new)
+            op.erase()
+        _inline_calls(module, ir)
+        if not module.operation.verify():
+            raise RuntimeError("the rewritten StableHLO module does not verify")
+        return module.operation.get_asm(enable_debug_info=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public export API
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    """An exported model: the protobuf bytes and what went into them."""
+
+    ptb: bytes
+    mlir_module: str
+    cutoff: float
+    nbr_order: tuple[int, int]
+    unit_style: str
+    platform: str
+    n_beads: int | None  # size of the baked protein, None without topology
+
+    def write(self, path: str | os.PathLike) -> Path:
+        """Writes the `.ptb` atomically (temporary file, then rename)."""
+        return write_atomic(path, self.ptb)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Writes a file via a temporary file in the same directory and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def export_model(
+    model,
+    *,
+    topology: CGTopology | None = None,
+    cutoff: float | None = None,
+    nbr_order: tuple[int, int] | None = None,
+    unit_style: Literal["real", "metal"] = "real",
+    platform: Literal["cuda", "cpu"] = "cuda",
+    pair_min_sep: int = 2,
+) -> Artifact:
+    """Exports an energy model as a chemtrain-deploy artifact.
+
+    **Arguments:**
+
+    - `model`: any `AbstractEnergyModel` (e.g. a `ForceField`).
+    - `topology`: the protein to bake in (needed by bonded prior terms and sequence separations).
+    - `cutoff`: neighbour cutoff in Å; defaults to `model.cutoff`.
+    - `nbr_order`: `(newton_on, newton_off)`; defaults to `(K, 2K)` from `model.n_message_passing_layers`.
+    - `unit_style`: LAMMPS units of the artifact ("real", or "metal" with eV converted inside).
+    - `platform`: the one platform to lower for ("cuda" for GPUs, "cpu").
+    - `pair_min_sep`: minimum sequence separation of non-bonded pairs handed to the model.
+
+    **Returns:** an `Artifact`; `.write(path)` saves the `.ptb`.
+    """
+    from jax import export as jax_export
+
+    if not hasattr(model, "node_energies"):
+        raise TypeError(f"{type(model).__name__} is not an energy model (no node_energies method)")
+    if platform not in PLATFORMS:
+        raise ValueError(f"platform must be one of {PLATFORMS} (exactly one), got {platform!r}")
+    if cutoff is None:
+        cutoff = getattr(model, "cutoff", None)
+        if cutoff is None:
+            raise ValueError(f"{type(model).__name__} has no `cutoff` attribute: pass cutoff= (Å)")
+    cutoff = float(cutoff)
+    order = receptive_field(model, nbr_order)
+    f = make_connector_function(model, cutoff=cutoff, nbr_order=order, topology=topology,
+                                unit_style=unit_style, pair_min_sep=pair_min_sep)  # fmt: skip
+    n, b, m = jax_export.symbolic_shape(SYMBOLIC_SHAPES, constraints=SHAPE_CONSTRAINTS)
+    sds = jax.ShapeDtypeStruct
+    args = (
+        sds((n, 3), jnp.float32), sds((n,), jnp.int32), sds((), jnp.int32), sds((), jnp.int32),
+        sds((), jnp.bool_), sds((b,), jnp.int32), sds((b,), jnp.int32), sds((m,), jnp.bool_),
+    )  # fmt: skip
+    with jax.enable_x64(False):
+        exported = jax_export.export(jax.jit(f), platforms=[platform])(*args)
+    text = legacy_stablehlo_text(exported.mlir_module())
+    data = ptb.encode_model(text, cutoff=cutoff, nbr_order=order, nl_type=ptb.SIMPLE_SPARSE,
+                            half_list=True, unit_style=unit_style)  # fmt: skip
+    return Artifact(ptb=data, mlir_module=text, cutoff=cutoff, nbr_order=order,
+                    unit_style=unit_style, platform=platform,
+                    n_beads=None if topology is None else topology.n_beads)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# The `export` command
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """`cli.py export`: a saved model + one protein of a prepared dataset -> LAMMPS-ready files.
+
+    - `model`: the saved force field (`cameo_eqx.modules.save`, e.g. `runs/x/model.eqx`).
+    - `dataset`: the prepared dataset directory; `protein`: its name there; `frame`: which frame's
+      positions start the LAMMPS run.
+    - `output`: directory for `model.ptb`, `protein.data`, `in.lammps`, `export_config.json`.
+    - `platform`: "cuda" (GPU, the default) or "cpu" — exactly one. `unit_style`: "real" or "metal".
+    - `nbr_order`: `(newton_on, newton_off)`; default `(K, 2K)` from the model's receptive field.
+    - `cutoff`: Å; default the model's. `bake_topology`: bake the protein's bonds/angles/dihedrals and
+      sequence separations in (needed by a prior; single-protein, single-rank runs).
+    - `pair_min_sep`: minimum sequence separation of non-bonded pairs (as in training); default the
+      model's `pair_min_sep` when it has one, else 2.
+    - the rest sets up the generated LAMMPS run (see `lammps.RunSettings`).
+    """
+
+    model: str = "runs/demo/model.eqx"
+    dataset: str = "data/prepared"
+    protein: str = ""
+    frame: int = 0
+    output: str = "export"
+    platform: Literal["cuda", "cpu"] = "cuda"
+    unit_style: Literal["real", "metal"] = "real"
+    nbr_order: tuple[int, int] | None = None
+    cutoff: float | None = None
+    bake_topology: bool = True
+    pair_min_sep: int | None = None
+    temperature: float = 300.0
+    timestep: float = 1.0
+    n_steps: int = 10000
+    thermostat: Literal["langevin", "nose-hoover"] = "langevin"
+    damping: float = 100.0
+    seed: int = 12345
+    skin: float = 2.0
+    dump_every: int = 100
+
+
+def _load_model(path: str):
+    try:
+        from ..modules import load
+    except ImportError as err:  # pragma: no cover - the modules package is always there once merged
+        raise RuntimeError(f"cannot import cameo_eqx.modules.load to read {path}: {err}") from err
+    if not Path(path).exists():
+        raise FileNotFoundError(f"export: no saved model at {path} (train one first)")
+    return load(path)
+
+
+def export_files(
+    model,
+    record,
+    out_dir: str | os.PathLike,
+    *,
+    frame: int = 0,
+    platform: Literal["cuda", "cpu"] = "cuda",
+    unit_style: Literal["real", "metal"] = "real",
+    nbr_order: tuple[int, int] | None = None,
+    cutoff: float | None = None,
+    bake_topology: bool = True,
+    pair_min_sep: int | None = None,
+    n_types: int | None = None,
+    run=None,
+    extra_config: dict | None = None,
+) -> Path:
+    """Exports a model for one protein: `model.ptb`, `protein.data`, `in.lammps`, `export_config.json`.
+
+    **Arguments:**
+
+    - `model`: the energy model. `record`: a `ProteinRecord` (topology + frames).
+    - `out_dir`: output directory (created). `frame`: the frame whose positions start the run.
+    - `n_types`: number of LAMMPS atom types (the model's species count; default the record's max + 1).
+    - `run`: `lammps.RunSettings` for the input script. Others as `export_model`.
+
+    **Returns:** the output directory. Every file is written atomically.
+    """
+    from . import lammps
+
+    out = Path(out_dir)
+    n_frames = record.n_frames
+    if not -n_frames <= frame < n_frames:
+        raise IndexError(f"export: protein {record.name!r} has {n_frames} frames, frame {frame} requested")
+    positions, _ = record.frames(np.asarray([frame % n_frames]))
+    positions = positions[0]
+    topology = record.topology
+    if pair_min_sep is None:
+        pair_min_sep = int(getattr(model, "pair_min_sep", 2))
+    n_types = int(n_types if n_types is not None else int(np.max(topology.species)) + 1)
+    if int(np.max(topology.species)) >= n_types:
+        raise ValueError(
+            f"export: protein {record.name!r} has species up to {int(np.max(topology.species))} but the "
+            f"model knows {n_types} species"
+        )
+    art = export_model(model, topology=topology if bake_topology else None, cutoff=cutoff,
+                       nbr_order=nbr_order, unit_style=unit_style, platform=platform,
+                       pair_min_sep=pair_min_sep)  # fmt: skip
+    run = run or lammps.RunSettings(backend="cuda12" if platform == "cuda" else "cpu")
+    data = lammps.data_file_text(positions, topology.species, topology.masses, n_types=n_types,
+                                 title=f"cameo_eqx export of {record.name} frame {frame}")  # fmt: skip
+    script = lammps.input_script_text(data_file="protein.data", model_file="model.ptb", cutoff=art.cutoff,
+                                      nbr_order=art.nbr_order, unit_style=unit_style, run=run)  # fmt: skip
+    resolved = {
+        **(extra_config or {}),
+        "protein": record.name, "frame": int(frame), "n_beads": topology.n_beads, "n_types": n_types,
+        "platform": platform, "unit_style": unit_style, "cutoff": art.cutoff,
+        "nbr_order": list(art.nbr_order), "bake_topology": bool(bake_topology),
+        "pair_min_sep": int(pair_min_sep), "run": dataclasses.asdict(run),
+        "files": {"model": "model.ptb", "data": "protein.data", "input": "in.lammps"},
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "model.ptb", art.ptb)
+    write_atomic(out / "protein.data", data)
+    write_atomic(out / "in.lammps", script)
+    write_atomic(out / "export_config.json", json.dumps(resolved, indent=2) + "\n")
+    return out
+
+
+def export(cfg: ExportConfig) -> Path:
+    """Runs `cli.py export`: loads the saved model and the protein, writes the artifact and LAMMPS files.
+
+    **Arguments:**
+
+    - `cfg`: the `ExportConfig`.
+
+    **Returns:** the output directory.
+    """
+    from . import lammps
+    from ..data.store import PreparedDataset
+
+    if not cfg.protein:
+        raise ValueError("export: name the protein to export (--protein NAME from the prepared dataset)")
+    if cfg.platform not in PLATFORMS:
+        raise ValueError(f"export: platform must be one of {PLATFORMS}, got {cfg.platform!r}")
+    with PreparedDataset(cfg.dataset) as ds:
+        if cfg.protein not in ds.names:
+            raise KeyError(f"export: protein {cfg.protein!r} not in {ds.path}; it has {ds.names[:10]}"
+                           f"{' ...' if len(ds.names) > 10 else ''}")  # fmt: skip
+        record = ds.record(cfg.protein).load()
+        n_types = ds.n_species
+    model = _load_model(cfg.model)
+    run = lammps.RunSettings(temperature=cfg.temperature, timestep=cfg.timestep, n_steps=cfg.n_steps,
+                             thermostat=cfg.thermostat, damping=cfg.damping, seed=cfg.seed,
+                             skin=cfg.skin, dump_every=cfg.dump_every,
+                             backend="cuda12" if cfg.platform == "cuda" else "cpu")  # fmt: skip
+    return export_files(model, record, cfg.output, frame=cfg.frame, platform=cfg.platform,
+                        unit_style=cfg.unit_style, nbr_order=cfg.nbr_order, cutoff=cfg.cutoff,
+                        bake_topology=cfg.bake_topology, pair_min_sep=cfg.pair_min_sep, n_types=n_types,
+                        run=run, extra_config={"config": dataclasses.asdict(cfg)})  # fmt: skip
