@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("cameo_eqx.config:PrepareConfig", "cameo_eqx.data.prepare:prepare"),
     "inspect": ("cameo_eqx.config:InspectConfig", "cameo_eqx.data.inspect:inspect"),
+    "fit-priors": ("cameo_eqx.config:FitPriorsConfig", "cameo_eqx.priors.fit:fit_priors"),
 }
 
 

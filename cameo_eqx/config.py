@@ -16,6 +16,9 @@ from typing import Any, Literal
 
 import yaml
 
+# Stage configs live beside their stage and are re-exported here: one config system.
+from .priors.config import FitPriorsConfig, PriorConfig, RefineConfig  # noqa: F401
+
 
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig:
