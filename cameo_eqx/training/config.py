@@ -1,0 +1,229 @@
+"""Frozen configs of the `train` and `evaluate` commands.
+
+`TrainConfig` holds everything a run needs; the resolved config is written to `<run>/config.json` and
+into every checkpoint. Stages run in order: an optional LBFGS refinement of the prior parameters (network
+frozen), then one or more optimiser stages (default AdaBelief, then Yogi, as in the old code).
+
+Each field's docstring is its `--help` text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+from ..priors.config import RefineConfig
+
+OPTIMIZERS = ("adabelief", "yogi", "adam", "adamw", "lion", "polyak_sgd", "fromage")
+"""Optimiser names accepted by `StageConfig.optimizer`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """One optimiser stage: `clip → weight decay → optimiser`, with a warmup + cosine schedule."""
+
+    name: str = "adabelief"
+    """Stage name (logs and checkpoints)."""
+    optimizer: Literal["adabelief", "yogi", "adam", "adamw", "lion", "polyak_sgd", "fromage"] = "adabelief"
+    """Optimiser of this stage."""
+    epochs: int = 10
+    """Epochs of this stage."""
+    lr: float = 1e-3
+    """Peak learning rate (Polyak SGD: the maximum step size)."""
+    warmup_fraction: float = 0.05
+    """Fraction of the stage's steps with a linear warmup from 0 to `lr`."""
+    end_lr_factor: float = 0.01
+    """The cosine decay ends at `lr * end_lr_factor`."""
+    clip_norm: float | None = 10.0
+    """Clip the global gradient norm to this value (None: no clipping)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay added before the optimiser (AdamW: its own weight decay)."""
+    b1: float = 0.9
+    """First-moment decay (AdaBelief, Yogi, Adam, AdamW, Lion)."""
+    b2: float = 0.999
+    """Second-moment decay (AdaBelief, Yogi, Adam, AdamW; Lion uses min(b2, 0.99))."""
+    eps: float = 1e-8
+    """Numerical epsilon of the adaptive optimisers."""
+    ema_decay: float | None = None
+    """Exponential moving average of the parameters with this decay (e.g. 0.999); validation, the best
+    model and the saved model use the average. None: no EMA."""
+    early_stopping: int | None = None
+    """Stop this stage after this many epochs without a validation-loss improvement (None: never)."""
+    min_delta: float = 0.0
+    """Smallest validation-loss decrease that counts as an improvement."""
+
+    def validate(self, where: str = "stage") -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"{where}.optimizer: unknown {self.optimizer!r}; choose one of {OPTIMIZERS}")
+        if self.epochs < 0:
+            raise ValueError(f"{where}.epochs must be >= 0, got {self.epochs}")
+        if not self.lr > 0:
+            raise ValueError(f"{where}.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise ValueError(f"{where}.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"{where}.ema_decay must be in (0, 1), got {self.ema_decay}")
+
+
+DEFAULT_STAGES: tuple[StageConfig, ...] = (
+    StageConfig(name="adabelief", optimizer="adabelief", epochs=10, lr=1e-3),
+    StageConfig(name="yogi", optimizer="yogi", epochs=5, lr=2e-4),
+)
+"""The old code's schedule: AdaBelief, then Yogi at a lower learning rate."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The force field: a backbone (or none) plus a fitted prior (or none)."""
+
+    backbone: Literal["allegro", "painn", "mace", "none"] = "painn"
+    """Network backbone; 'none' trains the prior alone."""
+    preset: str = "small"
+    """Backbone size preset (see the backbone's PRESETS)."""
+    hyperparameters: tuple[str, ...] = ()
+    """Backbone overrides KEY=VALUE (values parsed as YAML), e.g. n_features=16 n_layers=2."""
+    prior: Path | None = None
+    """Fitted prior file (`fit-priors` output prior.yaml); None: no prior (pure ML)."""
+    train_prior: bool = False
+    """Also train the prior parameters with the network in the optimiser stages."""
+
+    def overrides(self) -> dict:
+        import yaml
+
+        out = {}
+        for kv in self.hyperparameters:
+            if "=" not in kv:
+                raise ValueError(f"model.hyperparameters: expected KEY=VALUE, got {kv!r}")
+            k, v = kv.split("=", 1)
+            out[k.strip()] = yaml.safe_load(v)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The training data: prepared dataset, split and packing."""
+
+    dataset: Path = Path("prepared")
+    """Prepared dataset directory (or its dataset.h5)."""
+    split_by: Literal["protein", "frame"] = "frame"
+    """Validation split: hold out whole proteins (transferability) or random frames of every protein."""
+    val_fraction: float = 0.1
+    """Fraction held out for validation."""
+    split_seed: int = 0
+    """Seed of the split (the same for every ensemble member)."""
+    temperatures: tuple[float, ...] | None = None
+    """Temperatures (K) to train on; None: all."""
+    cutoff: float = 10.0
+    """Radius-graph cutoff in Å (the backbone's cutoff)."""
+    pair_min_sep: int = 2
+    """Minimum sequence separation of non-bonded (repulsion) pairs."""
+    target_nodes: int = 512
+    """Beads per packed batch (per device)."""
+    shuffle: Literal["frames", "blocks"] = "frames"
+    """Shuffle frames uniformly or in blocks (read locality on large datasets)."""
+    prefetch: int = 2
+    """Batches built ahead in a background thread (0: in the training thread)."""
+    max_val_frames: int | None = None
+    """Cap on validation frames (evenly subsampled per protein); None: all."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """Multi-process runs (one process per node with all its devices)."""
+
+    enabled: bool | None = None
+    """Call jax.distributed.initialize: None auto-detects SLURM (SLURM_NTASKS > 1) or an explicit
+    coordinator; False never."""
+    coordinator_address: str | None = None
+    """host:port of process 0 (None: from SLURM)."""
+    num_processes: int | None = None
+    """Number of processes (None: from SLURM)."""
+    process_id: int | None = None
+    """This process's index (None: from SLURM)."""
+    local_device_ids: tuple[int, ...] | None = None
+    """Devices this process uses (None: all visible)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Train a force field by force matching on a prepared dataset."""
+
+    output: Path = Path("runs")
+    """Runs directory; this run goes to <output>/<name> (ensemble members to <output>/<name>/member_<k>)."""
+    name: str = "run"
+    """Run name."""
+    data: DataConfig = DataConfig()
+    """Training data."""
+    model: ModelConfig = ModelConfig()
+    """The force field."""
+    refine: RefineConfig = RefineConfig()
+    """Optional first stage: LBFGS force matching of the prior parameters with the network frozen."""
+    stages: tuple[StageConfig, ...] = DEFAULT_STAGES
+    """Optimiser stages, run in order."""
+    gamma_f: float = 1.0
+    """Weight of the force MSE in the loss."""
+    gamma_u: float = 0.0
+    """Weight of the energy MSE in the loss (needs energies in the data; 0 by default)."""
+    seed: int = 0
+    """Seed of the parameters and the data order (member k of an ensemble uses seed + k)."""
+    ensemble: int = 1
+    """Train this many members with seeds seed..seed+N-1 on the same split."""
+    keep: Literal["all", "best"] = "all"
+    """Ensembles: keep every member's run directory, or only the best (by validation loss)."""
+    resume: str = "auto"
+    """'auto': continue from the last valid checkpoint if there is one; 'never': start fresh (an existing
+    run directory with checkpoints is an error); or a checkpoint directory path."""
+    checkpoint_every: int = 200
+    """Save a checkpoint every this many steps (and at every epoch end)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept on disk (oldest removed first)."""
+    log_every: int = 10
+    """Log training scalars every this many steps."""
+    progress: bool = True
+    """Show a progress bar with ETA."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps in total (testing, time-boxed runs); None: run all stages."""
+    val_every: int = 1
+    """Validate every this many epochs (and at the end of every stage)."""
+    distributed: DistributedConfig = DistributedConfig()
+    """Multi-process settings."""
+
+    def validate(self) -> None:
+        if not self.stages and not self.refine.enabled:
+            raise ValueError("train: no stages configured (stages is empty and refine.enabled is false)")
+        for k, s in enumerate(self.stages):
+            s.validate(f"stages[{k}]")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"train: stage names must be unique, got {names}")
+        if self.gamma_f < 0 or self.gamma_u < 0 or self.gamma_f + self.gamma_u == 0:
+            raise ValueError(f"train: need gamma_f, gamma_u >= 0 and not both 0, got {self.gamma_f}, {self.gamma_u}")
+        if self.ensemble < 1:
+            raise ValueError(f"train: ensemble must be >= 1, got {self.ensemble}")
+        if self.model.backbone == "none" and self.model.prior is None:
+            raise ValueError("train: model.backbone is 'none' and model.prior is None: nothing to train")
+        if self.refine.enabled and self.model.prior is None:
+            raise ValueError("train: refine.enabled needs model.prior (a fitted prior to refine)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """Evaluate a trained run: force errors per protein, temperature and term; plots; noise floor."""
+
+    run: Path = Path("runs/run")
+    """Run directory written by `train` (its model.eqx and config.json are used)."""
+    dataset: Path | None = None
+    """Prepared dataset; None: the run's training dataset."""
+    split: Literal["val", "train", "all"] = "val"
+    """Frames to evaluate: the run's validation split, its training split, or every frame."""
+    output: Path | None = None
+    """Report directory; None: <run>/evaluation."""
+    max_frames: int | None = 2000
+    """Cap on evaluated frames (evenly subsampled per protein); None: all."""
+    target_nodes: int = 1024
+    """Beads per evaluation batch."""
+    plots: bool = True
+    """Write parity plots, force-component histograms and loss curves (PNG)."""
+    model_file: str = "model.eqx"
+    """Model file inside the run directory (e.g. best.eqx)."""

@@ -1,0 +1,144 @@
+"""The DataModule: a prepared dataset → split → train / validation batch streams (Lightning analogue).
+
+Wraps `cameo_eqx.data.batching`: the split is by protein or frame (seeded by `split_seed`, the same
+for every ensemble member), the train loader plans every epoch deterministically from `(seed, epoch)`
+and gives each process a disjoint share; batches carry a leading axis of this process's device count.
+`train_batches(epoch, start)` can start mid-epoch (resume) and prefetches in a background thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..data.batching import BatchLoader, Split, split_frames
+from ..data.store import PreparedDataset
+from ..graph import Batch
+from .config import DataConfig
+
+
+def _subsample(frames: dict[str, np.ndarray], cap: int | None) -> dict[str, np.ndarray]:
+    """At most `cap` frames in total, evenly spaced within every protein (proportional shares)."""
+    total = sum(len(v) for v in frames.values())
+    if cap is None or total <= cap:
+        return frames
+    out = {}
+    for n, idx in frames.items():
+        k = max(1, int(round(cap * len(idx) / total)))
+        pos = np.unique(np.linspace(0, len(idx) - 1, k).round().astype(np.int64))
+        out[n] = idx[pos]
+    return out
+
+
+def prefetch(gen_fn, depth: int) -> Iterator[Any]:
+    """Runs the generator `gen_fn()` in a background thread, `depth` items ahead (0: inline)."""
+    if depth <= 0:
+        yield from gen_fn()
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            for item in gen_fn():
+                while not stop.is_set():
+                    try:
+                        q.put(("ok", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("ok", done))
+        except BaseException as e:  # noqa: BLE001  (re-raised in the consumer)
+            q.put(("err", e))
+
+    th = threading.Thread(target=work, daemon=True, name="cameo-train-prefetch")
+    th.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "err":
+                raise RuntimeError(f"batch loading failed: {item}") from item
+            if item is done:
+                break
+            yield item
+    finally:
+        stop.set()
+        while th.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                pass
+            th.join(timeout=0.05)
+
+
+class DataModule:
+    """Train / validation batches of a prepared dataset.
+
+    **Arguments:**
+
+    - `cfg`: the data config (dataset path, split, cutoff, packing).
+    - `seed`: data-order seed (epochs are a pure function of `(seed, epoch)`).
+    - `n_devices`: this process's devices (the leading batch axis).
+    - `process_index`, `process_count`: this process's share of every epoch.
+    - `dataset`: an open `PreparedDataset` or a list of `ProteinRecord`s (default: open `cfg.dataset`).
+    """
+
+    def __init__(self, cfg: DataConfig, *, seed: int = 0, n_devices: int = 1, process_index: int = 0,
+                 process_count: int = 1, dataset: Any | None = None):  # fmt: skip
+        self.cfg = cfg
+        self.dataset = dataset if dataset is not None else PreparedDataset(cfg.dataset)
+        self.split: Split = split_frames(self.dataset, cfg.split_by, cfg.val_fraction, cfg.split_seed,
+                                         temperatures=cfg.temperatures)  # fmt: skip
+        if self.split.n_train == 0:
+            raise ValueError(f"dataset {cfg.dataset}: the split leaves no training frames")
+        common = dict(cutoff=cfg.cutoff, target_nodes=cfg.target_nodes, pair_min_sep=cfg.pair_min_sep,
+                      n_devices=n_devices, process_index=process_index, process_count=process_count,
+                      prefetch=0)  # fmt: skip
+        self.train = BatchLoader(self.dataset, self.split.train, seed=seed, shuffle=cfg.shuffle, **common)
+        val = _subsample(self.split.val, cfg.max_val_frames)
+        self.val = BatchLoader(self.dataset, val, seed=0, **common) if val else None
+        self.depth = int(cfg.prefetch)
+
+    @property
+    def n_species(self) -> int:
+        if isinstance(self.dataset, PreparedDataset):
+            return self.dataset.n_species
+        return int(max(int(np.max(r.topology.species)) for r in self.dataset)) + 1
+
+    @property
+    def n_buckets(self) -> int:
+        return len(self.train.buckets.buckets)
+
+    def steps_per_epoch(self, epoch: int) -> int:
+        return len(self.train.steps(epoch))
+
+    def train_batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Batch, str]]:
+        """`(batch, description)` of epoch `epoch` from step `start` on (prefetched)."""
+        return self._stream(self.train, epoch, start)
+
+    def val_batches(self) -> Iterator[tuple[Batch, str]]:
+        """The validation batches (always the same order)."""
+        if self.val is None:
+            return iter(())
+        return self._stream(self.val, 0, 0)
+
+    def _stream(self, loader: BatchLoader, epoch: int, start: int):
+        plan = loader.plan(epoch)
+        steps = loader.steps(epoch)[start:]
+
+        def gen():
+            for s in steps:
+                frames = [plan[b] for b in s.batches if b >= 0]
+                desc = f"epoch {epoch} step {s.index}, frames " + "; ".join(
+                    ", ".join(f"{n}:{f}" for n, f in fr[:4]) + (" ..." if len(fr) > 4 else "") for fr in frames
+                )
+                yield loader.build_step(plan, s), desc
+
+        return prefetch(gen, self.depth)

@@ -1,0 +1,512 @@
+"""The Trainer: stages (optional LBFGS prior refinement, then optimiser stages), the jitted
+data-parallel step, validation, early stopping, EMA, checkpoints, resume and ensembles.
+
+The whole training step (loss, gradient, all-reduce, update, EMA, NaN guard) is one `eqx.filter_jit`
+function around a filtered `shard_map` over a 1-D mesh of every device; it compiles once per capacity
+bucket. Each device computes squared-error SUMS on its slice of the batch; the counts of real force
+components are `psum`med first and the local loss is normalised by the GLOBAL count, so the `psum` of
+the local gradients is exactly the gradient of the global-batch loss (what one device would compute on
+the same global batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from ..graph import Batch
+from . import checkpoint as ckpt
+from .callbacks import Callback, JsonlLogger, NaNGuard, ProgressBar, TensorBoardLogger
+from .config import StageConfig, TrainConfig
+from .distributed import (
+    AXIS,
+    filter_shard_map,
+    initialize,
+    local_axis_size,
+    make_mesh,
+    replicate,
+    shard_leading,
+    to_host,
+)
+from .optim import make_optimizer, make_schedule, needs_value
+from .task import LossSums, Task, metrics_from_sums
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------ the steps
+
+
+def _sum0(tree):
+    return jax.tree.map(lambda x: jnp.sum(x, axis=0), tree)
+
+
+def make_train_step(task: Task, optimizer: optax.GradientTransformation, mesh, *, use_value: bool = False,
+                    ema_decay: float | None = None, max_traces: int | None = None):  # fmt: skip
+    """The jitted data-parallel training step.
+
+    **Arguments:**
+
+    - `task`: the loss.
+    - `optimizer`: the stage's optax transformation.
+    - `mesh`: the 1-D device mesh (`distributed.make_mesh`).
+    - `use_value`: pass the loss to `optimizer.update` (Polyak SGD).
+    - `ema_decay`: update an EMA of the parameters with this decay (None: no EMA; `ema` passes through).
+    - `max_traces`: fail if the step is traced more often (`eqx.debug.assert_max_traces`).
+
+    **Returns:** `step(params, static, opt_state, ema, batch) -> (params, opt_state, ema, out)` where
+    `batch` has a leading axis of `mesh.size * k` (sharded over the mesh), `params`/`static` partition the
+    model, and `out` holds `loss`, `grad_norm`, `finite` and the global `LossSums` fields. A non-finite
+    loss or gradient leaves params, optimiser state and EMA unchanged (`finite` is False).
+    """
+
+    def local(params, static, opt_state, ema, batch):
+        counts = jax.vmap(task.counts)(batch)
+        n_f = jax.lax.psum(jnp.sum(counts[0]), AXIS)
+        n_e = jax.lax.psum(jnp.sum(counts[1]), AXIS)
+
+        def loss_fn(p):
+            model = eqx.combine(p, static)
+            s = LossSums(*_sum0(jax.vmap(lambda b: task.sums(model, b))(batch)))
+            return task.loss_from_sums(s, n_f, n_e), s
+
+        (loss, s), g = eqx.filter_value_and_grad(loss_fn, has_aux=True)(params)
+        g = jax.lax.psum(g, AXIS)
+        loss = jax.lax.psum(loss, AXIS)
+        s = jax.lax.psum(s, AXIS)
+        gnorm = optax.global_norm(g)
+        finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        g = jax.tree.map(lambda x: jnp.where(finite, x, 0.0), g)
+        kw = {"value": loss} if use_value else {}
+        updates, new_opt = optimizer.update(g, opt_state, params, **kw)
+        new_params = eqx.apply_updates(params, updates)
+        new_ema = ema
+        if ema_decay is not None and ema is not None:
+            new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, new_params)
+
+        def keep(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+        out = {"loss": loss, "grad_norm": gnorm, "finite": finite, **s._asdict()}
+        return keep(new_params, params), keep(new_opt, opt_state), keep(new_ema, ema), out
+
+    sharded = filter_shard_map(local, mesh, (P(), P(), P(), P(), P(AXIS)))
+    fn = sharded if max_traces is None else eqx.debug.assert_max_traces(sharded, max_traces=max_traces)
+    return eqx.filter_jit(fn)
+
+
+def make_eval_step(task: Task, mesh, *, terms: bool = True):
+    """The jitted data-parallel evaluation: global `LossSums` (and per-term sums) of a batch.
+
+    **Returns:** `evaluate(model, batch) -> dict` of global sums (`Task.sums` fields and, with `terms`,
+    `Task.term_sums` keys).
+    """
+
+    def local(model, batch):
+        s = LossSums(*_sum0(jax.vmap(lambda b: task.sums(model, b))(batch)))
+        out = s._asdict()
+        if terms:
+            out.update(_sum0(jax.vmap(lambda b: task.term_sums(model, b))(batch)))
+        return jax.lax.psum(out, AXIS)
+
+    return eqx.filter_jit(filter_shard_map(local, mesh, (P(), P(AXIS))))
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+def build_model(cfg: TrainConfig, n_species: int, key: jax.Array):
+    """The `ForceField` of a config: backbone from `make_backbone`, prior from its file."""
+    from ..modules import ForceField, make_backbone
+
+    backbone = None
+    if cfg.model.backbone != "none":
+        backbone = make_backbone(cfg.model.backbone, n_species, cfg.data.cutoff, cfg.model.preset, key=key,
+                                 **cfg.model.overrides())  # fmt: skip
+    prior = None
+    if cfg.model.prior is not None:
+        from ..priors.prior import Prior
+
+        prior = Prior.load(cfg.model.prior)
+    return ForceField(backbone, prior, cutoff=cfg.data.cutoff, pair_min_sep=cfg.data.pair_min_sep)
+
+
+def trainable_spec(model, cfg: TrainConfig):
+    """Which arrays train in the optimiser stages: the backbone, plus the prior when `train_prior` is set
+    or there is no backbone."""
+    from ..modules import trainable_filter
+
+    train_prior = cfg.model.train_prior or getattr(model, "backbone", None) is None
+    return trainable_filter(model, train_backbone=True, train_prior=train_prior)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+
+
+def _jsonable(x):
+    from ..config import to_dict
+
+    return json.loads(json.dumps(to_dict(x), default=str))
+
+
+class Trainer:
+    """Runs the stages of one training run (one ensemble member) in `run_dir`.
+
+    **Arguments:**
+
+    - `cfg`: the resolved training config.
+    - `run_dir`: the run directory (created).
+    - `datamodule`: optional ready `DataModule` (tests); default built from `cfg.data`.
+    - `callbacks`: extra callbacks, called after the built-in ones.
+    - `max_traces`: assert the train step compiles at most this often per stage (tests).
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, datamodule=None,
+                 callbacks: list[Callback] | None = None, max_traces: int | None = None):  # fmt: skip
+        from .datamodule import DataModule
+
+        cfg.validate()
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.is_main = jax.process_index() == 0
+        self.mesh = make_mesh()
+        self.n_local = local_axis_size(self.mesh)
+        self.dm = datamodule or DataModule(cfg.data, seed=cfg.seed, n_devices=self.n_local,
+                                           process_index=jax.process_index(),
+                                           process_count=jax.process_count())  # fmt: skip
+        self.task = Task(gamma_f=cfg.gamma_f, gamma_u=cfg.gamma_u)
+        cbs: list[Callback] = [NaNGuard(), TensorBoardLogger(cfg.log_every), JsonlLogger(cfg.log_every)]
+        if cfg.progress:
+            cbs.append(ProgressBar())
+        self.callbacks = cbs + list(callbacks or [])
+        self.max_traces = max_traces
+        self.eval_step = make_eval_step(self.task, self.mesh)
+        # position (restored from checkpoints)
+        self.global_step = 0
+        self.stage_index = 0
+        self.stage_name = ""
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.step_in_stage = 0
+        self.best_val = math.inf
+        self.best_stage_val = math.inf
+        self.bad_epochs = 0
+        self.refined = False
+        self.history: list[dict[str, Any]] = []
+        self.stopped_early = False
+
+    # ---------------------------------------------------------------------------------- helpers
+    def _call(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def _stage_steps(self, k: int) -> int:
+        s = self.cfg.stages[k]
+        return s.epochs * self.dm.steps_per_epoch(self._data_epoch(k, 0))
+
+    def _data_epoch(self, stage: int, epoch: int) -> int:
+        """Epoch index of the data order: counts epochs across stages."""
+        return sum(s.epochs for s in self.cfg.stages[:stage]) + epoch
+
+    def _template(self, model, spec, stage_k: int | None):
+        params, _ = eqx.partition(model, spec)
+        if stage_k is None:
+            return {"model": model, "opt_state": None, "ema": None}
+        st = self.cfg.stages[stage_k]
+        opt = make_optimizer(st, max(self._stage_steps(stage_k), 1))
+        return {"model": model, "opt_state": opt.init(params),
+                "ema": params if st.ema_decay is not None else None}  # fmt: skip
+
+    def _meta(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "stage_index": self.stage_index, "stage": self.stage_name, "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch, "step_in_stage": self.step_in_stage,
+            "global_step": self.global_step, "best_val": self.best_val if math.isfinite(self.best_val) else None,
+            "best_stage_val": self.best_stage_val if math.isfinite(self.best_stage_val) else None,
+            "bad_epochs": self.bad_epochs, "refined": self.refined, "seed": self.cfg.seed,
+            "rng": [int(x) for x in np.asarray(jax.random.key_data(jax.random.PRNGKey(self.cfg.seed)))],
+            "data": {"seed": self.cfg.seed, "epoch": self._data_epoch(self.stage_index, self.epoch)
+                     if self.stage_index < len(self.cfg.stages) else None,
+                     "step": self.step_in_epoch, "split_seed": self.cfg.data.split_seed},
+            "config": _jsonable(self.cfg), **(extra or {}),
+        }  # fmt: skip
+
+    def _save(self, state: dict[str, Any], static: Any, extra: dict[str, Any] | None = None) -> None:
+        """Checkpoints the full model (trainable and frozen arrays), optimiser state and EMA."""
+        if not self.is_main:
+            return
+        tree = {"model": eqx.combine(to_host(state["params"]), to_host(static)),
+                "opt_state": to_host(state["opt_state"]), "ema": to_host(state["ema"])}  # fmt: skip
+        ckpt.save_checkpoint(self.ckpt_dir, self.global_step, tree, self._meta(extra),
+                             keep=self.cfg.keep_checkpoints)  # fmt: skip
+
+    def _model_of(self, state, static):
+        p = state["ema"] if state.get("ema") is not None else state["params"]
+        return eqx.combine(to_host(p), to_host(static))
+
+    def _save_model(self, model, name: str) -> None:
+        if not self.is_main:
+            return
+        from ..modules import save
+
+        save(self.run_dir / name, model, {"train_config": _jsonable(self.cfg), "global_step": self.global_step,
+                                          "best_val": self.best_val if math.isfinite(self.best_val) else None})
+
+    # ---------------------------------------------------------------------------------- validation
+    def validate(self, model) -> dict[str, float]:
+        """Global validation metrics of `model` (empty dict without validation frames)."""
+        if self.dm.val is None:
+            return {}
+        dev_model = replicate(model, self.mesh)
+        tot: dict[str, float] = {}
+        for batch, _ in self.dm.val_batches():
+            out = to_host(self.eval_step(dev_model, shard_leading(batch, self.mesh)))
+            for k, v in out.items():
+                tot[k] = tot.get(k, 0.0) + float(np.asarray(v, np.float64))
+        s = LossSums(*(tot.pop(k) for k in LossSums._fields))
+        return metrics_from_sums(s, self.task, tot)
+
+    # ---------------------------------------------------------------------------------- fitting
+    def fit(self) -> Path:
+        """Runs (or resumes) every stage; writes `model.eqx` (final), `best.eqx` (best validation
+        loss), `summary.json`. Returns the run directory."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            from ..config import to_json
+
+            (self.run_dir / "config.json").write_text(to_json(cfg))
+        key = jax.random.PRNGKey(cfg.seed)
+        model = build_model(cfg, self.dm.n_species, key)
+        spec = trainable_spec(model, cfg)
+        state = None
+        resume = self._find_resume()
+        if resume is not None:
+            path, meta = resume
+            model, state = self._restore(model, spec, path, meta)
+            print(f"resuming from {path} (stage {meta['stage']!r}, epoch {meta['epoch']}, "
+                  f"global step {meta['global_step']})", flush=True)  # fmt: skip
+        self._call("on_fit_start")
+        try:
+            if cfg.refine.enabled and not self.refined:
+                model = self._refine(model)
+                self.refined = True
+                params, static = eqx.partition(model, spec)
+                self._save({"params": params, "opt_state": None, "ema": None}, static, {"stage_index": -1})
+            finished = True
+            while self.stage_index < len(cfg.stages):
+                model, state, finished = self._run_stage(model, spec, state)
+                if not finished:
+                    break
+                self.stage_index += 1
+                self.epoch = self.step_in_epoch = self.step_in_stage = 0
+                self.best_stage_val, self.bad_epochs = math.inf, 0
+                state = None
+            if finished:
+                self._save_model(model, "model.eqx")
+                if not (self.run_dir / "best.eqx").exists():
+                    self._save_model(model, "best.eqx")
+                if self.is_main:
+                    summary = {"best_val": self.best_val if math.isfinite(self.best_val) else None,
+                               "global_step": self.global_step, "history": self.history,
+                               "stopped_early": self.stopped_early}  # fmt: skip
+                    (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        finally:
+            self._call("on_fit_end")
+        return self.run_dir
+
+    def _find_resume(self):
+        mode = self.cfg.resume
+        if mode == "never":
+            if ckpt.list_checkpoints(self.ckpt_dir):
+                raise ValueError(f"run directory {self.run_dir} already has checkpoints; use --resume auto "
+                                 "to continue it or choose another --name")  # fmt: skip
+            return None
+        if mode == "auto":
+            return ckpt.latest_valid(self.ckpt_dir)
+        p = Path(mode)
+        return p, ckpt.read_meta(p)
+
+    def _restore(self, model, spec, path, meta):
+        si = int(meta["stage_index"])
+        k = None if si < 0 or si >= len(self.cfg.stages) else si
+        loaded = ckpt.load_state(path, self._template(model, spec, k))
+        model = loaded["model"]
+        state = {"params": eqx.partition(model, spec)[0], "opt_state": loaded["opt_state"], "ema": loaded["ema"]}
+        self.global_step = int(meta["global_step"])
+        self.stage_index = max(si, 0)
+        self.epoch = int(meta["epoch"])
+        self.step_in_epoch = int(meta["step_in_epoch"])
+        self.step_in_stage = int(meta["step_in_stage"])
+        self.best_val = math.inf if meta["best_val"] is None else float(meta["best_val"])
+        self.best_stage_val = math.inf if meta.get("best_stage_val") is None else float(meta["best_stage_val"])
+        self.bad_epochs = int(meta.get("bad_epochs", 0))
+        self.refined = bool(meta.get("refined", False))
+        hist = self.run_dir / "summary_history.json"
+        if hist.exists():
+            self.history = json.loads(hist.read_text())
+        if k is None or state["opt_state"] is None:
+            return model, None
+        return model, state
+
+    def _refine(self, model):
+        """First stage: LBFGS force matching of the prior parameters, network frozen."""
+        from .refine_stage import refine_prior_stage
+
+        return refine_prior_stage(self, model)
+
+    def _run_stage(self, model, spec, state):
+        cfg = self.cfg
+        k = self.stage_index
+        st: StageConfig = cfg.stages[k]
+        self.stage_name = st.name
+        total = max(self._stage_steps(k), 1)
+        opt = make_optimizer(st, total)
+        sched = make_schedule(st, total)
+        params, static = eqx.partition(model, spec)
+        if state is None:
+            state = {"params": params, "opt_state": opt.init(params),
+                     "ema": params if st.ema_decay is not None else None}  # fmt: skip
+        step_fn = make_train_step(self.task, opt, self.mesh, use_value=needs_value(st), ema_decay=st.ema_decay,
+                                  max_traces=self.max_traces)  # fmt: skip
+        dev = replicate(state, self.mesh)
+        dev_static = replicate(static, self.mesh)
+        self._call("on_stage_start", st, total)
+        while self.epoch < st.epochs:
+            dep = self._data_epoch(k, self.epoch)
+            t_last = time.perf_counter()
+            for batch, desc in self.dm.train_batches(dep, self.step_in_epoch):
+                n_frames = int(np.sum(batch.graph_mask))
+                gb = shard_leading(batch, self.mesh)
+                p, o, e, out = step_fn(dev["params"], dev_static, dev["opt_state"], dev["ema"], gb)
+                out = {kk: float(np.asarray(v)) for kk, v in to_host(out).items()}
+                now = time.perf_counter()
+                info = {
+                    "step": self.global_step + 1, "stage": st.name, "epoch": self.epoch,
+                    "step_in_epoch": self.step_in_epoch, "loss": out["loss"],
+                    "force_rmse": math.sqrt(max(out["sse_f"], 0.0) / max(out["n_f"], 1.0)),
+                    "grad_norm": out["grad_norm"], "finite": bool(out["finite"]),
+                    "lr": float(sched(self.step_in_stage)),
+                    "frames_per_s": n_frames * jax.process_count() / max(now - t_last, 1e-9),
+                    "batch_desc": desc,
+                }  # fmt: skip
+                t_last = now
+                self._call("on_step_end", info)  # NaNGuard raises before the state is replaced
+                dev = {"params": p, "opt_state": o, "ema": e}
+                self.global_step += 1
+                self.step_in_epoch += 1
+                self.step_in_stage += 1
+                if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                    self._save(dev, static)
+                    self._call("on_stage_end", st)
+                    return eqx.combine(to_host(dev["params"]), static), dev, False
+                if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+                    self._save(dev, static)
+            # end of epoch
+            self.epoch += 1
+            self.step_in_epoch = 0
+            last = self.epoch == st.epochs
+            stop = False
+            if self.epoch % max(cfg.val_every, 1) == 0 or last:
+                cur = self._model_of(dev, static)
+                metrics = self.validate(cur)
+                if metrics:
+                    self._call("on_validation_end", metrics)
+                    self.history.append({"stage": st.name, "epoch": self.epoch, "step": self.global_step,
+                                         **{m: metrics[m] for m in ("loss", "force_rmse")}})  # fmt: skip
+                    v = metrics["loss"]
+                    if v < self.best_val:
+                        self.best_val = v
+                        self._save_model(cur, "best.eqx")
+                    if v < self.best_stage_val - st.min_delta:
+                        self.best_stage_val, self.bad_epochs = v, 0
+                    else:
+                        self.bad_epochs += 1
+                        if st.early_stopping is not None and self.bad_epochs >= st.early_stopping:
+                            stop = True
+            if self.is_main:
+                (self.run_dir / "summary_history.json").write_text(json.dumps(self.history))
+            if stop:
+                print(f"early stopping stage {st.name!r} after epoch {self.epoch}: no validation improvement "
+                      f"for {self.bad_epochs} epochs", flush=True)  # fmt: skip
+                self.stopped_early = True
+                self.epoch = st.epochs
+            self._save(dev, static)
+        self._call("on_stage_end", st)
+        model = self._model_of(dev, static)
+        return model, None, True
+
+
+# ------------------------------------------------------------------------------------------ entry points
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Trains (or resumes) the configured run; with `ensemble > 1` trains every member.
+
+    **Arguments:**
+
+    - `cfg`: the training config (`cli.py train`).
+
+    **Returns:** the run directory (`<output>/<name>`), holding `model.eqx`, `best.eqx`, `config.json`,
+    `metrics.jsonl`, `tb/` and `checkpoints/` (for an ensemble: the members and the best member's model).
+    """
+    cfg.validate()
+    initialize(cfg.distributed)
+    run_dir = Path(cfg.output) / cfg.name
+    if cfg.ensemble == 1:
+        return Trainer(cfg, run_dir).fit()
+    return train_ensemble(cfg)
+
+
+def train_ensemble(cfg: TrainConfig) -> Path:
+    """Trains `cfg.ensemble` members (seeds `seed + k`, the same split) in `<run>/member_<k>`, reports
+    the validation spread in `<run>/ensemble.json`, copies the best member's `model.eqx`, `best.eqx` and
+    `config.json` into `<run>`, and deletes the other members when `keep == "best"`."""
+    run_dir = Path(cfg.output) / cfg.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for k in range(cfg.ensemble):
+        member = dataclasses.replace(cfg, seed=cfg.seed + k, ensemble=1, output=run_dir, name=f"member_{k}")
+        d = run_dir / member.name
+        if not (d / "summary.json").exists():
+            Trainer(member, d).fit()
+        summ = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+        results.append({"member": k, "seed": member.seed, "dir": str(d), "best_val": summ.get("best_val")})
+    vals = np.asarray([r["best_val"] if r["best_val"] is not None else np.inf for r in results], float)
+    best = int(np.argmin(vals))
+    fin = vals[np.isfinite(vals)]
+    report = {
+        "members": results, "best_member": best,
+        "val_loss_mean": float(fin.mean()) if len(fin) else None,
+        "val_loss_std": float(fin.std(ddof=1)) if len(fin) > 1 else None,
+        "val_loss_min": float(fin.min()) if len(fin) else None,
+        "val_loss_max": float(fin.max()) if len(fin) else None,
+        "keep": cfg.keep,
+    }  # fmt: skip
+    if jax.process_index() == 0:
+        bd = run_dir / f"member_{best}"
+        for name in ("model.eqx", "best.eqx", "config.json", "metrics.jsonl"):
+            if (bd / name).exists():
+                shutil.copy2(bd / name, run_dir / name)
+        if cfg.keep == "best":
+            for r in results:
+                if r["member"] != best:
+                    shutil.rmtree(r["dir"], ignore_errors=True)
+        (run_dir / "ensemble.json").write_text(json.dumps(report, indent=1))
+        print(f"ensemble of {cfg.ensemble}: validation loss {report['val_loss_mean']} ± {report['val_loss_std']}; "
+              f"best member {best}", flush=True)  # fmt: skip
+    return run_dir
