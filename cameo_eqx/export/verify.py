@@ -300,7 +300,7 @@ class ToyEnergyModel(AbstractEnergyModel):
 
     Per-bead energies: half of each edge's species-dependent Morse-like pair energy (smoothly cut off),
     a K-hop message-passing term (so the receptive field is `n_message_passing_layers` hops),
-    harmonic bonds and `arccos` angles on the baked topology (a quarter/third to each bead), and an
+    harmonic bonds and `arccos` angles on the baked topology (half/a third to each bead), and an
     `erf`-softened repulsion on the non-bonded `pairs` with sequence separation >= 3.
     """
 
@@ -330,10 +330,10 @@ class ToyEnergyModel(AbstractEnergyModel):
         for _ in range(self.n_message_passing_layers - 1):
             h = jax.ops.segment_sum(env * jnp.tanh(0.3 * h[s]), r, num_segments=n)
         e = e + 0.05 * h
-        # harmonic bonds, a quarter... half to each end
+        # harmonic bonds, half to each end
         b, bm = batch.bonds, batch.bond_mask
         lb = safe_norm(pos[b[:, 1]] - pos[b[:, 0]], bm)
-        eb = jnp.where(bm, 2.0 * (lb - 3.8) ** 2, 0.0)
+        eb = jnp.where(bm, 20.0 * (lb - 3.8) ** 2, 0.0)
         e = e + jax.ops.segment_sum(0.5 * eb, b[:, 0], n) + jax.ops.segment_sum(0.5 * eb, b[:, 1], n)
         # angles with arccos (a composite in jax's StableHLO)
         a, am = batch.angles, batch.angle_mask
