@@ -87,7 +87,7 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation, mesh, *
         g = jax.lax.psum(g, AXIS)
         loss = jax.lax.psum(loss, AXIS)
         s = jax.lax.psum(s, AXIS)
-        gnorm = optax.global_norm(g)
+        gnorm = optax.tree.norm(g)
         finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
         g = jax.tree.map(lambda x: jnp.where(finite, x, 0.0), g)
         kw = {"value": loss} if use_value else {}
@@ -308,8 +308,10 @@ class Trainer:
                 params, static = eqx.partition(model, spec)
                 self._save({"params": params, "opt_state": None, "ema": None}, static, {"stage_index": -1})
             finished = True
+            self.model = model
             while self.stage_index < len(cfg.stages):
                 model, state, finished = self._run_stage(model, spec, state)
+                self.model = model
                 if not finished:
                     break
                 self.stage_index += 1
