@@ -166,7 +166,11 @@ class FitPriorsConfig:
     max_fourier_order: int = 6
     """Largest Fourier order tried for angles and dihedrals."""
     criterion: Literal["aic", "bic"] = "bic"
-    """Information criterion that picks the Fourier order."""
+    """Information criterion that picks the Fourier order (p = the ridge fit's effective dof)."""
+    fourier_tau: float = 10.0
+    """kcal/mol; ridge scale of the Fourier fits: penalty Σ_n n² (a_n² + b_n²) / τ² added to χ² (a Gaussian
+    prior of std τ/n on the coefficients). It keeps coefficients modest where the data leave them
+    undetermined (partly sampled angles) and is negligible where the histogram fixes them."""
     repulsion_percentile: float = 1.0
     """σ of the repulsion = this percentile (in %) of non-bonded distances at separation ≥ min_sep."""
     min_count: int = 1000

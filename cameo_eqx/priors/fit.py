@@ -14,10 +14,14 @@ compromise; restrict `temperatures` to fit one.)
 
 - bonds: U = 0.5 k (r - r0)² is linear in (r², r): k = 2 c_2, r0 = -c_1 / k;
 - angles: Σ_n a_n cos nθ + b_n sin nθ; dihedrals: Σ_n A_n cos nφ + B_n sin nφ, written as
-  Σ_n k_n (1 + cos(nφ - γ_n)) with k_n = |(A_n, B_n)|, γ_n = atan2(B_n, A_n) (the constant is dropped);
-  the order is the one with the smallest information criterion (AIC = χ² + 2p, BIC = χ² + p ln n_bins)
-  among orders 1..max whose fitted potential has no minimum outside the sampled range lower than the
-  lowest sampled value (an order that would pull beads into unsampled geometry is rejected);
+  Σ_n k_n (1 + cos(nφ - γ_n)) with k_n = |(A_n, B_n)|, γ_n = atan2(B_n, A_n) (the constant is dropped).
+  CA angles are sampled over ~1.4-2.6 rad only, where the Fourier basis is nearly collinear: plain least
+  squares gives ~1e6 kcal/mol cancelling coefficients (float32 rounding noise of ~1 kcal/mol, a wild
+  potential outside the data). So the Fourier fits are ridge-regularised (a Gaussian prior of std τ/n on
+  the n-th coefficients, negligible where the data fix them) and constrained to extrapolate repulsively:
+  outside the sampled bins U ≥ U(nearest sampled bin), and beyond the sampled range of an angle U is
+  monotone, rising away from it (see `fit_fourier`). The order is the one with the smallest information
+  criterion (AIC = χ² + 2p, BIC = χ² + p ln n_bins, p = effective dof of the ridge fit);
 - repulsion: σ = a low percentile of the distances of non-bonded pairs (sequence separation ≥ min_sep
   or different segments) within the cutoff; ε stays at its configured value (only ε σ^p matters).
 
@@ -356,26 +360,110 @@ def _fourier_design(x, order):
     return np.concatenate([np.cos(x[:, None] * n), np.sin(x[:, None] * n)], axis=1)
 
 
+def _fourier_slope_design(x, order):
+    """d/dx of `_fourier_design` columns."""
+    n = np.arange(1, order + 1)
+    return np.concatenate([-n * np.sin(x[:, None] * n), n * np.cos(x[:, None] * n)], axis=1)
+
+
 def fourier_energy(x: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Σ_n a_n cos(n x) + b_n sin(n x) (NumPy)."""
     n = np.arange(1, len(a) + 1)
     return np.cos(np.multiply.outer(x, n)) @ a + np.sin(np.multiply.outer(x, n)) @ b
 
 
+def sampled_support(
+    centers: Float[np.ndarray, " nb"], occupied_bins: np.ndarray, domain: tuple[float, float], n_grid: int = 1441
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Points of the domain grid outside the sampled bins, the nearest occupied bin centre of each, and
+    the side they lie on (-1: below the lowest occupied bin of a non-periodic domain, +1: above the
+    highest one, 0: in a gap between occupied bins, or anywhere unsampled of a periodic domain).
+
+    A domain spanning 2π is periodic (dihedrals); otherwise (angles) the ends are open and the grid
+    includes the first and last occupied centres (as points of sides -1 and +1).
+    """
+    lo, hi = domain
+    periodic = abs((hi - lo) - 2 * np.pi) < 1e-9
+    grid = np.linspace(lo, hi, n_grid, endpoint=not periodic)
+    occ = np.asarray(centers)[occupied_bins]
+    if not periodic:
+        grid = np.unique(np.concatenate([grid, [occ.min(), occ.max()]]))
+    width = centers[1] - centers[0]
+    d = grid[:, None] - occ[None, :]
+    if periodic:
+        d = (d + np.pi) % (2 * np.pi) - np.pi
+    inside = (np.abs(d) <= 0.5 * width + 1e-12).any(axis=1)
+    if not periodic:  # the sampled range spans the occupied bins: [first centre, last centre]
+        inside &= (grid >= occ.min()) & (grid <= occ.max())
+    nearest = occ[np.argmin(np.abs(d), axis=1)]
+    side = np.zeros(len(grid), np.int64)
+    if not periodic:
+        side[grid <= occ.min()] = -1
+        side[grid >= occ.max()] = 1
+        inside[(grid == occ.min()) | (grid == occ.max())] = False  # slope constraints at the edges too
+    out = ~inside
+    return grid[out], nearest[out], side[out]
+
+
+def _lsq_inequality(A, y, G):
+    """min ||A c - y||² subject to G c ≥ 0 (A full column rank), by reduction to a least-distance
+    problem solved with non-negative least squares (Lawson & Hanson, ch. 23). Returns (c, n_active)."""
+    from scipy.optimize import nnls
+
+    Q, R = np.linalg.qr(A)
+    f = Q.T @ y
+    c0 = np.linalg.solve(R, f)
+    if len(G) == 0 or np.all(G @ c0 >= 0):
+        return c0, 0
+    E = np.linalg.solve(R.T, G.T).T  # G R⁻¹
+    h = -E @ f
+    s = np.linalg.norm(E, axis=1)
+    keep = s > 0
+    E, h = E[keep] / s[keep, None], h[keep] / s[keep]
+    M = np.concatenate([E.T, h[None, :]], axis=0)
+    e = np.zeros(len(M))
+    e[-1] = 1.0
+    u, _ = nnls(M, e, maxiter=50 * M.shape[1])
+    r = M @ u - e
+    if abs(r[-1]) < 1e-12:  # infeasible (cannot happen: c = 0 satisfies G c ≥ 0)
+        return c0, -1
+    z = -r[:-1] / r[-1]
+    c = np.linalg.solve(R, z + f)
+    return c, int(np.sum(u > 0))
+
+
 def fit_fourier(
     centers: Float[np.ndarray, " nb"], counts: Int[np.ndarray, "nT nb"], temps: Sequence[float], *,
     jacobian: Float[np.ndarray, " nb"], domain: tuple[float, float], max_order: int,
-    criterion: str = "bic", what: str = "angle",
+    criterion: str = "bic", what: str = "angle", tau: float = 10.0,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:  # fmt: skip
     """Fits Σ_n a_n cos nx + b_n sin nx to the Jacobian-corrected inverted histogram(s).
 
-    The order is chosen by the information criterion among orders 1..`max_order` whose potential has
-    no minimum outside the sampled bins lower than the lowest sampled value.
+    **Well-posedness.** A coordinate sampled over part of its domain (CA angles over ~1.4-2.6 rad) makes
+    the Fourier basis nearly collinear there: plain least squares returns huge cancelling coefficients
+    (~1e6 kcal/mol), float32 evaluation then has kcal/mol rounding noise, and the series is wild where
+    there are no data. So the fit is
+
+    - *ridge-regularised*: it minimises χ² + Σ_n n² (a_n² + b_n²) / τ² (a Gaussian prior on the
+      coefficients, std τ/n; the penalty is ∫U'² over the period / (π τ²)). With τ = 10 kcal/mol the
+      penalty's curvature (≤ 1e-2) is negligible next to the data's in every direction the histogram
+      determines (Σ w ≈ n_samples / kT² ≈ 1e5), so a well-sampled fit is unbiased; only directions the
+      data do not fix are pulled to zero;
+    - *constrained to extrapolate repulsively* outside the sampled bins (on a 1441-point grid): at
+      every unsampled point U ≥ U(nearest sampled bin centre), and, for a non-periodic domain (angles),
+      U is monotone beyond the sampled range (dU/dx ≤ 0 below it, ≥ 0 above it), so the force there
+      always points back into it. The constrained problem is solved exactly (least squares with linear
+      inequalities, via NNLS).
+
+    The order is the one with the smallest information criterion (AIC = χ² + 2 p, BIC = χ² + p ln
+    n_bins) among 1..`max_order`, with p = the ridge fit's effective number of parameters
+    (trace of its hat matrix, offsets included).
 
     **Returns:** `(a, b, info)` of length = the chosen order; info has the order, the criterion of every
-    order, χ²/dof and the weighted RMS residual (kcal/mol).
+    order, effective dof, active constraints, the sampled range, χ²/dof and the weighted RMS residual.
 
-    **Raises:** `FitError` with the histogram if there are too few occupied bins or no order passes.
+    **Raises:** `FitError` with the histogram if there are too few occupied bins or no order gives a
+    potential bounded below by its sampled minimum (cannot happen with the constraints; a safety net).
     """
     counts = np.asarray(counts)
     x, u, w, t = _inverted(centers, counts, temps, jacobian)
@@ -383,30 +471,43 @@ def fit_fourier(
     if n_occ < 3:
         raise FitError(f"{what}: fewer than 3 occupied histogram bins; cannot fit\n"
                        + histogram_text(centers, counts, temps))  # fmt: skip
-    grid = np.linspace(domain[0], domain[1], 721)
-    width = centers[1] - centers[0]
-    occupied = np.zeros(len(grid), bool)
-    for c in np.unique(x):
-        occupied |= np.abs(grid - c) <= 0.5 * width + 1e-12
-    best, scores, rejected = None, {}, {}
+    occupied_bins = (counts.sum(0) > 0) & (np.asarray(jacobian) > 0)
+    gx, ge, side = sampled_support(np.asarray(centers, np.float64), occupied_bins, domain)
+    occ = np.asarray(centers)[occupied_bins]
+    best, scores, rejected, active_by_order = None, {}, {}, {}
     off = _offsets(t, len(temps))
+    nT = len(temps)
+    sw = np.sqrt(w)
     for m in range(1, max_order + 1):
-        p = 2 * m + len(temps)
-        if p >= len(u):
+        if 2 * m + nT >= len(u):
             break
         X = np.concatenate([_fourier_design(x, m), off], axis=1)
-        coef, chi2, r = _wlsq(X, u, w)
+        nn = np.arange(1, m + 1, dtype=np.float64)
+        pen = np.concatenate([nn, nn, np.zeros(nT)]) / tau  # sqrt of the ridge diagonal
+        A = np.concatenate([X * sw[:, None], np.diag(pen)], axis=0)
+        yy = np.concatenate([u * sw, np.zeros(len(pen))])
+        rows = [_fourier_design(gx, m) - _fourier_design(ge, m)]  # U(x) - U(edge) ≥ 0
+        if (side != 0).any():
+            rows.append(side[side != 0, None] * _fourier_slope_design(gx[side != 0], m))
+        G = np.concatenate([np.concatenate(rows, axis=0), np.zeros((sum(len(r) for r in rows), nT))], axis=1)
+        coef, n_active = _lsq_inequality(A, yy, G)
         if not np.all(np.isfinite(coef)):
             continue
+        r = u - X @ coef
+        chi2 = float(np.sum(w * r * r))
+        XtWX = (X * w[:, None]).T @ X
+        dof_eff = float(np.trace(np.linalg.solve(XtWX + np.diag(pen**2), XtWX)))
         a, b = coef[:m], coef[m : 2 * m]
-        ug = fourier_energy(grid, a, b)
-        if (~occupied).any() and ug[~occupied].min() < ug[occupied].min() - 1e-9:
-            rejected[m] = float(ug[occupied].min() - ug[~occupied].min())
+        ug_out = fourier_energy(gx, a, b)
+        u_in_min = fourier_energy(occ, a, b).min()
+        if len(gx) and ug_out.min() < u_in_min - 1e-6:
+            rejected[m] = float(u_in_min - ug_out.min())
             continue
-        ic = chi2 + (2 * p if criterion == "aic" else p * math.log(len(u)))
+        ic = chi2 + (2 * dof_eff if criterion == "aic" else dof_eff * math.log(len(u)))
         scores[m] = ic
+        active_by_order[m] = n_active
         if best is None or ic < best[0]:
-            best = (ic, m, a, b, chi2, r, p)
+            best = (ic, m, a, b, chi2, r, dof_eff)
     if best is None:
         raise FitError(
             f"{what}: no Fourier order 1..{max_order} gives a potential bounded below by its sampled "
@@ -415,7 +516,9 @@ def fit_fourier(
         )
     _, m, a, b, chi2, r, p = best
     info = {"order": m, "criterion": criterion, "scores": scores, "rejected_orders": rejected,
-            "n_samples": [int(c) for c in counts.sum(1)], "chi2_per_dof": chi2 / max(1, len(u) - p),
+            "effective_dof": p, "ridge_tau_kcal": tau, "active_constraints": active_by_order[m],
+            "sampled_range": [float(occ.min()), float(occ.max())],
+            "n_samples": [int(c) for c in counts.sum(1)], "chi2_per_dof": chi2 / max(1.0, len(u) - p),
             "rms_residual_kcal": float(np.sqrt(np.average(r * r, weights=w)))}  # fmt: skip
     return a, b, info
 
@@ -455,6 +558,8 @@ def fit_from_histograms(h: PriorHistograms, cfg: FitPriorsConfig, dataset: str =
     """
     pc = cfg.prior
     pc.validate()
+    if not cfg.fourier_tau > 0:
+        raise ValueError(f"FitPriorsConfig.fourier_tau must be > 0 kcal/mol, got {cfg.fourier_tau}")
     temps = h.temperatures
     prov: dict[str, Any] = {
         "method": "boltzmann_inversion", "dataset": dataset, "proteins": h.proteins,
@@ -511,7 +616,8 @@ def fit_from_histograms(h: PriorHistograms, cfg: FitPriorsConfig, dataset: str =
 
         def one(c, w, jac=jac, dom=dom):
             return fit_fourier(hist.centers, c, temps, jacobian=jac, domain=dom,
-                               max_order=cfg.max_fourier_order, criterion=cfg.criterion, what=w)  # fmt: skip
+                               max_order=cfg.max_fourier_order, criterion=cfg.criterion, what=w,
+                               tau=cfg.fourier_tau)  # fmt: skip
 
         g, fits, fb = per_type(hist, one, per)
         order = max([len(g[0])] + [len(v[0]) for v in fits.values()])
