@@ -218,7 +218,7 @@ def test_villin_refined_prior_has_lower_force_rmse(villin_records):
     assert float(refined.term("repulsion").sigma[0]) == float(prior.term("repulsion").sigma[0])
 
 
-def test_fit_priors_command(villin_records, tmp_path):
+def test_fit_priors_command(villin_records, tmp_path, capsys):
     rec = villin_records[0]
     h5, tmp, final = store.open_for_writing(tmp_path / "ds", species_map_name="aa20",
                                            species_map={"ALA": 0}, config={})  # fmt: skip
@@ -234,6 +234,14 @@ def test_fit_priors_command(villin_records, tmp_path):
     assert prov["refine"]["rmse_after"] <= prov["refine"]["rmse_before"]
     assert json.loads((tmp_path / "out" / "fit_priors_config.json").read_text())["frame_stride"] == 2
     assert (tmp_path / "out" / "plots" / "prior_bond.png").exists()
+    # it says what it did: per term parameters/order, samples, temperatures, σ, and the paths written
+    out = capsys.readouterr().out
+    assert "T = [320, 348] K" in out
+    assert f"r0 = {float(prior.term('bond').r0[0]):.4f} Å" in out and "samples 3400/3400" in out
+    assert f"Fourier order {prior.term('angle').order}" in out
+    assert f"σ = {float(prior.term('repulsion').sigma[0]):.3f} Å" in out
+    assert "refined by force matching: RMSE" in out
+    assert f"wrote {path}" in out and str(tmp_path / "out" / "plots" / "prior_angle.png") in out
 
 
 # ----------------------------------------------------------------- well-posed Fourier fits (review 1)

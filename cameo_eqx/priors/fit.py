@@ -774,6 +774,46 @@ def plot_diagnostics(prior: Prior, h: PriorHistograms, out_dir: str | os.PathLik
 # ------------------------------------------------------------------------------------ command
 
 
+def summary_text(prior: Prior) -> str:
+    """A short human-readable summary of a fitted prior (from its parameters and provenance): per term
+    its parameters or Fourier order, sample counts per temperature and the weight; σ of the repulsion;
+    the refinement result if any."""
+    prov = prior.provenance
+    temps = prov.get("temperatures", [])
+    tt = ", ".join(f"{t:g}" for t in temps)
+    lines = [f"Boltzmann inversion: {prov.get('n_frames', '?')} frames of {len(prov.get('proteins', []))} "
+             f"protein(s) at T = [{tt}] K (each frame at its own T), order by {prov.get('criterion', '?')}"]  # fmt: skip
+    terms = prov.get("terms", {})
+
+    def counts(d):
+        n = d.get("n_samples")
+        return "" if n is None else " samples " + "/".join(str(c) for c in n)
+
+    for w, t in zip(prior.weights, prior.terms):
+        d = terms.get(t.name, {})
+        g = d.get("global", {})
+        per = f", per species ({len(d.get('per_type', {}))} types fitted, {len(d.get('fallback_types', []))} "
+        per = per + "global fallback)" if t.per_species else ""
+        if t.name == "bond":
+            what = f"r0 = {float(t.r0[0]):.4f} Å, k = {float(t.k[0]):.2f} kcal/mol/Å²"
+        elif t.name in ("angle", "dihedral"):
+            lo, hi = g.get("sampled_range", [float("nan")] * 2)
+            what = (f"Fourier order {t.order}, sampled [{lo:.2f}, {hi:.2f}] rad, "
+                    f"rms residual {g.get('rms_residual_kcal', float('nan')):.3f} kcal/mol")  # fmt: skip
+            g = dict(g)
+        else:
+            n = d.get("n_pairs")
+            g = {"n_samples": n} if n is not None else {}
+            what = (f"σ = {float(t.sigma[0]):.3f} Å ({d.get('percentile', '?')} % of non-bonded distances), "
+                    f"ε = {float(t.epsilon[0]):g} kcal/mol, p = {t.exponent}, min_sep = {t.min_sep}")  # fmt: skip
+        lines.append(f"  {t.name:<9} weight {w:g}: {what}{per};{counts(g)}")
+    if "refine" in prov:
+        r = prov["refine"]
+        lines.append(f"  refined by force matching: RMSE {r['rmse_before']:.4f} -> {r['rmse_after']:.4f} "
+                     f"kcal/mol/Å ({r['steps']} LBFGS steps, {r['result']})")  # fmt: skip
+    return "\n".join(lines)
+
+
 def fit_priors(cfg: FitPriorsConfig) -> Path:
     """The `fit-priors` command: Boltzmann inversion (and optional LBFGS refinement) on a prepared
     dataset; writes `<output>/prior.yaml`, `<output>/fit_priors_config.json` and `<output>/plots/*.png`.
@@ -809,4 +849,10 @@ def fit_priors(cfg: FitPriorsConfig) -> Path:
     tmp = out / "fit_priors_config.json.tmp"
     tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=1, default=str))
     os.replace(tmp, out / "fit_priors_config.json")
+    print(summary_text(prior))
+    print(f"wrote {path}")
+    print(f"wrote {out / 'fit_priors_config.json'}")
+    if cfg.plots:
+        plots = sorted((out / "plots").glob("prior_*.png"))
+        print(f"wrote {len(plots)} diagnostic plot(s): " + ", ".join(str(p) for p in plots), flush=True)
     return path
