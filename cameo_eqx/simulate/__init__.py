@@ -1,0 +1,32 @@
+"""Langevin dynamics of trained force fields in JAX, and analysis of the simulated ensemble against
+the reference data (see `langevin.py`, `neighborlist.py`, `analysis.py`)."""
+
+from .config import AnalyzeConfig, SimulateConfig
+from .langevin import (
+    ACCELERATION,
+    BAOAB,
+    BlowUpError,
+    Frames,
+    LangevinState,
+    RunResult,
+    Simulator,
+    System,
+    energy_and_forces,
+    load_model,
+    model_cutoff,
+    simulate,
+    system_batch,
+)
+
+__all__ = [
+    "ACCELERATION", "AnalyzeConfig", "BAOAB", "BlowUpError", "Frames", "LangevinState", "RunResult",
+    "SimulateConfig", "Simulator", "System", "analyze", "energy_and_forces", "load_model", "model_cutoff",
+    "simulate", "system_batch",
+]  # fmt: skip
+
+
+def analyze(cfg: AnalyzeConfig):
+    """The `analyze` command (see `analysis.analyze`); imported lazily (matplotlib)."""
+    from .analysis import analyze as _analyze
+
+    return _analyze(cfg)

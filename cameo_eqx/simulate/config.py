@@ -1,0 +1,116 @@
+"""Frozen configs of the `simulate` and `analyze` commands (each field's docstring is its `--help`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulateConfig:
+    """Langevin dynamics (BAOAB) of a trained force field (or a prior) from a prepared-dataset structure."""
+
+    model: Path = Path("run/model.eqx")
+    """The energy model: a saved force field (`cameo_eqx.modules.save`, e.g. model.eqx) or a prior file
+    (.yaml/.yml/.json written by fit-priors) for a prior-only simulation."""
+    dataset: Path = Path("prepared")
+    """Prepared dataset directory (or its dataset.h5) that holds the starting structure."""
+    protein: str | None = None
+    """Protein (domain) to simulate; None takes the dataset's first protein."""
+    frame: int = 0
+    """Index of the starting frame of that protein in the prepared dataset."""
+    output: Path = Path("simulation")
+    """Output directory: trajectory.h5, checkpoint.npz, simulate_config.json."""
+    n_replicas: int = 1
+    """Independent replicas run at once (vmapped), each with its own random stream."""
+    temperature: float = 300.0
+    """K, bath temperature."""
+    timestep_fs: float = 2.0
+    """fs, integration time step."""
+    friction_per_ps: float = 1.0
+    """1/ps, Langevin friction γ (0 gives plain velocity Verlet: energy conserving)."""
+    n_steps: int = 10_000
+    """Total number of steps (a multiple of save_every)."""
+    save_every: int = 100
+    """Steps between saved frames (frame 0 is the starting structure)."""
+    chunk_frames: int = 20
+    """Saved frames per compiled `lax.scan` chunk (progress, checkpoint and guard checks happen between chunks)."""
+    masses: Literal["residue", "uniform"] = "residue"
+    """Bead masses: residue masses (g/mol) from the topology, or `uniform_mass` for every bead."""
+    uniform_mass: float = 110.0
+    """g/mol, the mass of every bead when masses = 'uniform'."""
+    seed: int = 0
+    """Seed of initial velocities and noise."""
+    skin: float = 2.0
+    """Å, neighbour-list skin (the list is rebuilt when a bead moved more than skin/2)."""
+    neighbor_capacity: int | None = None
+    """Candidate-pair slots per replica; None sizes it from the start structure (grown on overflow)."""
+    pair_min_sep: int | None = None
+    """Minimum sequence separation of non-bonded pairs; None takes the model's (ForceField.pair_min_sep, else 2)."""
+    max_bond_length: float = 8.0
+    """Å; the blow-up guard stops when a bonded (consecutive) bead distance exceeds this (or on NaN)."""
+    resume: bool = True
+    """Continue from output/checkpoint.npz if it exists (with the same config); False starts over."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def validate(self) -> None:
+        """Raises a ValueError naming the offending option."""
+        checks = [
+            (self.n_replicas >= 1, "n_replicas must be >= 1"),
+            (self.temperature > 0, "temperature must be > 0 K"),
+            (self.timestep_fs > 0, "timestep_fs must be > 0"),
+            (self.friction_per_ps >= 0, "friction_per_ps must be >= 0"),
+            (self.n_steps >= 1, "n_steps must be >= 1"),
+            (self.save_every >= 1, "save_every must be >= 1"),
+            (self.n_steps % self.save_every == 0, f"n_steps ({self.n_steps}) must be a multiple of "
+                                                  f"save_every ({self.save_every})"),
+            (self.chunk_frames >= 1, "chunk_frames must be >= 1"),
+            (self.uniform_mass > 0, "uniform_mass must be > 0 g/mol"),
+            (self.skin > 0, "skin must be > 0 Å"),
+            (self.max_bond_length > 0, "max_bond_length must be > 0 Å"),
+            (self.neighbor_capacity is None or self.neighbor_capacity >= 1, "neighbor_capacity must be >= 1"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"SimulateConfig: {msg}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalyzeConfig:
+    """Compare a simulated trajectory with the reference frames of a prepared dataset."""
+
+    trajectory: Path = Path("simulation")
+    """Simulation output directory (or its trajectory.h5)."""
+    dataset: Path | None = None
+    """Reference prepared dataset; None takes the one the simulation started from."""
+    output: Path | None = None
+    """Output directory for summary.json and PNG plots; None writes <trajectory dir>/analysis."""
+    reference_frame: int | None = None
+    """Dataset frame of the reference structure (RMSD, native contacts); None takes the starting frame."""
+    reference_temperature: float | None = None
+    """K; reference-ensemble frames at this temperature; None takes the dataset temperature nearest the
+    simulation's."""
+    discard: float = 0.1
+    """Fraction of the simulated frames dropped at the start (equilibration)."""
+    contact_cutoff: float = 8.0
+    """Å; beads closer than this are in contact (contact maps, native contacts of the reference)."""
+    contact_min_sep: int = 3
+    """Minimum sequence separation of a native contact."""
+    q_beta: float = 5.0
+    """1/Å; steepness of the smooth native-contact switch 1 / (1 + exp(β (r - λ r0)))."""
+    q_lambda: float = 1.2
+    """Tolerance factor λ of the native-contact switch."""
+    bins: int = 40
+    """Histogram bins of each distribution (shared by simulation and reference)."""
+    plots: bool = True
+    """Write PNG plots."""
+
+    def validate(self) -> None:
+        if not 0.0 <= self.discard < 1.0:
+            raise ValueError(f"AnalyzeConfig: discard must be in [0, 1), got {self.discard}")
+        if self.bins < 2:
+            raise ValueError(f"AnalyzeConfig: bins must be >= 2, got {self.bins}")
+        if self.contact_cutoff <= 0:
+            raise ValueError(f"AnalyzeConfig: contact_cutoff must be > 0, got {self.contact_cutoff}")

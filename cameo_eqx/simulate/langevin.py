@@ -1,0 +1,730 @@
+"""Langevin dynamics (BAOAB) of any `AbstractEnergyModel` in JAX, many replicas at once.
+
+Units are LAMMPS `real`: Å, fs, g/mol, kcal/mol, K. An acceleration is force / mass ·
+`ACCELERATION` ((kcal/mol/Å)/(g/mol) → Å/fs²), a thermal velocity variance kT / m · `ACCELERATION`.
+
+One BAOAB step (Leimkuhler & Matthews 2013), with c₁ = exp(-γ Δt), c₂ = √(1 - c₁²):
+
+    B: v += Δt/2 · F/m      A: x += Δt/2 · v      O: v = c₁ v + c₂ √(kT/m) ξ
+    A: x += Δt/2 · v        (forces at the new x)  B: v += Δt/2 · F/m
+
+γ = 0 gives velocity Verlet (energy conserving). Forces come from the model on a `Batch` that has
+exactly the training layout: radius-graph edges at the model's cutoff (from the device-side neighbour
+list, `neighborlist.py`), the protein's bonds/angles/dihedrals, non-bonded pairs (i < j, sequence
+separation ≥ pair_min_sep, `pair_sep` from the topology). Replicas share the topology and are vmapped.
+
+Steps run in compiled `lax.scan` chunks; between chunks the host checks the neighbour-list overflow
+flag (then it grows the capacity and redoes the chunk from its start: no pair is ever dropped), the
+blow-up guard (NaN, or a bond longer than `max_bond_length`: stops with the step and the reason), writes
+frames and a checkpoint (`simulate`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from ..graph import Batch, graph_sum
+from ..modules.base import AbstractEnergyModel
+from ..topology import SEPARATION_NONBONDED, CGTopology
+from ..units import KB_KCAL_PER_MOL_K
+from . import neighborlist as nbl
+from .config import SimulateConfig
+
+ACCELERATION: float = 4.184e-4
+"""(kcal/mol/Å) / (g/mol) in Å/fs²."""
+
+TRAJECTORY_FORMAT = "cameo_eqx.trajectory/1"
+TRAJECTORY_FILE = "trajectory.h5"
+CHECKPOINT_FILE = "checkpoint.npz"
+
+REASONS = {0: "ok", 1: "non-finite energy or positions", 2: "bond longer than max_bond_length"}
+
+
+class BlowUpError(RuntimeError):
+    """The simulation stopped: a non-finite value or a stretched bond (message: replica, step, reason)."""
+
+
+# ------------------------------------------------------------------------------------- the system
+
+
+class System(eqx.Module):
+    """The protein's static description on device: species, bonded index arrays, masses.
+
+    Build it with `System.from_topology`.
+    """
+
+    species: Int[Array, " n"]
+    segment: Int[Array, " n"]
+    bonds: Int[Array, "n_bond 2"]
+    angles: Int[Array, "n_angle 3"]
+    dihedrals: Int[Array, "n_dih 4"]
+    masses: Float[Array, " n"]
+    temperature: Float[Array, ""]
+    cutoff: float = eqx.field(static=True)
+    pair_min_sep: int = eqx.field(static=True)
+
+    @classmethod
+    def from_topology(
+        cls,
+        topology: CGTopology,
+        *,
+        cutoff: float,
+        pair_min_sep: int = 2,
+        masses: str | Float[np.ndarray, " n"] = "residue",
+        uniform_mass: float = 110.0,
+        temperature: float = 300.0,
+    ) -> "System":
+        """**Arguments:** the protein's `topology`; the model's `cutoff` (Å) and `pair_min_sep`;
+        `masses` = "residue" (topology residue masses), "uniform" (`uniform_mass` each) or an array
+        (g/mol); the bath `temperature` (K, stored in the batch)."""
+        n = topology.n_beads
+        if isinstance(masses, str):
+            if masses == "residue":
+                m = topology.masses
+            elif masses == "uniform":
+                m = np.full(n, float(uniform_mass))
+            else:
+                raise ValueError(f"masses must be 'residue', 'uniform' or an array, got {masses!r}")
+        else:
+            m = np.asarray(masses, np.float64)
+        if m.shape != (n,) or not np.all(np.isfinite(m)) or np.any(m <= 0):
+            raise ValueError(f"bead masses must be {n} positive finite values (g/mol), got shape {m.shape}")
+        return cls(
+            species=jnp.asarray(topology.species, jnp.int32), segment=jnp.asarray(topology.segment, jnp.int32),
+            bonds=jnp.asarray(topology.bonds, jnp.int32).reshape(-1, 2),
+            angles=jnp.asarray(topology.angles, jnp.int32).reshape(-1, 3),
+            dihedrals=jnp.asarray(topology.dihedrals, jnp.int32).reshape(-1, 4),
+            masses=jnp.asarray(m, jnp.float32), temperature=jnp.asarray(temperature, jnp.float32),
+            cutoff=float(cutoff), pair_min_sep=int(pair_min_sep),
+        )  # fmt: skip
+
+    @property
+    def n_beads(self) -> int:
+        return self.species.shape[0]
+
+
+def system_batch(system: System, positions: Float[Array, "n 3"], nl: nbl.NeighborList) -> Batch:
+    """The one-frame `Batch` a model sees (training layout; see the module docstring)."""
+    n = system.n_beads
+    s, r, emask, _ = nbl.edges(nl, positions)
+    seg_s = system.segment[jnp.minimum(s, n - 1)]
+    seg_r = system.segment[jnp.minimum(r, n - 1)]
+    sep = jnp.where(seg_s == seg_r, jnp.abs(s - r), SEPARATION_NONBONDED).astype(jnp.int32)
+    keep = emask & (s < r) & (sep >= system.pair_min_sep)
+    n_pair = (nl.capacity + 1) // 2
+    ps, pr, psep, pmask = nbl.compact(keep, (s, r, sep), n_pair, (n, n, 0))
+    ones = lambda k: jnp.ones((k,), bool)  # noqa: E731
+    return Batch(
+        positions=positions, species=system.species, node_mask=ones(n),
+        graph_index=jnp.zeros((n,), jnp.int32), senders=s, receivers=r, edge_mask=emask,
+        bonds=system.bonds, bond_mask=ones(system.bonds.shape[0]),
+        angles=system.angles, angle_mask=ones(system.angles.shape[0]),
+        dihedrals=system.dihedrals, dihedral_mask=ones(system.dihedrals.shape[0]),
+        pairs=jnp.stack([ps, pr], axis=-1), pair_sep=psep, pair_mask=pmask,
+        forces=jnp.full((n, 3), jnp.nan, positions.dtype), graph_mask=ones(1),
+        energy=jnp.full((1,), jnp.nan, positions.dtype),
+        temperature=jnp.broadcast_to(system.temperature, (1,)).astype(positions.dtype),
+        protein_index=jnp.zeros((1,), jnp.int32), frame_index=jnp.zeros((1,), jnp.int32),
+    )  # fmt: skip
+
+
+def energy_and_forces(
+    model: AbstractEnergyModel, system: System, positions: Float[Array, "n 3"], nl: nbl.NeighborList
+) -> tuple[Float[Array, ""], Float[Array, "n 3"]]:
+    """Potential energy (kcal/mol) and forces (kcal/mol/Å) of one replica."""
+
+    def total(x):
+        b = system_batch(system, x, nl)
+        return graph_sum(model.node_energies(b), b)[0]
+
+    e, g = jax.value_and_grad(total)(positions)
+    return e, -g
+
+
+def max_bond_length(system: System, positions: Float[Array, "n 3"]) -> Float[Array, ""]:
+    """Longest bonded (consecutive-bead) distance, 0 without bonds."""
+    if system.bonds.shape[0] == 0:
+        return jnp.zeros((), positions.dtype)
+    d = positions[system.bonds[:, 1]] - positions[system.bonds[:, 0]]
+    return jnp.sqrt(jnp.max(jnp.sum(d * d, axis=-1)))
+
+
+# ------------------------------------------------------------------------------------ integrator
+
+
+class LangevinState(eqx.Module):
+    """Everything the integrator carries; arrays have a leading replica axis R except `key`, `step`."""
+
+    positions: Float[Array, "R n 3"]
+    velocities: Float[Array, "R n 3"]
+    forces: Float[Array, "R n 3"]
+    potential: Float[Array, " R"]
+    nbrs: nbl.NeighborList
+    key: PRNGKeyArray
+    step: Int[Array, ""]
+    bad_step: Int[Array, " R"]
+    bad_reason: Int[Array, " R"]
+    bad_value: Float[Array, " R"]
+
+
+class BAOAB(eqx.Module):
+    """The BAOAB Langevin integrator (see the module docstring).
+
+    **Arguments:** `timestep_fs` (fs), `friction_per_ps` (1/ps), `temperature` (K),
+    `max_bond_length` (Å, the blow-up guard). They are traced scalars, not static: changing them does
+    not recompile.
+    """
+
+    timestep_fs: Float[Array, ""]
+    friction_per_ps: Float[Array, ""]
+    temperature: Float[Array, ""]
+    max_bond_length: Float[Array, ""]
+
+    def __init__(self, timestep_fs, friction_per_ps, temperature, max_bond_length=8.0):
+        self.timestep_fs = jnp.asarray(timestep_fs, jnp.float32)
+        self.friction_per_ps = jnp.asarray(friction_per_ps, jnp.float32)
+        self.temperature = jnp.asarray(temperature, jnp.float32)
+        self.max_bond_length = jnp.asarray(max_bond_length, jnp.float32)
+
+    @property
+    def kT(self) -> Float[Array, ""]:
+        return KB_KCAL_PER_MOL_K * self.temperature
+
+    def forces(self, model, system: System, positions, nbrs):
+        return jax.vmap(lambda x, nl: energy_and_forces(model, system, x, nl))(positions, nbrs)
+
+    def step(self, model: AbstractEnergyModel, system: System, state: LangevinState) -> LangevinState:
+        """One BAOAB step of every replica."""
+        dt = self.timestep_fs
+        inv_m = (ACCELERATION / system.masses)[None, :, None]
+        c1 = jnp.exp(-self.friction_per_ps * 1e-3 * dt)
+        c2 = jnp.sqrt(jnp.maximum(0.0, 1.0 - c1 * c1))  # 0 without friction: plain velocity Verlet
+        v = state.velocities + 0.5 * dt * state.forces * inv_m
+        x = state.positions + 0.5 * dt * v
+        key, sub = jax.random.split(state.key)
+        xi = jax.random.normal(sub, v.shape, v.dtype)
+        v = c1 * v + c2 * jnp.sqrt(self.kT * inv_m) * xi
+        x = x + 0.5 * dt * v
+        nbrs = nbl.update(state.nbrs, x)
+        e, f = self.forces(model, system, x, nbrs)
+        v = v + 0.5 * dt * f * inv_m
+        step = state.step + 1
+        # blow-up guard: remember the first bad step of every replica
+        bond = jax.vmap(lambda p: max_bond_length(system, p))(x)
+        finite = jnp.isfinite(e) & jnp.all(jnp.isfinite(x), axis=(-2, -1))
+        reason = jnp.where(~finite, 1, jnp.where(bond > self.max_bond_length, 2, 0)).astype(jnp.int32)
+        new_bad = (state.bad_step < 0) & (reason > 0)
+        return LangevinState(
+            positions=x, velocities=v, forces=f, potential=e, nbrs=nbrs, key=key, step=step,
+            bad_step=jnp.where(new_bad, step, state.bad_step),
+            bad_reason=jnp.where(new_bad, reason, state.bad_reason),
+            bad_value=jnp.where(new_bad, jnp.where(reason == 1, jnp.nan, bond), state.bad_value),
+        )  # fmt: skip
+
+
+def kinetic_energy(system: System, velocities: Float[Array, "R n 3"]) -> Float[Array, " R"]:
+    """Kinetic energy of every replica in kcal/mol."""
+    return 0.5 * jnp.sum(system.masses[None, :, None] * velocities**2, axis=(-2, -1)) / ACCELERATION
+
+
+def _host_state(positions, velocities, key, step, capacity: int, cutoff: float, skin: float) -> LangevinState:
+    """A state whose neighbour lists, forces and energies are placeholders: `run_chunk` refreshes them
+    first (so making a state compiles nothing)."""
+    r, n = positions.shape[:2]
+    nbrs = nbl.NeighborList(
+        senders=jnp.full((r, capacity), n, jnp.int32), receivers=jnp.full((r, capacity), n, jnp.int32),
+        count=jnp.zeros((r,), jnp.int32), max_count=jnp.zeros((r,), jnp.int32), reference=positions,
+        overflow=jnp.zeros((r,), bool), n_builds=jnp.zeros((r,), jnp.int32), cutoff=cutoff, skin=skin,
+    )  # fmt: skip
+    return LangevinState(
+        positions=positions, velocities=velocities, forces=jnp.zeros_like(positions),
+        potential=jnp.full((r,), jnp.nan, positions.dtype), nbrs=nbrs, key=key,
+        step=jnp.asarray(step, jnp.int32), bad_step=jnp.full((r,), -1, jnp.int32),
+        bad_reason=jnp.zeros((r,), jnp.int32), bad_value=jnp.zeros((r,), positions.dtype),
+    )  # fmt: skip
+
+
+def refresh(model, system: System, integrator: BAOAB, state: LangevinState) -> LangevinState:
+    """Rebuilds the neighbour lists and recomputes forces and energies at the current positions.
+
+    The radius graph at the cutoff does not depend on when the candidate list was built (same pairs,
+    same order), so a refresh does not change the trajectory: chunking and resuming are exact.
+    """
+    nbrs = jax.vmap(nbl.rebuild)(state.nbrs, state.positions)
+    e, f = integrator.forces(model, system, state.positions, nbrs)
+    return dataclasses.replace(state, nbrs=nbrs, forces=f, potential=e)
+
+
+@eqx.filter_jit
+def run_chunk(model, system: System, integrator: BAOAB, state: LangevinState, n_frames: int, save_every: int):
+    """Refreshes the state (`refresh`), then runs `n_frames` x `save_every` steps in one compiled nested
+    `lax.scan`.
+
+    **Returns:** `(state, (positions (F, R, n, 3), potential (F, R), kinetic (F, R)), start_potential (R,))`.
+    """
+    state = refresh(model, system, integrator, state)
+    start_potential = state.potential
+
+    def inner(s, _):
+        return integrator.step(model, system, s), None
+
+    def outer(s, _):
+        s, _ = jax.lax.scan(inner, s, None, length=save_every)
+        return s, (s.positions, s.potential, kinetic_energy(system, s.velocities))
+
+    state, frames = jax.lax.scan(outer, state, None, length=n_frames)
+    return state, frames, start_potential
+
+
+# ------------------------------------------------------------------------------------- the driver
+
+
+@dataclasses.dataclass
+class Frames:
+    """Saved frames (host arrays): `positions (T, R, n, 3)`, `potential`/`kinetic`/`temperature (T, R)`
+    (kcal/mol, K), `step (T,)`, `time_ps (T,)`."""
+
+    positions: np.ndarray
+    potential: np.ndarray
+    kinetic: np.ndarray
+    temperature: np.ndarray
+    step: np.ndarray
+    time_ps: np.ndarray
+
+    @staticmethod
+    def concatenate(parts: list["Frames"]) -> "Frames":
+        return Frames(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Frames)))
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What `Simulator.run` returns: the final state, the saved frames, and the guard's verdict."""
+
+    state: LangevinState
+    frames: Frames
+    blowup: str | None = None
+    wall_s: float = 0.0
+    compile_s: float = 0.0
+    n_rebuilds_for_overflow: int = 0
+
+
+def model_cutoff(model: Any, default: float = 10.0) -> float:
+    """The radius-graph cutoff a model was trained with: its `cutoff`, its backbone's, its prior's
+    repulsion cutoff, else `default`."""
+    for m in (model, getattr(model, "backbone", None), getattr(model, "prior", None)):
+        c = getattr(m, "cutoff", None)
+        if isinstance(c, (int, float)):
+            return float(c)
+    prior = getattr(model, "prior", None) or model
+    for t in getattr(prior, "terms", ()):
+        c = getattr(t, "cutoff", None)
+        if isinstance(c, (int, float)):
+            return float(c)
+    return default
+
+
+class Simulator:
+    """Host-side driver: a model, a protein and an integrator; `init` a state, `run` it in chunks.
+
+    **Arguments:**
+
+    - `model`: any `AbstractEnergyModel` (a `ForceField`, a `Prior`, ...).
+    - `topology`: the protein's `CGTopology`.
+    - `temperature` (K), `timestep_fs` (fs), `friction_per_ps` (1/ps): the Langevin bath.
+    - `masses`: "residue", "uniform" (`uniform_mass` g/mol) or an array.
+    - `skin` (Å), `capacity` (candidate pairs per replica; None: sized from the start structure).
+    - `pair_min_sep`: non-bonded pair selection (None: the model's, else 2); `cutoff`: None: the model's.
+    - `max_bond_length`: Å, the blow-up guard.
+    """
+
+    def __init__(
+        self, model: AbstractEnergyModel, topology: CGTopology, *, temperature: float = 300.0,
+        timestep_fs: float = 2.0, friction_per_ps: float = 1.0, masses: Any = "residue",
+        uniform_mass: float = 110.0, skin: float = 2.0, capacity: int | None = None,
+        pair_min_sep: int | None = None, cutoff: float | None = None, max_bond_length: float = 8.0,
+    ):  # fmt: skip
+        if not isinstance(model, AbstractEnergyModel) and not hasattr(model, "node_energies"):
+            raise TypeError(f"model must be an AbstractEnergyModel (with node_energies), got {type(model)}")
+        n_species = getattr(getattr(model, "backbone", None), "n_species", None) or getattr(model, "n_species", None)
+        if isinstance(n_species, int) and topology.n_beads and int(np.max(topology.species)) >= n_species:
+            raise ValueError(f"species index {int(np.max(topology.species))} of the protein is out of range for "
+                             f"a model with {n_species} species")  # fmt: skip
+        self.model = model
+        self.topology = topology
+        if pair_min_sep is None:
+            pair_min_sep = int(getattr(model, "pair_min_sep", 2))
+        self.system = System.from_topology(
+            topology, cutoff=model_cutoff(model) if cutoff is None else float(cutoff),
+            pair_min_sep=pair_min_sep, masses=masses, uniform_mass=uniform_mass, temperature=temperature,
+        )  # fmt: skip
+        self.integrator = BAOAB(float(timestep_fs), float(friction_per_ps), float(temperature),
+                                float(max_bond_length))  # fmt: skip
+        self.skin = float(skin)
+        self.capacity = capacity
+
+    # --------------------------------------------------------------------------------------- state
+    def _capacity_for(self, positions: np.ndarray) -> int:
+        counts = [len(nbl.brute_force_pairs(p, self.system.cutoff + self.skin)) for p in positions]
+        return nbl.grow_capacity(max(counts))
+
+    def init(
+        self,
+        positions: Float[np.ndarray, "n 3"] | Float[np.ndarray, "R n 3"],
+        n_replicas: int = 1,
+        seed: int = 0,
+        velocities: Float[np.ndarray, "R n 3"] | None = None,
+        key: Any = None,
+        step: int = 0,
+    ) -> LangevinState:
+        """A starting state: `positions` (one structure for all replicas, or one per replica),
+        Maxwell-Boltzmann velocities at the bath temperature (unless `velocities` are given).
+
+        Forces, energies and neighbour lists are computed at the start of `run` (nothing compiles here).
+        """
+        x = np.asarray(positions, np.float32)
+        n = self.system.n_beads
+        if x.ndim == 2:
+            x = np.broadcast_to(x, (n_replicas, *x.shape)).copy()
+        if x.ndim != 3 or x.shape[1:] != (n, 3):
+            raise ValueError(f"positions must have shape ({n}, 3) or (R, {n}, 3), got {np.shape(positions)}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("starting positions contain non-finite values")
+        key = jax.random.PRNGKey(seed) if key is None else jnp.asarray(key)
+        if velocities is None:
+            key, sub = jax.random.split(key)
+            sd = jnp.sqrt(self.integrator.kT * ACCELERATION / self.system.masses)[None, :, None]
+            velocities = sd * jax.random.normal(sub, x.shape, jnp.float32)
+        if self.capacity is None:
+            self.capacity = self._capacity_for(x)
+        return _host_state(jnp.asarray(x), jnp.asarray(velocities, jnp.float32), key, step, self.capacity,
+                           self.system.cutoff, self.skin)  # fmt: skip
+
+    def with_capacity(self, state: LangevinState, capacity: int) -> LangevinState:
+        """The same state with (placeholder) neighbour lists of a new capacity."""
+        self.capacity = int(capacity)
+        return _host_state(state.positions, state.velocities, state.key, state.step, self.capacity,
+                           self.system.cutoff, self.skin)  # fmt: skip
+
+    def kinetic_energy(self, state: LangevinState) -> np.ndarray:
+        return np.asarray(kinetic_energy(self.system, state.velocities))
+
+    def temperature_of(self, kinetic: np.ndarray) -> np.ndarray:
+        """Instantaneous temperature (K) from kinetic energies (3n degrees of freedom)."""
+        return 2.0 * np.asarray(kinetic) / (3 * self.system.n_beads * KB_KCAL_PER_MOL_K)
+
+    # ----------------------------------------------------------------------------------------- run
+    def run(
+        self,
+        state: LangevinState,
+        n_frames: int,
+        save_every: int,
+        *,
+        chunk_frames: int = 20,
+        callback: Callable[[LangevinState | None, Frames], None] | None = None,
+        progress: bool = False,
+        keep_frames: bool = True,
+        include_start: bool = False,
+    ) -> RunResult:
+        """Runs `n_frames` x `save_every` steps in chunks of `chunk_frames` frames.
+
+        **Arguments:**
+
+        - `state`: from `init` (or a previous run).
+        - `n_frames`, `save_every`: frames to save and steps between them.
+        - `chunk_frames`: frames per compiled chunk (one compilation per distinct chunk length).
+        - `callback(state, frames)`: called after every chunk (writing, checkpointing); `state` is None
+          for the last, partial chunk of a blown-up run.
+        - `progress`: show a tqdm bar; `keep_frames`: collect the frames in the result;
+          `include_start`: also save the starting state as a frame.
+
+        **Returns:** a `RunResult`; `blowup` is a message when the guard stopped the run (the frames
+        before the bad step are kept and passed to the callback).
+        """
+        from tqdm.auto import tqdm
+
+        parts: list[Frames] = []
+        done = 0
+        n_rebuilds = 0
+        blowup = None
+        compile_s = 0.0
+        dt = float(self.integrator.timestep_fs)
+        t_start = time.perf_counter()
+        bar = tqdm(total=n_frames * save_every, unit="step", disable=not progress, desc="simulate")
+        try:
+            while done < n_frames:
+                k = min(chunk_frames, n_frames - done)
+                t0 = time.perf_counter()
+                new, out, e0 = run_chunk(self.model, self.system, self.integrator, state, k, save_every)
+                jax.block_until_ready(new.positions)
+                if done == 0:
+                    compile_s = time.perf_counter() - t0  # compile + one chunk of work
+                if bool(jnp.any(new.nbrs.overflow)):
+                    need = int(jnp.max(new.nbrs.max_count))
+                    state = self.with_capacity(state, nbl.grow_capacity(need))
+                    n_rebuilds += 1
+                    continue  # redo the chunk from its start with room for every pair
+                pos, pot, kin = (np.asarray(a) for a in out)
+                steps = (int(state.step) + save_every * np.arange(1, k + 1)).astype(np.int64)
+                if include_start and done == 0:
+                    k0 = self.kinetic_energy(state)
+                    pos = np.concatenate([np.asarray(state.positions)[None], pos])
+                    pot = np.concatenate([np.asarray(e0)[None], pot])
+                    kin = np.concatenate([k0[None], kin])
+                    steps = np.concatenate([[int(state.step)], steps])
+                frames = Frames(pos, pot, kin, self.temperature_of(kin), steps, steps * dt * 1e-3)
+                bad = np.asarray(new.bad_step)
+                if np.any(bad >= 0):
+                    first = int(bad[bad >= 0].min())
+                    rep = int(np.flatnonzero(bad == first)[0])
+                    reason = int(np.asarray(new.bad_reason)[rep])
+                    value = float(np.asarray(new.bad_value)[rep])
+                    good = frames.step < first
+                    frames = Frames(*(getattr(frames, f.name)[good] for f in dataclasses.fields(Frames)))
+                    last = int(frames.step[-1]) if len(frames.step) else int(state.step)
+                    detail = f" ({value:.2f} Å > {float(self.integrator.max_bond_length):g} Å)" if reason == 2 else ""
+                    blowup = (f"replica {rep} blew up at step {first} (t = {first * dt * 1e-3:.3f} ps): "
+                              f"{REASONS[reason]}{detail}; frames up to step {last} are kept")  # fmt: skip
+                    if keep_frames and len(frames.step):
+                        parts.append(frames)
+                    if callback is not None and len(frames.step):
+                        callback(None, frames)
+                    break
+                state = new
+                done += k
+                if keep_frames:
+                    parts.append(frames)
+                if callback is not None:
+                    callback(state, frames)
+                bar.update(k * save_every)
+                bar.set_postfix(T=f"{frames.temperature[-1].mean():.0f}K", E=f"{frames.potential[-1].mean():.1f}")
+        finally:
+            bar.close()
+        r, n = state.positions.shape[:2]
+        empty = Frames(np.zeros((0, r, n, 3), np.float32), *(np.zeros((0, r)) for _ in range(3)),
+                       np.zeros(0, np.int64), np.zeros(0))  # fmt: skip
+        return RunResult(state, Frames.concatenate(parts) if parts else empty, blowup,
+                         time.perf_counter() - t_start, compile_s, n_rebuilds)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ files: simulate()
+
+
+def load_model(path: str | os.PathLike) -> AbstractEnergyModel:
+    """A saved force field (`cameo_eqx.modules.load`) or, for .yaml/.yml/.json, a `Prior` file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no model at {path}: expected a saved force field (model.eqx) or a prior "
+                                "file (prior.yaml from fit-priors)")  # fmt: skip
+    if path.suffix in (".yaml", ".yml", ".json"):
+        from ..priors.prior import Prior
+
+        return Prior.load(path)
+    from ..modules import load
+
+    return load(path)
+
+
+_NOT_PHYSICS = {"n_steps", "progress", "resume", "chunk_frames", "output", "neighbor_capacity"}
+
+
+def _config_json(cfg: SimulateConfig) -> str:
+    from ..config import to_dict
+
+    return json.dumps(to_dict(cfg), sort_keys=True)
+
+
+def _physics(cfg_json: str) -> dict:
+    return {k: v for k, v in json.loads(cfg_json).items() if k not in _NOT_PHYSICS}
+
+
+class TrajectoryWriter:
+    """Appends frames to `trajectory.h5` (extendable datasets; see `simulate` for the layout)."""
+
+    def __init__(self, path: Path, h5: h5py.File):
+        self.path, self.h5 = path, h5
+
+    @classmethod
+    def create(cls, path: Path, topology: CGTopology, n_replicas: int, masses: np.ndarray,
+               start: np.ndarray, attrs: dict[str, Any]) -> "TrajectoryWriter":  # fmt: skip
+        tmp = path.with_name(path.name + ".tmp")
+        h5 = h5py.File(tmp, "w")
+        n = topology.n_beads
+        h5.create_dataset("positions", (0, n_replicas, n, 3), np.float32, maxshape=(None, n_replicas, n, 3),
+                          chunks=(max(1, min(16, 4096 // max(1, n_replicas * n))), n_replicas, n, 3))  # fmt: skip
+        for name in ("potential_energy", "kinetic_energy", "temperature"):
+            h5.create_dataset(name, (0, n_replicas), np.float32, maxshape=(None, n_replicas), chunks=(256, n_replicas))
+        h5.create_dataset("step", (0,), np.int64, maxshape=(None,), chunks=(1024,))
+        h5.create_dataset("time_ps", (0,), np.float64, maxshape=(None,), chunks=(1024,))
+        t = h5.create_group("topology")
+        t["species"] = np.asarray(topology.species, np.int32)
+        t["resname"] = np.asarray([s.encode() for s in topology.resname], dtype="S4")
+        t["resid"] = np.asarray(topology.resid, np.int32)
+        t["chain"] = np.asarray([s.encode() for s in topology.chain], dtype="S8")
+        t["segment"] = np.asarray(topology.segment, np.int32)
+        t["masses"] = np.asarray(masses, np.float64)
+        h5["start_positions"] = np.asarray(start, np.float32)
+        h5.attrs["format"] = TRAJECTORY_FORMAT
+        for k, v in attrs.items():
+            h5.attrs[k] = v
+        h5.attrs["status"] = "running"
+        h5.flush()
+        h5.close()
+        os.replace(tmp, path)
+        return cls(path, h5py.File(path, "a"))
+
+    @classmethod
+    def reopen(cls, path: Path, n_frames: int) -> "TrajectoryWriter":
+        """Opens an existing trajectory and truncates it to the checkpoint's `n_frames`."""
+        try:
+            h5 = h5py.File(path, "a")
+        except OSError as e:
+            raise OSError(f"cannot reopen {path} to resume ({e}); rerun with --no-resume to start over") from e
+        have = h5["step"].shape[0]
+        if have < n_frames:
+            h5.close()
+            raise ValueError(f"{path} has {have} frames but the checkpoint expects {n_frames}; "
+                             "rerun with --no-resume to start over")  # fmt: skip
+        for name in ("positions", "potential_energy", "kinetic_energy", "temperature", "step", "time_ps"):
+            h5[name].resize(n_frames, axis=0)
+        h5.attrs["status"] = "running"
+        return cls(path, h5)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.h5["step"].shape[0])
+
+    def append(self, frames: Frames) -> None:
+        k = len(frames.step)
+        t = self.n_frames
+        for name, arr in (("positions", frames.positions), ("potential_energy", frames.potential),
+                          ("kinetic_energy", frames.kinetic), ("temperature", frames.temperature),
+                          ("step", frames.step), ("time_ps", frames.time_ps)):  # fmt: skip
+            ds = self.h5[name]
+            ds.resize(t + k, axis=0)
+            ds[t:] = arr
+        self.h5.flush()
+
+    def close(self, **attrs: Any) -> None:
+        for k, v in attrs.items():
+            self.h5.attrs[k] = v
+        self.h5.close()
+
+
+def _save_checkpoint(path: Path, state: LangevinState, n_frames: int, capacity: int, cfg_json: str) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, positions=np.asarray(state.positions), velocities=np.asarray(state.velocities),
+             key=np.asarray(state.key),
+             step=int(state.step), n_frames=n_frames, capacity=capacity, config=cfg_json)  # fmt: skip
+    os.replace(tmp, path)
+
+
+def simulate(cfg: SimulateConfig) -> Path:
+    """The `simulate` command: Langevin dynamics of `cfg.model` from a prepared-dataset structure.
+
+    Writes `<output>/trajectory.h5`:
+
+    ```
+    positions        (T, R, n, 3) float32   Å; frame 0 is the start, then every save_every steps
+    potential_energy (T, R), kinetic_energy (T, R) kcal/mol; temperature (T, R) K (instantaneous, 3n dof)
+    step (T,), time_ps (T,)
+    start_positions  (n, 3); topology/ species resname resid chain segment masses
+    attrs: format, config (JSON), model, dataset, protein, frame, timestep_fs, temperature, status
+           (running | done | blown_up), message, wall_s, steps_per_s, ns_per_day, compile_s
+    ```
+    plus `<output>/checkpoint.npz` after every chunk (resume: rerun the same command) and
+    `<output>/simulate_config.json`.
+
+    **Returns:** the trajectory path. **Raises:** `BlowUpError` (after saving the good frames).
+    """
+    from ..data.store import PreparedDataset
+
+    cfg.validate()
+    model = load_model(cfg.model)
+    with PreparedDataset(cfg.dataset) as ds:
+        if not ds.names:
+            raise ValueError(f"{ds.path}: no complete proteins")
+        protein = cfg.protein or ds.names[0]
+        if protein not in ds.names:
+            raise KeyError(f"protein {protein!r} not in {ds.path}; it has {ds.names}")
+        rec = ds.record(protein)
+        if not 0 <= cfg.frame < rec.n_frames:
+            raise IndexError(f"{ds.path}: protein {protein!r} has {rec.n_frames} frames; frame {cfg.frame} "
+                             "is out of range")  # fmt: skip
+        start = rec.frames(np.asarray([cfg.frame]))[0][0]
+        topology = rec.topology
+        dataset_path = str(ds.path)
+    sim = Simulator(model, topology, temperature=cfg.temperature, timestep_fs=cfg.timestep_fs,
+                    friction_per_ps=cfg.friction_per_ps, masses=cfg.masses, uniform_mass=cfg.uniform_mass,
+                    skin=cfg.skin, capacity=cfg.neighbor_capacity, pair_min_sep=cfg.pair_min_sep,
+                    max_bond_length=cfg.max_bond_length)  # fmt: skip
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    traj_path, ckpt_path = out / TRAJECTORY_FILE, out / CHECKPOINT_FILE
+    cfg_json = _config_json(cfg)
+    (out / "simulate_config.json").write_text(json.dumps(json.loads(cfg_json), indent=1))
+    total = cfg.n_steps // cfg.save_every + 1
+
+    writer = None
+    state = None
+    if cfg.resume and ckpt_path.exists() and traj_path.exists():
+        with np.load(ckpt_path) as ck:
+            old = _physics(str(ck["config"]))
+            new = _physics(cfg_json)
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if diff:
+                raise ValueError(f"{ckpt_path} was written with a different config ({', '.join(diff)} differ); "
+                                 "rerun with --no-resume to start over or choose another --output")  # fmt: skip
+            n_done = int(ck["n_frames"])
+            sim.capacity = int(ck["capacity"]) if cfg.neighbor_capacity is None else cfg.neighbor_capacity
+            state = sim.init(ck["positions"], velocities=ck["velocities"], key=ck["key"], step=int(ck["step"]))
+        if n_done > total:
+            raise ValueError(f"{ckpt_path} holds {n_done} frames, more than n_steps/save_every + 1 = {total}")
+        writer = TrajectoryWriter.reopen(traj_path, n_done)
+    else:
+        for p in (traj_path, ckpt_path):
+            if p.exists():
+                p.unlink()
+        state = sim.init(start, n_replicas=cfg.n_replicas, seed=cfg.seed)
+        attrs = {"config": cfg_json, "model": str(cfg.model), "dataset": dataset_path, "protein": protein,
+                 "frame": cfg.frame, "timestep_fs": cfg.timestep_fs, "temperature": cfg.temperature,
+                 "friction_per_ps": cfg.friction_per_ps, "cutoff": sim.system.cutoff,
+                 "pair_min_sep": sim.system.pair_min_sep, "message": ""}  # fmt: skip
+        writer = TrajectoryWriter.create(traj_path, topology, cfg.n_replicas, np.asarray(sim.system.masses),
+                                         np.asarray(start), attrs)  # fmt: skip
+
+    def on_chunk(st, frames):
+        writer.append(frames)
+        if st is not None:  # a good chunk: the checkpoint moves on
+            _save_checkpoint(ckpt_path, st, writer.n_frames, sim.capacity, cfg_json)
+
+    fresh = writer.n_frames == 0  # the first chunk also saves the starting frame
+    remaining = total - writer.n_frames
+    try:
+        result = sim.run(state, remaining - fresh, cfg.save_every, chunk_frames=cfg.chunk_frames,
+                         callback=on_chunk, progress=cfg.progress, keep_frames=False, include_start=fresh)  # fmt: skip
+    except BaseException:
+        writer.close(status="interrupted", message="interrupted; rerun the same command to resume")
+        raise
+    steps = (remaining - fresh) * cfg.save_every
+    rate = steps / result.wall_s if result.wall_s > 0 and steps else 0.0
+    timing = {"wall_s": result.wall_s, "compile_s": result.compile_s, "steps_per_s": rate,
+              "ns_per_day": rate * cfg.timestep_fs * 1e-6 * 86400.0,
+              "neighbor_capacity": int(sim.capacity or 0)}  # fmt: skip
+    if result.blowup:
+        writer.close(status="blown_up", message=result.blowup, **timing)
+        raise BlowUpError(f"{traj_path}: {result.blowup}")
+    writer.close(status="done", message="", **timing)
+    return traj_path
