@@ -18,6 +18,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("cameo_eqx.config:PrepareConfig", "cameo_eqx.data.prepare:prepare"),
     "inspect": ("cameo_eqx.config:InspectConfig", "cameo_eqx.data.inspect:inspect"),
     "fit-priors": ("cameo_eqx.config:FitPriorsConfig", "cameo_eqx.priors.fit:fit_priors"),
+    "train": ("cameo_eqx.training.config:TrainConfig", "cameo_eqx.training.trainer:train"),
+    "evaluate": ("cameo_eqx.training.config:EvaluateConfig", "cameo_eqx.evaluation.report:evaluate"),
+    "simulate": ("cameo_eqx.simulate.config:SimulateConfig", "cameo_eqx.simulate.langevin:simulate"),
+    "analyze": ("cameo_eqx.simulate.config:AnalyzeConfig", "cameo_eqx.simulate:analyze"),
+    "export": ("cameo_eqx.export.chemtrain_deploy:ExportConfig", "cameo_eqx.export.chemtrain_deploy:export"),
 }
 
 
