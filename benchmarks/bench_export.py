@@ -1,0 +1,111 @@
+"""Per-step time of the exported chemtrain-deploy function (run as the connector runs it, in the old
+XLA of jax/jaxlib 0.4.35, CPU) vs the same model jitted in process (jax 0.10, CPU), for 35, 300 and
+1,000 beads. The model is `verify.ToyEnergyModel` (2 message-passing hops, bonded terms baked in),
+or a small PaiNN + prior ForceField with `--real`.
+
+    .venv/bin/python benchmarks/bench_export.py [--real] [--repeats 20]
+
+The exported step includes filling the connector's buffers, the edge pruning inside the function and
+the host<->device copies; the in-process step is `jit(grad)` on a prebuilt exact-size Batch. Medians
+after warm-up; compile times are reported separately. Writes benchmarks/results/export.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cameo_eqx.export import chemtrain_deploy as cd
+from cameo_eqx.export import verify
+from cameo_eqx.graph import single_frame_batch
+from cameo_eqx.topology import CGTopology
+
+SIZES = (35, 300, 1000)
+
+
+def compact_chain(n, seed=0):
+    """A self-avoiding-ish compact chain: 3.8 Å steps inside a sphere of protein-like density."""
+    rng = np.random.default_rng(seed)
+    radius = 3.0 * n ** (1 / 3) + 4.0
+    pos = [np.zeros(3)]
+    tries = 0
+    while len(pos) < n:
+        step = rng.normal(size=3)
+        cand = pos[-1] + 3.8 * step / np.linalg.norm(step)
+        tries += 1
+        far = len(pos) < 3 or np.min(np.linalg.norm(np.asarray(pos[:-2]) - cand, axis=1)) > 3.5
+        if np.linalg.norm(cand) < radius and (far or tries > 200):  # give up avoiding after 200 tries
+            pos.append(cand)
+            tries = 0
+    pos = np.asarray(pos, np.float32)
+    top = CGTopology(("ALA",) * n, np.arange(n), ("A",) * n, np.zeros(n, np.int32),
+                     (np.arange(n) * 7 % 4).astype(np.int32))  # fmt: skip
+    return pos, top
+
+
+def make_model(real: bool, cutoff: float):
+    if not real:
+        return verify.ToyEnergyModel(n_species=4, cutoff=cutoff, layers=2)
+    from cameo_eqx.modules import ForceField, make_backbone
+    from cameo_eqx.priors.config import PriorConfig
+    from cameo_eqx.priors.prior import Prior
+
+    return ForceField(make_backbone("painn", 4, cutoff, preset="small"), Prior.from_prior_config(PriorConfig()),
+                      cutoff=cutoff)  # fmt: skip
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--real", action="store_true")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--cutoff", type=float, default=8.0)
+    args = ap.parse_args()
+    model = make_model(args.real, args.cutoff)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in SIZES:
+            pos, top = compact_chain(n)
+            batch = jax.tree.map(jnp.asarray, single_frame_batch(pos, top, args.cutoff))
+
+            def total(p):
+                return jnp.sum(model.node_energies(batch.with_positions(p)))
+
+            step = jax.jit(jax.grad(total))
+            t0 = time.perf_counter()
+            step(batch.positions).block_until_ready()
+            compile_in = time.perf_counter() - t0
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                np.asarray(step(batch.positions))
+                times.append(time.perf_counter() - t0)
+            t_in = float(np.median(times))
+            t0 = time.perf_counter()
+            path = cd.export_model(model, topology=top, platform="cpu").write(Path(tmp) / f"m{n}.ptb")
+            export_s = time.perf_counter() - t0
+            nl = verify.neighbor_list(pos, args.cutoff, half=True)
+            (res,) = verify.run_legacy(path, [dict(x=pos, types=top.species + 1, nlocal=n, nghost=0, newton=True,
+                                                   repeats=args.repeats, **nl)])  # fmt: skip
+            t_ex = float(np.median(res["seconds"]))
+            rows.append(dict(n_beads=n, n_edges=res["n_valid"], in_process_ms=1e3 * t_in, exported_ms=1e3 * t_ex,
+                             ratio=t_ex / t_in, compile_in_process_s=compile_in, export_s=export_s,
+                             compile_legacy_s=res["last_compile_s"], sizes=res["sizes"]))  # fmt: skip
+            print(f"{n:6d} beads {res['n_valid']:7d} edges | in-process {1e3 * t_in:8.3f} ms | exported "
+                  f"{1e3 * t_ex:8.3f} ms | ratio {t_ex / t_in:5.2f} | compile {compile_in:5.1f} s / "
+                  f"legacy {res['last_compile_s']:5.1f} s | export {export_s:5.1f} s", flush=True)
+    out = Path(__file__).parent / "results" / "export.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": "painn-small+prior" if args.real else "toy(K=2)", "cutoff": args.cutoff,
+                               "repeats": args.repeats, "device": "cpu", "rows": rows}, indent=2))  # fmt: skip
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
