@@ -210,12 +210,21 @@ def test_villin_refined_prior_has_lower_force_rmse(villin_records):
     prior, _ = fit_prior(villin_records, cfg)
     train = make_batches(villin_records, n_frames=64, frames_per_batch=32, cutoff=10.0, seed=0)
     test = make_batches(villin_records, n_frames=64, frames_per_batch=32, cutoff=10.0, seed=1)
-    refined, report = refine_prior(prior, train, max_steps=60)
+    refined, report = refine_prior(prior, train, max_steps=200)
     assert report["rmse_after"] < report["rmse_before"]
-    assert force_rmse(refined, test) < force_rmse(prior, test)
+    # measured (float64, rescaled, BFGS, converged in 159 steps): train 24.40 -> 23.88 (2.1 %), held out
+    # 24.31 -> 23.87 (1.8 %), the same as a Newton-polished optimum; the old float32 LBFGS on raw
+    # parameters gave 24.31 -> 24.31 (0.003 %) here. Assert >= 1 % held out.
+    before, after = force_rmse(prior, test), force_rmse(refined, test)
+    assert after < 0.99 * before, (before, after)
+    # the end point is a minimum: gradient (rescaled variables) down by > 1e3 (measured 8.5 -> 5e-5)
+    assert report["grad_norm_after"] < 1e-3 * report["grad_norm_before"], report
+    assert report["float64"] and report["preconditioned"] and report["solver"] == "bfgs"
     assert refined.provenance["refine"]["rmse_after"] == report["rmse_after"]
-    # the repulsion σ is frozen by default
+    # the repulsion σ is frozen by default; parameters stay float32 and modest
     assert float(refined.term("repulsion").sigma[0]) == float(prior.term("repulsion").sigma[0])
+    assert refined.term("angle").a.dtype == jnp.float32
+    assert np.max(np.abs(np.asarray(refined.term("angle").a))) < 1e3
 
 
 def test_fit_priors_command(villin_records, tmp_path, capsys):
