@@ -139,8 +139,9 @@ class ProgressBar(Callback):
                            f"force RMSE {metrics['force_rmse']:.4g} kcal/mol/Å")  # fmt: skip
 
     def on_stage_end(self, trainer: Any, stage: Any) -> None:
+        self.on_fit_end(trainer)
+
+    def on_fit_end(self, trainer: Any) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-    on_fit_end = on_stage_end  # type: ignore[assignment]
