@@ -16,7 +16,8 @@ multiplicity `C` for every irrep of `hidden_irreps` (e.g. `"32x0e + 32x1o"`), st
    the correlation order `ν = correlation`, `B_L = Σ_ν Σ_k W^ν_{z_i,k,c} (U^{ν,L}_k · A^{⊗ν})`, with
    learnable weights per bead species `z_i` and the generalised Clebsch-Gordan basis `U` from
    `e3nn.reduced_symmetric_tensor_product_basis`. `A^{⊗ν}` is evaluated on the distinct (sorted)
-   monomials only, with `U` summed over permutations, so the contraction is one gather and one matmul.
+   monomials only, with `U` summed over permutations, and only on `U`'s nonzero entries (~2%):
+   row gathers of `A`, products, and one sorted `segment_sum` into the basis functions.
 4. Update: `h^{t+1} = Linear(B) + Linear_{z_i}(h^t)` (the species-dependent residual of MACE; the
    first layer, whose input is the species embedding, has none, as in MACE).
 5. Readout of every layer's scalars: linear for all but the last layer, a one-hidden-layer SiLU MLP
