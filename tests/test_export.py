@@ -120,6 +120,9 @@ def test_artifact_passes_static_checks(artifact):
     text = m.mlir_module
     assert "loc(" not in text and "composite" not in text
     assert "jax.uses_shape_polymorphism = true" in text
+    ops, targets = verify._ops_and_custom_calls(text)
+    assert targets == {"shape_assertion"}  # no sort, no dynamic reduce_window / top_k shims
+    assert "stablehlo.sort" not in ops
     assert "@main(%arg0: tensor<?x3xf32>, %arg1: tensor<?xi32>, %arg2: tensor<i32>, %arg3: tensor<i32>, " \
            "%arg4: tensor<i1>, %arg5: tensor<?xi32>, %arg6: tensor<?xi32>, %arg7: tensor<?xi1>)" in text
 
@@ -213,16 +216,20 @@ def test_guard_nan_on_misuse(toy, connector_fn):
     assert np.isnan(e) and np.all(np.isnan(f))
 
 
-def test_ghosts_and_hop_pruning_two_ranks():
+@pytest.mark.parametrize("ghost_rows", [True, False])
+def test_ghosts_and_hop_pruning_two_ranks(ghost_rows):
     """Without baked topology: a two-'rank' split (each rank's ghosts = all other atoms) gives the full
     forces (newton on: local + ghost rows summed; newton off: local rows), although the K-hop pruning
-    drops edges far from the local atoms."""
+    drops edges far from the local atoms. With ghost rows (a ghost list: ghost-ghost pairs present) a
+    K = 2 model is exact; with local rows only (LAMMPS's default lists: a full list then holds local ->
+    ghost edges once, a half list has no ghost-ghost pairs) a pair-additive K = 1 model is."""
     pos, top = toy_protein(n=30, seed=3)
     # no baked topology = no bonded terms and every pair non-bonded: one segment per bead
     unbonded = CGTopology(top.resname, top.resid, top.chain, np.arange(30, dtype=np.int32), top.species)
-    model = verify.ToyEnergyModel(n_species=4, cutoff=5.0, layers=2)
+    layers = 2 if ghost_rows else 1
+    model = verify.ToyEnergyModel(n_species=4, cutoff=5.0, layers=layers)
     e_ref, f_ref = verify.model_forces(model, single_frame_batch(pos, unbonded, 5.0))
-    fn = jax.jit(cd.make_connector_function(model, cutoff=5.0, nbr_order=(2, 4), topology=None))
+    fn = jax.jit(cd.make_connector_function(model, cutoff=5.0, nbr_order=(layers, 2 * layers), topology=None))
     order = np.argsort(pos[:, 0])
     parts = [order[:15], order[15:]]
     for newton in (True, False):
@@ -233,7 +240,7 @@ def test_ghosts_and_hop_pruning_two_ranks():
             ghost = np.setdiff1d(np.arange(30), local)
             perm = np.concatenate([local, ghost])
             p = pos[perm]
-            nl = verify.neighbor_list(p, 5.0, half=not newton)
+            nl = verify.neighbor_list(p, 5.0, half=not newton, rows=None if ghost_rows else 15)
             b = int(nl["numneigh"].sum())
             args = verify.connector_arguments(p, top.species[perm], nl, n_local=15, n_ghost=15, newton=newton,
                                               n_atoms=33, n_buffer=b + 3, n_edges=2 * b)  # fmt: skip
@@ -248,6 +255,45 @@ def test_ghosts_and_hop_pruning_two_ranks():
         all_edges = int(((d < 5.0) & ~np.eye(30, dtype=bool)).sum())
         if newton:
             assert max(valid_counts) < all_edges  # pruning really dropped far edges
+
+
+def test_prefix_sum_any_length():
+    rng = np.random.default_rng(0)
+    for length in (1, 2, 63, 64, 65, 1000, 5003):
+        x = rng.integers(0, 3, length).astype(np.int32)
+        np.testing.assert_array_equal(np.asarray(jax.jit(cd.prefix_sum)(jnp.asarray(x))), np.cumsum(x))
+
+
+@pytest.mark.parametrize("rows", [None, 20])
+def test_mirror_mask_each_directed_edge_once(rows):
+    """Half lists are mirrored, full lists kept except edges into atoms without a row (ghosts without a
+    ghost list): the union holds each directed edge within the cutoff exactly once. A half list in
+    any acyclic orientation (not only lower index first, as LAMMPS's binned newton-on lists) too."""
+    pos, _ = toy_protein(n=30, seed=5)
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    truth = (d < CUTOFF) & ~np.eye(30, dtype=bool)
+    if rows is not None:  # without ghost rows, ghost-ghost pairs are not listed
+        truth[rows:, rows:] = False
+    order = np.random.default_rng(1).permutation(30)  # an arbitrary acyclic orientation
+    rank = np.empty(30, int)
+    rank[order] = np.arange(30)
+    for kind in ("half", "half-permuted", "full"):
+        near = truth.copy()
+        if kind == "half":
+            near &= np.triu(np.ones((30, 30), bool), 1)
+        elif kind == "half-permuted":
+            near &= rank[:, None] < rank[None, :]
+        if rows is not None:
+            near[rows:] = False
+            if kind != "full":  # a pair with a ghost sits in the local atom's row
+                near[:rows, rows:] = truth[:rows, rows:]
+        s, r = np.nonzero(near)
+        ok = jnp.ones(len(s), bool)
+        mirror = np.asarray(cd.mirror_mask(ok, jnp.asarray(s, jnp.int32), jnp.asarray(r, jnp.int32), 30))
+        got = np.zeros((30, 30), int)
+        np.add.at(got, (s, r), 1)
+        np.add.at(got, (r[mirror], s[mirror]), 1)
+        np.testing.assert_array_equal(got, truth.astype(int), err_msg=kind)
 
 
 def test_metal_units_convert_inside(toy):
@@ -326,3 +372,4 @@ def test_export_files(toy, tmp_path):
         cd.export_files(model, rec, tmp_path / "bad", frame=5, platform="cpu")
     with pytest.raises(ValueError, match="protein"):
         cd.export(cd.ExportConfig(protein=""))
+

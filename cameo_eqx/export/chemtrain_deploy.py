@@ -12,9 +12,10 @@ shape-polymorphic function of the connector's 8 arguments and 4 outputs (the con
 | 5 | `i32[B]` senders; 6 `i32[B]` receivers (padding N) | | 3 | `i32[]` input edges within the cutoff |
 | 7 | `bool[M]` capacity buffer (only its length counts) | | | |
 
-Inside, the function symmetrises and de-duplicates the (half or full) neighbour list, drops padding,
-self and over-cutoff edges, keeps the edges within `nbr_order` hops of local atoms, compacts them to
-M and evaluates the model's per-bead energies on a packed one-frame `Batch`.
+Inside, the function drops padding, self and over-cutoff edges, symmetrises the (half or full)
+neighbour list so that each directed edge occurs once (without sorting: see `mirror_mask`), keeps
+the edges within `nbr_order` hops of local atoms, compacts them to M (a prefix sum and a scatter,
+see `prefix_sum`) and evaluates the model's per-bead energies on a packed one-frame `Batch`.
 
 **Limits of a baked topology** (prior bonded terms index rows): valid only on one MPI rank, with no
 ghost atoms (`boundary s s s` or f, no periodic images) and `atom_modify sort 0 0.0` (row order =
@@ -47,10 +48,6 @@ UNIT_STYLES: dict[str, float] = {"real": 1.0, "metal": KCAL_PER_MOL_TO_EV}
 """LAMMPS unit styles the exporter supports and their energy factor from kcal/mol (lengths are Å)."""
 
 PLATFORMS: tuple[str, ...] = ("cuda", "cpu")
-
-MAX_ATOMS: int = 46339
-"""Largest padded atom count N a call may have: edges are packed as s * (N + 1) + r in int32.
-(Ample for one protein; a call with more atoms returns NaN.)"""
 
 SYMBOLIC_SHAPES = "n_atoms, max_buffers, max_edges"
 SHAPE_CONSTRAINTS = ("max_edges <= 2*max_buffers",)
@@ -124,6 +121,88 @@ def receptive_field(model, nbr_order: tuple[int, int] | None = None) -> tuple[in
     return (k, 2 * k)
 
 
+PREFIX_BLOCK: int = 64
+"""Block length of `prefix_sum` (scanned within a block by one small matrix product)."""
+
+PREFIX_MAX_LOG2_BLOCKS: int = 26
+"""`prefix_sum` handles up to 2**26 blocks (4e9 elements, beyond int32) with static shifts."""
+
+
+def _shift_add(x: Array, shift: int, axis: int) -> Array:
+    """x + (x shifted by `shift` towards higher indices along `axis`, zeros shifted in): a pad and a
+    slice with static amounts, valid for any (symbolic) length, also when shift >= length."""
+    cfg = [(0, 0, 0)] * x.ndim
+    cfg[axis] = (shift, 0, 0)
+    y = jax.lax.pad(x, jnp.zeros((), x.dtype), cfg)
+    return x + jax.lax.slice_in_dim(y, 0, x.shape[axis], axis=axis)
+
+
+def prefix_sum(x: Int[Array, " L"]) -> Int[Array, " L"]:
+    """Inclusive prefix sum of a 1-D array of 0/1 (or small non-negative) ints of any (symbolic)
+    length, without sorting and without custom calls.
+
+    `jnp.cumsum` lowers to a `reduce_window` that becomes a custom call under shape polymorphism and
+    `lax.associative_scan` refuses symbolic lengths. Here the array is padded to blocks of
+    `PREFIX_BLOCK`, each block is scanned by one float32 product with a triangular matrix of ones
+    (exact while a block sums to < 2**24), and the block totals are scanned in log depth
+    (Hillis-Steele with static shifts: pads, slices, adds) and added back. Scanning the blocks with
+    shifts too was slower on XLA:CPU (fusion recomputes the chain of shifts).
+
+    **Arguments:**
+
+    - `x`: the values (int32, 0/1 in the exporter).
+
+    **Returns:** `y[i] = sum(x[: i + 1])` (int32).
+    """
+    t = PREFIX_BLOCK
+    length = x.shape[0]
+    q = (length + t - 1) // t
+    blocks = jax.lax.pad(x.astype(jnp.float32), jnp.float32(0), [(0, q * t - length, 0)]).reshape(q, t)
+    upper = jnp.triu(jnp.ones((t, t), jnp.float32))  # column j sums rows i <= j
+    within = jnp.dot(blocks, upper, precision=jax.lax.Precision.HIGHEST).astype(jnp.int32)
+    last = within[:, t - 1]
+    totals = last
+    for k in range(PREFIX_MAX_LOG2_BLOCKS):
+        totals = _shift_add(totals, 2**k, 0)
+    return (within + (totals - last)[:, None]).reshape(q * t)[:length]
+
+
+def mirror_mask(
+    ok: Bool[Array, " B"], snd: Int[Array, " B"], rcv: Int[Array, " B"], n: int
+) -> Bool[Array, " B"]:
+    """Which listed edges must also be added reversed so that each directed edge occurs once.
+
+    What LAMMPS hands the connector (checked on dumps of real LAMMPS neighbour lists, see
+    tests/test_export_lammps.py): rows only for the atoms that own a row (local atoms; ghosts too
+    with a ghost list), and either
+
+    - a half list (newton off; also a single-rank newton-on half list): each pair once, oriented
+      acyclically (LAMMPS stores a pair in the row of the lower index, bin or coordinate order);
+      every edge is mirrored;
+    - a full list (the connector requests one with newton on): each pair in the row of every end
+      that has a row; an edge is mirrored only when its receiver has no row (a local -> ghost edge
+      without a ghost list), the others already occur in both directions.
+
+    Which one is decided from the data, without sorting: restricted to edges between atoms with
+    rows, a full list has every atom's out-degree equal to its in-degree, and an acyclic (half)
+    orientation never has (its first atom with an edge has in-degree 0). When no edge joins two atoms
+    with rows the two cases coincide. Cost: three scatters over the B input edges.
+
+    **Arguments:**
+
+    - `ok`: listed edges that are valid (in range, both atoms valid, not self, within the cutoff).
+    - `snd`, `rcv`: their atoms, clipped to [0, n). `n`: the padded atom count.
+
+    **Returns:** the mask of edges to add reversed (a subset of `ok`).
+    """
+    has_row = jnp.zeros(n, bool).at[jnp.where(ok, snd, n)].set(True, mode="drop")
+    both = ok & has_row[rcv]
+    ones = both.astype(jnp.int32)
+    balance = jnp.zeros(n, jnp.int32).at[snd].add(ones).at[rcv].add(-ones)
+    full = jnp.all(balance == 0)
+    return ok & ~(full & has_row[rcv])
+
+
 def _reach(local: Bool[Array, " N"], snd, rcv, valid_edge, hops: int) -> Bool[Array, " N"]:
     """Atoms within `hops` hops of a local atom along valid (symmetric) edges."""
     n = local.shape[0]
@@ -185,38 +264,38 @@ def make_connector_function(
         ok = in_range & valid[sc] & valid[rc] & (s != r) & (d2 < cutoff2)
         n_in_cutoff = jnp.sum(ok, dtype=jnp.int32)
 
-        # --- symmetrise and de-duplicate: each directed edge once -------------------------
-        # Edges are packed into one int32 key s * (N + 1) + r (padding = N * (N + 1) + N, last):
-        # one-operand sorts are several times faster than multi-operand ones on XLA:CPU. The key
-        # fits int32 for N <= MAX_ATOMS; larger calls return NaN (see `too_many`).
-        n1 = jnp.int32(n) + 1
-        pad_key = n * n1 + n
-        key = jnp.concatenate([jnp.where(ok, sc * n1 + rc, pad_key), jnp.where(ok, rc * n1 + sc, pad_key)])
-        key = jax.lax.sort(key)
-        dup = jnp.concatenate([jnp.zeros(1, bool), key[1:] == key[:-1]])
-        edge_ok = (key < pad_key) & ~dup
-        cs = jnp.where(edge_ok, key // n1, n)
-        cr = jnp.where(edge_ok, key % n1, n)
+        # --- symmetrise: each directed edge once, without sorting -------------------------
+        # (see `mirror_mask`): a half list is mirrored, a full list is kept as is except for the
+        # reverse of edges into atoms that have no row of their own (ghosts without a ghost list)
+        mirror = mirror_mask(ok, sc, rc, n)
+        cs = jnp.concatenate([jnp.where(ok, sc, n), jnp.where(mirror, rc, n)])
+        cr = jnp.concatenate([jnp.where(ok, rc, n), jnp.where(mirror, sc, n)])
+        edge_ok = jnp.concatenate([ok, mirror])
 
         # --- keep edges within nbr_order hops of local atoms ------------------------------
         # an edge can change a local energy (newton on: E = sum over local atoms) if one end is
         # within K-1 hops of a local atom; with newton off every valid atom's energy enters the
-        # gradient and ghost energies reach K more hops, hence 2K.
-        reach_on = _reach(local, cs, cr, edge_ok, k_on - 1)
-        reach_off = _reach(local, cs, cr, edge_ok, k_off - 1)
-        reach = jnp.where(newton, reach_on, reach_off)
+        # gradient and ghost energies reach K more hops, hence 2K. Without ghosts every valid atom
+        # is local and nothing is pruned (the usual single-rank case skips the hops at run time).
+        branch = jnp.where(n_ghost == 0, 0, jnp.where(newton, 1, 2)).astype(jnp.int32)
+        reach = jax.lax.switch(branch, [
+            lambda: valid,
+            lambda: _reach(local, cs, cr, edge_ok, k_on - 1),
+            lambda: _reach(local, cs, cr, edge_ok, k_off - 1),
+        ])  # fmt: skip
         csc = jnp.minimum(cs, n - 1)
         crc = jnp.minimum(cr, n - 1)
         keep = edge_ok & (reach[csc] | reach[crc])
         n_valid = jnp.sum(keep, dtype=jnp.int32)
 
-        # --- compact to the capacity M: sorting the keys of kept edges (others pushed to the end)
-        # puts them first (no cumsum: its dynamic reduce_window is a custom call)
-        kept = jax.lax.sort(jnp.where(keep, key, pad_key))
-        e_key = jax.lax.slice(kept, (0,), (m,))
+        # --- compact to the capacity M: a log-depth prefix sum gives each kept edge its slot, a
+        # scatter puts it there (edges beyond M are dropped; the count makes the connector rerun)
+        slot = prefix_sum(keep.astype(jnp.int32)) - 1
+        n_cand = keep.shape[0]
+        slot = jnp.where(keep, slot, m + jnp.arange(n_cand, dtype=jnp.int32))  # distinct, dropped
+        e_snd = jnp.full((m,), n, jnp.int32).at[slot].set(cs, mode="drop", unique_indices=True)
+        e_rcv = jnp.full((m,), n, jnp.int32).at[slot].set(cr, mode="drop", unique_indices=True)
         edge_mask = jnp.arange(m, dtype=jnp.int32) < n_valid
-        e_snd = jnp.where(edge_mask, e_key // n1, n)
-        e_rcv = jnp.where(edge_mask, e_key % n1, n)
 
         # --- non-bonded pairs (i < j) from the pruned edges --------------------------------
         if baked is not None:
@@ -270,9 +349,6 @@ def make_connector_function(
 
         grad, e_local = jax.grad(energies, has_aux=True)(positions)
         forces = -grad
-        too_many = jnp.int32(n) > MAX_ATOMS
-        forces = jnp.where(too_many, jnp.nan, forces)
-        e_local = jnp.where(too_many, jnp.nan, e_local)
         if baked is not None:
             bad = (n_ghost != 0) | (n_local != baked.n_beads)
             forces = jnp.where(bad, jnp.nan, forces)

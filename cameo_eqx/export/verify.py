@@ -173,21 +173,27 @@ def check_artifact(path_or_bytes: str | os.PathLike | bytes) -> ptb.PtbModel:
 
 
 def neighbor_list(
-    positions: Float[np.ndarray, "n 3"], cutoff: float, *, half: bool, skin: float = 2.0
+    positions: Float[np.ndarray, "n 3"], cutoff: float, *, half: bool, skin: float = 2.0,
+    rows: int | None = None,
 ) -> dict[str, Any]:
     """A LAMMPS-like neighbour list (`ilist`, `numneigh`, `firstneigh`) with cutoff + skin.
 
     A half list holds each pair once (the row of the lower index), a full list both directions.
     Rows are visited in a shuffled order and neighbours are unsorted, as LAMMPS's binned lists are.
+    `rows`: only the first `rows` atoms (the local ones) own a row, as in LAMMPS without a ghost
+    list (then ghost-ghost pairs are absent and a full list holds local -> ghost edges only once);
+    default every atom (a list with ghost rows).
     """
     pos = np.asarray(positions, np.float64)
     n = len(pos)
+    n_rows = n if rows is None else int(rows)
     d = np.linalg.norm(pos[:, None] - pos[None, :], axis=-1)
     near = (d < cutoff + skin) & ~np.eye(n, dtype=bool)
     if half:
         near &= np.triu(np.ones((n, n), bool), 1)
+    near[n_rows:] = False
     rng = np.random.default_rng(n)
-    ilist = rng.permutation(n).astype(np.int32)
+    ilist = rng.permutation(n_rows).astype(np.int32)
     firstneigh = [rng.permutation(np.nonzero(near[i])[0]).astype(np.int32) for i in ilist]
     return {"ilist": ilist, "numneigh": np.asarray([len(f) for f in firstneigh], np.int32),
             "firstneigh": firstneigh}  # fmt: skip

