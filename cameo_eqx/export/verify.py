@@ -228,6 +228,45 @@ def connector_arguments(
             np.zeros(n_edges, np.bool_))  # fmt: skip
 
 
+def exported_from_ptb(data: bytes):
+    """The artifact's own StableHLO text as a `jax.export.Exported` of this jax, so that
+    `jax.jit(exported.call)(*connector_arguments(...))` runs exactly the module in the file in process.
+
+    The calling convention (argument/result types, symbolic shapes) comes from a stand-in function
+    with the contract's signature; only its module is swapped for the file's.
+
+    **Arguments:**
+
+    - `data`: the `.ptb` bytes.
+
+    **Returns:** the `Exported`.
+    """
+    import dataclasses
+
+    from jax import export as jax_export
+    from jax._src.interpreters import mlir as jax_mlir
+    from jax._src.lib.mlir import ir
+
+    from .chemtrain_deploy import SHAPE_CONSTRAINTS, SYMBOLIC_SHAPES
+
+    def signature(pos, spc, n_local, n_ghost, newton, snd, rcv, cap):
+        z = (jnp.sum(spc) + n_local + n_ghost + newton.astype(jnp.int32) + jnp.sum(snd) + jnp.sum(rcv)
+             + jnp.sum(cap)).astype(jnp.float32)  # fmt: skip
+        return pos * z, z, n_local, n_ghost
+
+    n, b, m = jax_export.symbolic_shape(SYMBOLIC_SHAPES, constraints=SHAPE_CONSTRAINTS)
+    sds = jax.ShapeDtypeStruct
+    args = (
+        sds((n, 3), jnp.float32), sds((n,), jnp.int32), sds((), jnp.int32), sds((), jnp.int32),
+        sds((), jnp.bool_), sds((b,), jnp.int32), sds((b,), jnp.int32), sds((m,), jnp.bool_),
+    )  # fmt: skip
+    with jax.enable_x64(False):
+        template = jax_export.export(jax.jit(signature), platforms=["cpu"])(*args)
+    with jax_mlir.make_ir_context():
+        code = jax_mlir.module_to_bytecode(ir.Module.parse(ptb.decode_model(data).mlir_module))
+    return dataclasses.replace(template, mlir_module_serialized=code)
+
+
 # ------------------------------------------------------------------------------------------------
 # The old-XLA emulation (subprocess into the jax 0.4.35 virtualenv)
 # ------------------------------------------------------------------------------------------------
