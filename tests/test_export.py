@@ -320,6 +320,14 @@ def test_receptive_field():
 
     with pytest.raises(ValueError, match="nbr_order"):
         cd.receptive_field(NoHops())
+    # Allegro is strictly local whatever its depth: it says so itself (no class-name detection)
+    from cameo_eqx.modules import ForceField, make_backbone
+
+    allegro = make_backbone("allegro", 4, 5.0, key=jax.random.PRNGKey(0), num_layers=3, n_radial=4,
+                            n_tensor_features=2, latent_dim=8, embed_dim=4)  # fmt: skip
+    assert allegro.n_message_passing_layers == 1
+    assert cd.receptive_field(allegro) == (1, 2)
+    assert cd.receptive_field(ForceField(allegro, verify.ToyEnergyModel(layers=3))) == (3, 6)
     with pytest.raises(ValueError, match="two positive"):
         cd.receptive_field(NoHops(), (1,))
 

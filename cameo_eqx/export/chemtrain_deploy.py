@@ -84,8 +84,8 @@ class BakedTopology:
 def message_passing_hops(model) -> int | None:
     """How many graph hops a bead's energy depends on, or None when the model does not say.
 
-    `n_message_passing_layers` when the model has it; a `ForceField` takes the larger of its backbone
-    and prior; a prior (`terms`) and Allegro (strictly local) depend on their own edges only (1).
+    `n_message_passing_layers` when the model has it (Allegro, strictly local, says 1); a `ForceField`
+    takes the larger of its backbone and prior; a prior (`terms`) depends on its own edges only (1).
     """
     k = getattr(model, "n_message_passing_layers", None)
     if k is not None:
@@ -94,7 +94,7 @@ def message_passing_hops(model) -> int | None:
         parts = [m for m in (model.backbone, model.prior) if m is not None]
         hops = [message_passing_hops(m) for m in parts]
         return None if any(h is None for h in hops) or not hops else max(hops)
-    if hasattr(model, "terms") or type(model).__name__ == "Allegro":
+    if hasattr(model, "terms"):
         return 1
     return None
 

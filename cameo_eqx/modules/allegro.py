@@ -354,6 +354,12 @@ class Allegro(AbstractEnergyModel):
                 env_w = x @ layer.env
         return self.edge_energy(x)[:, 0] * u
 
+    @property
+    def n_message_passing_layers(self) -> int:
+        """Receptive field in graph hops: 1, Allegro is strictly local (a bead's energy depends only on
+        its own edges, whatever `num_layers`), so the exporter's nbr_order is [1, 2]."""
+        return 1
+
     def node_energies(self, batch: Batch) -> Float[Array, " n_node"]:
         """Per-bead energies (kcal/mol): edge energies summed onto the centre, per-species scale/shift.
 
