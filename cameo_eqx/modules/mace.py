@@ -408,6 +408,11 @@ class MACE(AbstractEnergyModel):
             in_irs = out_irs
         self.layers = tuple(layers)
 
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor keywords that rebuild this model's skeleton (JSON-friendly; used by
+        `forcefield.save`)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k in DEFAULTS for v in [getattr(self, k)]}
+
     @property
     def n_message_passing_layers(self) -> int:
         """Receptive field in graph hops: a bead's energy depends on beads up to this many hops away."""

@@ -239,6 +239,11 @@ class PaiNN(AbstractEnergyModel):
         self.updates = tuple(_Update(f, key=k) for k in jax.random.split(ku, self.n_layers))
         self.readout = MLP((f, self.readout_hidden, 1), key=kr)
 
+    def hyperparameters(self) -> dict[str, Any]:
+        """The constructor keywords that rebuild this model's skeleton (JSON-friendly; used by
+        `forcefield.save`)."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k in DEFAULTS for v in [getattr(self, k)]}
+
     @property
     def n_message_passing_layers(self) -> int:
         """Receptive field in graph hops: a bead's energy depends on beads up to this many hops away."""
