@@ -289,7 +289,8 @@ def test_mirror_mask_each_directed_edge_once(rows):
                 near[:rows, rows:] = truth[:rows, rows:]
         s, r = np.nonzero(near)
         ok = jnp.ones(len(s), bool)
-        mirror = np.asarray(cd.mirror_mask(ok, jnp.asarray(s, jnp.int32), jnp.asarray(r, jnp.int32), 30))
+        mirror = np.asarray(cd.mirror_mask(ok, jnp.asarray(s, jnp.int32), jnp.asarray(r, jnp.int32),
+                                           jnp.int32(30 if rows is None else rows)))
         got = np.zeros((30, 30), int)
         np.add.at(got, (s, r), 1)
         np.add.at(got, (r[mirror], s[mirror]), 1)

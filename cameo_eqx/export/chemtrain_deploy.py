@@ -167,40 +167,56 @@ def prefix_sum(x: Int[Array, " L"]) -> Int[Array, " L"]:
     return (within + (totals - last)[:, None]).reshape(q * t)[:length]
 
 
+def _edge_hash(a: Int[Array, " B"], b: Int[Array, " B"], c1: int, c2: int) -> Array:
+    """A 32-bit mix of the ordered pair (a, b) (uint32 arithmetic wraps, sums are exact mod 2**32)."""
+    x = a.astype(jnp.uint32) * jnp.uint32(c1) + b.astype(jnp.uint32) * jnp.uint32(c2)
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
 def mirror_mask(
-    ok: Bool[Array, " B"], snd: Int[Array, " B"], rcv: Int[Array, " B"], n: int
+    ok: Bool[Array, " B"], snd: Int[Array, " B"], rcv: Int[Array, " B"], n_local: Int[Array, ""]
 ) -> Bool[Array, " B"]:
     """Which listed edges must also be added reversed so that each directed edge occurs once.
 
     What LAMMPS hands the connector (checked on dumps of real LAMMPS neighbour lists, see
-    tests/test_export_lammps.py): rows only for the atoms that own a row (local atoms; ghosts too
-    with a ghost list), and either
+    tests/test_export_lammps.py): rows for the local atoms, and for every ghost too when a ghost list
+    was requested, and either
 
     - a half list (newton off; also a single-rank newton-on half list): each pair once, oriented
-      acyclically (LAMMPS stores a pair in the row of the lower index, bin or coordinate order);
+      acyclically (LAMMPS stores a pair in the row of the lower index, or by bin/coordinate order);
       every edge is mirrored;
     - a full list (the connector requests one with newton on): each pair in the row of every end
       that has a row; an edge is mirrored only when its receiver has no row (a local -> ghost edge
       without a ghost list), the others already occur in both directions.
 
-    Which one is decided from the data, without sorting: restricted to edges between atoms with
-    rows, a full list has every atom's out-degree equal to its in-degree, and an acyclic (half)
-    orientation never has (its first atom with an edge has in-degree 0). When no edge joins two atoms
-    with rows the two cases coincide. Cost: three scatters over the B input edges.
+    Which atoms have rows: the local ones, and all when some sender is a ghost (a ghost list). Which
+    kind of list, decided from the data with reductions only (scatters are slow in the connector's
+    XLA): restricted to edges between atoms with rows, a full list is symmetric, so the sums of a
+    hash of (s, r) and of (r, s) over its edges agree exactly; for a half list they agree only by a
+    hash collision (two independent 32-bit hashes: about 2**-64). When no edge joins two atoms with
+    rows the two kinds coincide.
 
     **Arguments:**
 
     - `ok`: listed edges that are valid (in range, both atoms valid, not self, within the cutoff).
-    - `snd`, `rcv`: their atoms, clipped to [0, n). `n`: the padded atom count.
+    - `snd`, `rcv`: their atoms (clipped to the padded range). `n_local`: the local atom count.
 
     **Returns:** the mask of edges to add reversed (a subset of `ok`).
     """
-    has_row = jnp.zeros(n, bool).at[jnp.where(ok, snd, n)].set(True, mode="drop")
-    both = ok & has_row[rcv]
-    ones = both.astype(jnp.int32)
-    balance = jnp.zeros(n, jnp.int32).at[snd].add(ones).at[rcv].add(-ones)
-    full = jnp.all(balance == 0)
-    return ok & ~(full & has_row[rcv])
+    ghost_rows = jnp.any(ok & (snd >= n_local))
+    rcv_has_row = (rcv < n_local) | ghost_rows
+    both = ok & rcv_has_row
+    zero = jnp.uint32(0)
+    full = jnp.bool_(True)
+    for c1, c2 in ((0x9E3779B1, 0x85EBCA77), (0xC2B2AE3D, 0x27D4EB2F)):
+        forward = jnp.sum(jnp.where(both, _edge_hash(snd, rcv, c1, c2), zero), dtype=jnp.uint32)
+        backward = jnp.sum(jnp.where(both, _edge_hash(rcv, snd, c1, c2), zero), dtype=jnp.uint32)
+        full = full & (forward == backward)
+    return ok & ~(full & rcv_has_row)
 
 
 def _reach(local: Bool[Array, " N"], snd, rcv, valid_edge, hops: int) -> Bool[Array, " N"]:
@@ -267,7 +283,7 @@ def make_connector_function(
         # --- symmetrise: each directed edge once, without sorting -------------------------
         # (see `mirror_mask`): a half list is mirrored, a full list is kept as is except for the
         # reverse of edges into atoms that have no row of their own (ghosts without a ghost list)
-        mirror = mirror_mask(ok, sc, rc, n)
+        mirror = mirror_mask(ok, sc, rc, n_local)
         cs = jnp.concatenate([jnp.where(ok, sc, n), jnp.where(mirror, rc, n)])
         cr = jnp.concatenate([jnp.where(ok, rc, n), jnp.where(mirror, sc, n)])
         edge_ok = jnp.concatenate([ok, mirror])
@@ -293,8 +309,9 @@ def make_connector_function(
         slot = prefix_sum(keep.astype(jnp.int32)) - 1
         n_cand = keep.shape[0]
         slot = jnp.where(keep, slot, m + jnp.arange(n_cand, dtype=jnp.int32))  # distinct, dropped
-        e_snd = jnp.full((m,), n, jnp.int32).at[slot].set(cs, mode="drop", unique_indices=True)
-        e_rcv = jnp.full((m,), n, jnp.int32).at[slot].set(cr, mode="drop", unique_indices=True)
+        e_pair = jnp.full((m, 2), n, jnp.int32).at[slot].set(jnp.stack([cs, cr], axis=-1), mode="drop",
+                                                             unique_indices=True)  # one scatter
+        e_snd, e_rcv = e_pair[:, 0], e_pair[:, 1]
         edge_mask = jnp.arange(m, dtype=jnp.int32) < n_valid
 
         # --- non-bonded pairs (i < j) from the pruned edges --------------------------------
