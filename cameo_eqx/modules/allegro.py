@@ -43,7 +43,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..graph import Batch
-from .base import AbstractEnergyModel
+from .base import AbstractEnergyModel, hyperparameter_dict
 from .radial import SpeciesEmbedding, bessel_basis, polynomial_envelope, safe_norm
 
 Irrep = tuple[int, int]  # (l, parity ±1)
@@ -303,7 +303,7 @@ class Allegro(AbstractEnergyModel):
         names = ("num_layers", "n_radial", "l_max", "parity", "n_tensor_features", "latent_dim",
                  "two_body_hidden", "latent_hidden", "edge_energy_hidden", "embed_dim",
                  "avg_num_neighbors", "envelope_p")  # fmt: skip
-        return {n: (list(v) if isinstance(v, tuple) else v) for n in names for v in [getattr(self, n)]}
+        return hyperparameter_dict(self, names)
 
     def edge_energies(self, batch: Batch) -> Float[Array, " n_edge"]:
         """Per-edge energies E_ij (kcal/mol) with centre `senders`, zero on padded edges.

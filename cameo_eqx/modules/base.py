@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
+from typing import Any
 
 import equinox as eqx
 from jaxtyping import Array, Float
@@ -28,3 +30,9 @@ class AbstractEnergyModel(eqx.Module):
 
         **Returns:** an `(n_node,)` array.
         """
+
+
+def hyperparameter_dict(model: eqx.Module, names: Iterable[str]) -> dict[str, Any]:
+    """The named constructor keywords of a model as a JSON-friendly dict (tuples become lists);
+    `forcefield.save` stores it to rebuild the model's skeleton."""
+    return {n: (list(v) if isinstance(v, tuple) else v) for n in names for v in [getattr(model, n)]}

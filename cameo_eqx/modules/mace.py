@@ -48,7 +48,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..graph import Batch
-from .base import AbstractEnergyModel
+from .base import AbstractEnergyModel, hyperparameter_dict
 from .painn import MLP, Dense, edge_geometry, resolve_hyperparameters
 from .radial import SpeciesEmbedding, bessel_basis, polynomial_envelope
 
@@ -411,7 +411,7 @@ class MACE(AbstractEnergyModel):
     def hyperparameters(self) -> dict[str, Any]:
         """The constructor keywords that rebuild this model's skeleton (JSON-friendly; used by
         `forcefield.save`)."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k in DEFAULTS for v in [getattr(self, k)]}
+        return hyperparameter_dict(self, DEFAULTS)
 
     @property
     def n_message_passing_layers(self) -> int:

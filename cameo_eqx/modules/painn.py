@@ -30,7 +30,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from ..graph import Batch
-from .base import AbstractEnergyModel
+from .base import AbstractEnergyModel, hyperparameter_dict
 from .radial import SpeciesEmbedding, bessel_basis, polynomial_envelope, safe_norm
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -242,7 +242,7 @@ class PaiNN(AbstractEnergyModel):
     def hyperparameters(self) -> dict[str, Any]:
         """The constructor keywords that rebuild this model's skeleton (JSON-friendly; used by
         `forcefield.save`)."""
-        return {k: (list(v) if isinstance(v, tuple) else v) for k in DEFAULTS for v in [getattr(self, k)]}
+        return hyperparameter_dict(self, DEFAULTS)
 
     @property
     def n_message_passing_layers(self) -> int:
