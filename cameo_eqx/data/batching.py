@@ -998,15 +998,35 @@ class BatchLoader:
         self._next_epoch += 1
         return self.epoch(e)
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        """Iterates one epoch's steps; closing the iterator (or breaking out) stops the thread."""
+    def epoch(self, epoch: int, start: int = 0, describe: bool = False) -> Iterator[Any]:
+        """Iterates one epoch's steps; closing the iterator (or breaking out) stops the thread.
+
+        **Arguments:**
+
+        - `epoch`: the epoch (its plan is a pure function of the loader's seed and this).
+        - `start`: the first step to build (resuming mid-epoch).
+        - `describe`: yield `(batch, description)` pairs naming each step's proteins and frames.
+        """
         t0 = time.perf_counter()
         plan = self.plan(epoch)
-        steps = self.steps(epoch)
+        steps = self.steps(epoch)[start:]
         stats = EpochStats(epoch=epoch, plan_seconds=time.perf_counter() - t0)
         if self.prefetch <= 0:
-            return self._sync(plan, steps, stats)
-        return self._threaded(plan, steps, stats)
+            return self._sync(plan, steps, stats, describe)
+        return self._threaded(plan, steps, stats, describe)
+
+    def describe_step(self, plan: EpochPlan, step: Step) -> str:
+        """A short description of a step's frames (for error messages: which batch went wrong)."""
+        frames = [plan[b] for b in step.batches if b >= 0]
+        return f"epoch {plan.epoch} step {step.index}, frames " + "; ".join(
+            ", ".join(f"{n}:{f}" for n, f in fr[:4]) + (" ..." if len(fr) > 4 else "") for fr in frames
+        )
+
+    def _item(self, plan: EpochPlan, step: Step, stats: EpochStats, describe: bool) -> Any:
+        t = time.perf_counter()
+        b = self.build_step(plan, step, stats)
+        stats.build_seconds += time.perf_counter() - t
+        return (b, self.describe_step(plan, step)) if describe else b
 
     def _finish(self, stats: EpochStats) -> None:
         self.stats = stats
@@ -1015,15 +1035,12 @@ class BatchLoader:
                  "%d promoted", stats.epoch, stats.steps, stats.batches, stats.frames, u["nodes"],
                  u["edges"], stats.promoted)  # fmt: skip
 
-    def _sync(self, plan, steps, stats) -> Iterator[Batch]:
+    def _sync(self, plan, steps, stats, describe) -> Iterator[Any]:
         for s in steps:
-            t = time.perf_counter()
-            b = self.build_step(plan, s, stats)
-            stats.build_seconds += time.perf_counter() - t
-            yield b
+            yield self._item(plan, s, stats, describe)
         self._finish(stats)
 
-    def _threaded(self, plan, steps, stats) -> Iterator[Batch]:
+    def _threaded(self, plan, steps, stats, describe) -> Iterator[Any]:
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
@@ -1041,9 +1058,7 @@ class BatchLoader:
                 if stop.is_set():
                     return
                 try:
-                    t = time.perf_counter()
-                    b = self.build_step(plan, s, stats)
-                    stats.build_seconds += time.perf_counter() - t
+                    b = self._item(plan, s, stats, describe)
                 except BaseException as e:  # noqa: BLE001  (re-raised in the consumer)
                     put(_Failure(e, f"epoch {plan.epoch} step {s.index} (batches {s.batches})"))
                     return

@@ -8,8 +8,6 @@ and gives each process a disjoint share; batches carry a leading axis of this pr
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,50 +32,6 @@ def _subsample(frames: dict[str, np.ndarray], cap: int | None) -> dict[str, np.n
     return out
 
 
-def prefetch(gen_fn, depth: int) -> Iterator[Any]:
-    """Runs the generator `gen_fn()` in a background thread, `depth` items ahead (0: inline)."""
-    if depth <= 0:
-        yield from gen_fn()
-        return
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
-
-    def work():
-        try:
-            for item in gen_fn():
-                while not stop.is_set():
-                    try:
-                        q.put(("ok", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(("ok", done))
-        except BaseException as e:  # noqa: BLE001  (re-raised in the consumer)
-            q.put(("err", e))
-
-    th = threading.Thread(target=work, daemon=True, name="cameo-train-prefetch")
-    th.start()
-    try:
-        while True:
-            kind, item = q.get()
-            if kind == "err":
-                raise RuntimeError(f"batch loading failed: {item}") from item
-            if item is done:
-                break
-            yield item
-    finally:
-        stop.set()
-        while th.is_alive():
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                pass
-            th.join(timeout=0.05)
-
-
 class DataModule:
     """Train / validation batches of a prepared dataset.
 
@@ -100,11 +54,10 @@ class DataModule:
             raise ValueError(f"dataset {cfg.dataset}: the split leaves no training frames")
         common = dict(cutoff=cfg.cutoff, target_nodes=cfg.target_nodes, pair_min_sep=cfg.pair_min_sep,
                       n_devices=n_devices, process_index=process_index, process_count=process_count,
-                      prefetch=0)  # fmt: skip
+                      prefetch=int(cfg.prefetch))  # fmt: skip
         self.train = BatchLoader(self.dataset, self.split.train, seed=seed, shuffle=cfg.shuffle, **common)
         val = _subsample(self.split.val, cfg.max_val_frames)
         self.val = BatchLoader(self.dataset, val, seed=0, **common) if val else None
-        self.depth = int(cfg.prefetch)
 
     @property
     def n_species(self) -> int:
@@ -130,15 +83,4 @@ class DataModule:
         return self._stream(self.val, 0, 0)
 
     def _stream(self, loader: BatchLoader, epoch: int, start: int):
-        plan = loader.plan(epoch)
-        steps = loader.steps(epoch)[start:]
-
-        def gen():
-            for s in steps:
-                frames = [plan[b] for b in s.batches if b >= 0]
-                desc = f"epoch {epoch} step {s.index}, frames " + "; ".join(
-                    ", ".join(f"{n}:{f}" for n, f in fr[:4]) + (" ..." if len(fr) > 4 else "") for fr in frames
-                )
-                yield loader.build_step(plan, s), desc
-
-        return prefetch(gen, self.depth)
+        return loader.epoch(epoch, start=start, describe=True)
