@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_output
 
-.PHONY: install demo test test-slow bench clean legacy-xla-venv lammps-venv
+.PHONY: install demo test test-slow bench bench-reference clean legacy-xla-venv lammps-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cameo_eqx needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -38,8 +38,15 @@ lammps-venv:
 test-slow: $(STAMP) legacy-xla-venv lammps-venv
 	$(PY) -m pytest -q $(PYTEST_PAR) -m slow tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
+# Every benchmark but the PyTorch comparison (which needs its own virtualenvs: make bench-reference).
 bench: $(STAMP)
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in benchmarks/bench_*.py; do [ "$$b" = benchmarks/bench_reference.py ] && continue; \
+		echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Ours vs the PyTorch references (mace-torch, nequip-allegro) on the same graphs; ~25 minutes.
+bench-reference: $(STAMP)
+	bash benchmarks/reference/setup_venvs.sh
+	$(PY) benchmarks/bench_reference.py
 
 clean:
-	rm -rf $(VENV) .venv-xla0435 .venv-lammps $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) .venv-xla0435 .venv-lammps .venv-bench-mace .venv-bench-allegro $(DEMO_OUT) .pytest_cache
