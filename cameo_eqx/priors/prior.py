@@ -106,12 +106,21 @@ class Prior(AbstractEnergyModel):
         return e
 
     def energy(self, batch: Batch) -> Float[Array, " n_graph"]:
-        """Per-frame prior energies (kcal/mol), zero for padded frames."""
-        return graph_sum(self.node_energies(batch), batch)
+        """Per-frame prior energies (kcal/mol), zero for padded frames.
+
+        Equal to `graph_sum(node_energies)` up to rounding; the repulsion goes through
+        `SoftSphereRepulsion.frame_energies` (analytic pair forces in a custom VJP), which makes
+        `energy_and_forces` several times faster on large pair lists.
+        """
+        e = graph_sum(_weighted_node_energies(self.weights, self.terms, batch), batch)
+        for w, t in zip(self.weights, self.terms):
+            if isinstance(t, SoftSphereRepulsion):
+                e = e + w * t.frame_energies(batch)
+        return e
 
     def energy_and_forces(self, batch: Batch) -> tuple[Float[Array, " n_graph"], Float[Array, "n_node 3"]]:
         """Per-frame energies and per-bead forces -∂E/∂R (kcal/mol/Å; zero on padded beads)."""
-        return _energy_and_forces(lambda b: graph_sum(self.node_energies(b), b), batch)
+        return _energy_and_forces(self.energy, batch)
 
     def components(self, batch: Batch) -> dict[str, tuple[Float[Array, " n_graph"], Float[Array, "n_node 3"]]]:
         """Each term's weighted contribution.
@@ -125,7 +134,7 @@ class Prior(AbstractEnergyModel):
         """
         out = {}
         for w, t in zip(self.weights, self.terms):
-            out[t.name] = _energy_and_forces(lambda b, t=t, w=w: graph_sum(w * t.node_energies(b), b), batch)
+            out[t.name] = _energy_and_forces(lambda b, t=t, w=w: Prior([t], [w]).energy(b), batch)
         return out
 
     # ------------------------------------------------------------------------------- construction
@@ -242,6 +251,15 @@ class Prior(AbstractEnergyModel):
             else:
                 cfg = json.load(fh)
         return cls.from_config(cfg, where=str(path))
+
+
+def _weighted_node_energies(weights, terms, batch: Batch):
+    """Σ weight · per-bead energy over the terms that are not the repulsion."""
+    e = jnp.zeros(batch.n_node, batch.positions.dtype)
+    for w, t in zip(weights, terms):
+        if not isinstance(t, SoftSphereRepulsion):
+            e = e + w * t.node_energies(batch)
+    return e
 
 
 def _energy_and_forces(energy_fn, batch: Batch):

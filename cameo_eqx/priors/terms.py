@@ -30,6 +30,7 @@ arithmetic, so no NaN or inf can appear, and their energy is masked out. Real de
 from __future__ import annotations
 
 import abc
+import functools
 from typing import ClassVar, Literal
 
 import equinox as eqx
@@ -405,6 +406,76 @@ class SoftSphereRepulsion(AbstractPriorTerm):
     def entry_energies(self, batch: Batch, mask: Bool[Array, " m"]) -> Float[Array, " m"]:
         p0, p1 = _gather(batch.positions, batch.pairs, mask)
         return self.pair_energy(bond_lengths(p0, p1), self.type_index(batch))
+
+    def frame_energies(self, batch: Batch) -> Float[Array, " n_graph"]:
+        """Per-frame energies (kcal/mol, unweighted); equal to `graph_sum(node_energies)` up to rounding.
+
+        Faster to differentiate than `node_energies`: a custom VJP forms each pair's force (dU/dr)·d/r
+        analytically in the forward pass, so the backward pass is one scatter-add per bead end instead
+        of reverse-mode's transposed gathers (and the ε, σ gradients are segment sums over types). The
+        forward and backward rules are plain JAX, so forces stay differentiable w.r.t. the parameters
+        (force matching: grad of grad). Masked pairs and padding indices contribute exactly zero.
+        """
+        static = (self.exponent, self.cutoff, self.switch, self.switch_on, self.r_floor,
+                  batch.n_node, batch.n_graph)  # fmt: skip
+        mask = self.mask(batch)
+        i, j = batch.pairs[:, 0], batch.pairs[:, 1]
+        frame = jnp.take(batch.graph_index, i, mode="clip")
+        return _repulsion_frame_energies(static, batch.positions, self.epsilon, self.sigma, i, j,
+                                         self.type_index(batch), mask, frame)  # fmt: skip
+
+
+def _repulsion_pairs(static, pos, eps_tab, sig_tab, i, j, t, mask):
+    """Per pair: U, dU/dε, dU/dσ and g = dU/d p_j (all exactly zero on masked pairs)."""
+    p, cutoff, switch, switch_on, r_floor = static[:5]
+    d = jnp.take(pos, j, axis=0, mode="clip") - jnp.take(pos, i, axis=0, mode="clip")
+    d = jnp.where(mask[:, None], d, jnp.asarray([1.0, 0.0, 0.0], pos.dtype))
+    r = safe_norm(d)
+    eps, sig = eps_tab[t], sig_tab[t]
+    rf = jnp.maximum(r, r_floor)
+    v = (sig / rf) ** p  # U / ε before the cutoff treatment
+    dv = jnp.where(r > r_floor, -p * v / rf, 0.0)
+    if switch == "smooth":
+        width = cutoff - switch_on
+        x = jnp.clip((r - switch_on) / width, 0.0, 1.0)
+        sw = 1.0 - x**3 * (10.0 - 15.0 * x + 6.0 * x * x)
+        dsw = -30.0 * x * x * (1.0 - x) ** 2 / width
+        v, dv = v * sw, dv * sw + v * dsw
+    elif switch == "shift":
+        v = v - (sig / cutoff) ** p
+    keep = mask & (r < cutoff)
+    u1 = jnp.where(keep, v, 0.0)  # dU/dε
+    u = eps * u1
+    du_sig = p * u / jnp.where(keep, sig, 1.0)  # dU/dσ = p·U/σ for every cutoff treatment
+    g = jnp.where(keep, eps * dv / rf, 0.0)[:, None] * d
+    return u, u1, du_sig, g
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _repulsion_frame_energies(static, pos, eps_tab, sig_tab, i, j, t, mask, frame):
+    u = _repulsion_pairs(static, pos, eps_tab, sig_tab, i, j, t, mask)[0]
+    return jax.ops.segment_sum(u, frame, num_segments=static[6])
+
+
+def _repulsion_fwd(static, pos, eps_tab, sig_tab, i, j, t, mask, frame):
+    u, u1, du_sig, g = _repulsion_pairs(static, pos, eps_tab, sig_tab, i, j, t, mask)
+    e = jax.ops.segment_sum(u, frame, num_segments=static[6])
+    return e, (u1, du_sig, g, i, j, t, mask, frame, eps_tab, sig_tab)
+
+
+def _repulsion_bwd(static, res, ct):
+    u1, du_sig, g, i, j, t, mask, frame, eps_tab, sig_tab = res
+    c = jnp.take(ct, frame, mode="clip")
+    gc = c[:, None] * g
+    n_node = static[5]
+    dpos = jnp.zeros((n_node, 3), g.dtype).at[j].add(gc, mode="drop").at[i].add(-gc, mode="drop")
+    n_t = eps_tab.shape[0]
+    deps = jax.ops.segment_sum(c * u1, t, num_segments=n_t).astype(eps_tab.dtype)
+    dsig = jax.ops.segment_sum(c * du_sig, t, num_segments=n_t).astype(sig_tab.dtype)
+    return dpos, deps, dsig, None, None, None, None, None
+
+
+_repulsion_frame_energies.defvjp(_repulsion_fwd, _repulsion_bwd)
 
 
 TERM_CLASSES: dict[str, type[AbstractPriorTerm]] = {
