@@ -515,6 +515,19 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
+def connector_arg_specs() -> tuple[jax.ShapeDtypeStruct, ...]:
+    """The 8 connector arguments as shape-polymorphic specs (n_atoms, max_buffers, max_edges), in
+    the contract's order and dtypes."""
+    from jax import export as jax_export
+
+    n, b, m = jax_export.symbolic_shape(SYMBOLIC_SHAPES, constraints=SHAPE_CONSTRAINTS)
+    sds = jax.ShapeDtypeStruct
+    return (
+        sds((n, 3), jnp.float32), sds((n,), jnp.int32), sds((), jnp.int32), sds((), jnp.int32),
+        sds((), jnp.bool_), sds((b,), jnp.int32), sds((b,), jnp.int32), sds((m,), jnp.bool_),
+    )  # fmt: skip
+
+
 def export_model(
     model,
     *,
@@ -553,12 +566,7 @@ def export_model(
     order = receptive_field(model, nbr_order)
     f = make_connector_function(model, cutoff=cutoff, nbr_order=order, topology=topology,
                                 unit_style=unit_style, pair_min_sep=pair_min_sep)  # fmt: skip
-    n, b, m = jax_export.symbolic_shape(SYMBOLIC_SHAPES, constraints=SHAPE_CONSTRAINTS)
-    sds = jax.ShapeDtypeStruct
-    args = (
-        sds((n, 3), jnp.float32), sds((n,), jnp.int32), sds((), jnp.int32), sds((), jnp.int32),
-        sds((), jnp.bool_), sds((b,), jnp.int32), sds((b,), jnp.int32), sds((m,), jnp.bool_),
-    )  # fmt: skip
+    args = connector_arg_specs()
     with jax.enable_x64(False):
         exported = jax_export.export(jax.jit(f), platforms=[platform])(*args)
     text = legacy_stablehlo_text(exported.mlir_module())

@@ -247,19 +247,14 @@ def exported_from_ptb(data: bytes):
     from jax._src.interpreters import mlir as jax_mlir
     from jax._src.lib.mlir import ir
 
-    from .chemtrain_deploy import SHAPE_CONSTRAINTS, SYMBOLIC_SHAPES
+    from .chemtrain_deploy import connector_arg_specs
 
     def signature(pos, spc, n_local, n_ghost, newton, snd, rcv, cap):
         z = (jnp.sum(spc) + n_local + n_ghost + newton.astype(jnp.int32) + jnp.sum(snd) + jnp.sum(rcv)
              + jnp.sum(cap)).astype(jnp.float32)  # fmt: skip
         return pos * z, z, n_local, n_ghost
 
-    n, b, m = jax_export.symbolic_shape(SYMBOLIC_SHAPES, constraints=SHAPE_CONSTRAINTS)
-    sds = jax.ShapeDtypeStruct
-    args = (
-        sds((n, 3), jnp.float32), sds((n,), jnp.int32), sds((), jnp.int32), sds((), jnp.int32),
-        sds((), jnp.bool_), sds((b,), jnp.int32), sds((b,), jnp.int32), sds((m,), jnp.bool_),
-    )  # fmt: skip
+    args = connector_arg_specs()
     with jax.enable_x64(False):
         template = jax_export.export(jax.jit(signature), platforms=["cpu"])(*args)
     with jax_mlir.make_ir_context():
