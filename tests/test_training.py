@@ -203,7 +203,9 @@ def test_resume_is_bit_identical_and_skips_a_corrupt_checkpoint(tmp_path, record
     assert part.global_step == 5
     cks = ckpt.list_checkpoints(tmp_path / "b" / "run" / "checkpoints")
     assert [c.name for c in cks] == ["step_000000003", "step_000000005"]
-    assert not (tmp_path / "b" / "run" / "model.eqx").exists()
+    # the cut run still leaves its current parameters, marked unfinished
+    assert (tmp_path / "b" / "run" / "model.eqx").exists()
+    assert json.loads((tmp_path / "b" / "run" / "summary.json").read_text())["finished"] is False
     # truncate the newest checkpoint: detected, reported, the previous one is used
     sp = cks[-1] / ckpt.STATE_FILE
     sp.write_bytes(sp.read_bytes()[:-100])

@@ -49,6 +49,7 @@ from typing import Any, Literal
 import numpy as np
 from jaxtyping import Int
 
+from ..fileio import write_atomic
 from ..graph import Batch, Capacity, FrameGraph, frame_graph, pack, stack_batches
 from .store import PreparedDataset, ProteinRecord
 
@@ -387,10 +388,7 @@ class BucketPlan:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the plan (buckets and estimates) as JSON, atomically."""
-        p = Path(path)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, p)
+        write_atomic(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "BucketPlan":

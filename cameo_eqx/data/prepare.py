@@ -23,6 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..fileio import write_atomic
 from ..config import PrepareConfig, to_dict
 from ..topology import SPECIES_MAPS
 from . import forcemap as fm
@@ -312,7 +313,7 @@ def prepare(cfg: PrepareConfig) -> Path:
         h5.close()  # the temporary file keeps complete groups for a resumed run
         raise
     finalise(h5, tmp, final, keep=names)
-    (out / "prepare_config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
+    write_atomic(out / "prepare_config.json", json.dumps(to_dict(cfg), indent=2, sort_keys=True))
     for w in warnings_:
         log.warning(w)
         print(f"warning: {w}")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..fileio import write_atomic
 from ..training.config import EvaluateConfig
 from . import metrics as M
 from . import plots
@@ -93,9 +94,9 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         if lc is not None:
             figs["loss_curves"] = lc.name
     res["figures"] = figs
-    (out / "report.json").write_text(json.dumps(res, indent=1, default=float))
+    write_atomic(out / "report.json", json.dumps(res, indent=1, default=float))
     md = render_markdown(res)
-    (out / "report.md").write_text(md)
+    write_atomic(out / "report.md", md)
     print(md, flush=True)
     print(f"report: {out}", flush=True)
     ds.close()

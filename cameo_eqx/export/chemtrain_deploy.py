@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from ..fileio import write_atomic
 from ..graph import Batch
 from ..topology import SEPARATION_NONBONDED, CGTopology
 from ..units import KCAL_PER_MOL_TO_EV
@@ -496,23 +496,6 @@ class Artifact:
     def write(self, path: str | os.PathLike) -> Path:
         """Writes the `.ptb` atomically (temporary file, then rename)."""
         return write_atomic(path, self.ptb)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Writes a file via a temporary file in the same directory and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def connector_arg_specs() -> tuple[jax.ShapeDtypeStruct, ...]:

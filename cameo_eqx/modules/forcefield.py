@@ -24,7 +24,6 @@ import inspect
 import io
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ..fileio import write_atomic
 from ..graph import Batch, frame_graph, graph_sum, pack
 from ..topology import CGTopology
 from .base import AbstractEnergyModel
@@ -307,18 +307,7 @@ def save(path: str | os.PathLike, ff: ForceField, config: Mapping[str, Any] | No
         raise ValueError(f"save {path}: config is not JSON-serialisable: {err}") from err
     buf = io.BytesIO()
     eqx.tree_serialise_leaves(buf, ff)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(line.encode() + b"\n")
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, line.encode() + b"\n" + buf.getvalue())
 
 
 def _read_header(f, path) -> dict:

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float, Int
 
+from ..fileio import write_atomic
 from ..data.store import PreparedDataset, ProteinRecord
 from ..units import KB_KCAL_PER_MOL_K
 from .config import FitPriorsConfig
@@ -846,9 +847,7 @@ def fit_priors(cfg: FitPriorsConfig) -> Path:
             log.info("refined prior: force RMSE %.4f → %.4f kcal/mol/Å", report["rmse_before"], report["rmse_after"])
         prior = prior.with_provenance(prov)
     path = prior.save(out / "prior.yaml")
-    tmp = out / "fit_priors_config.json.tmp"
-    tmp.write_text(json.dumps(dataclasses.asdict(cfg), indent=1, default=str))
-    os.replace(tmp, out / "fit_priors_config.json")
+    write_atomic(out / "fit_priors_config.json", json.dumps(dataclasses.asdict(cfg), indent=1, default=str))
     print(summary_text(prior))
     print(f"wrote {path}")
     print(f"wrote {out / 'fit_priors_config.json'}")

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ..fileio import write_atomic
 from ..graph import Batch, graph_sum
 from ..modules.base import AbstractEnergyModel
 from .config import PriorConfig
@@ -224,18 +225,14 @@ class Prior(AbstractEnergyModel):
     def save(self, path: str | os.PathLike) -> Path:
         """Writes `to_config()` as YAML (`.yaml`/`.yml`) or JSON (otherwise), atomically."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         cfg = self.to_config()
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w") as fh:
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
 
-                yaml.safe_dump(cfg, fh, sort_keys=False, default_flow_style=None, width=120)
-            else:
-                json.dump(cfg, fh, indent=1)
-        os.replace(tmp, path)
-        return path
+            text = yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None, width=120)
+        else:
+            text = json.dumps(cfg, indent=1)
+        return write_atomic(path, text)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Prior":

@@ -13,7 +13,6 @@ All NumPy (float64); `analyze(cfg)` writes `summary.json` and PNG plots (matplot
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import h5py
 import numpy as np
 from jaxtyping import Float, Int
 
+from ..fileio import write_atomic
 from ..units import KB_KCAL_PER_MOL_K
 from .config import AnalyzeConfig
 
@@ -300,11 +300,7 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     if cfg.plots:
         summary["plots"] = [str(p) for p in _plots(out, tr, obs_all, dists, cm_sim, cm_ref, fes_sim, fes_ref,
                                                    q_edges, r_edges, temp, t_ref, jsd)]  # fmt: skip
-    path = out / "summary.json"
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(out / "summary.json", json.dumps(summary, indent=1))
 
 
 def _plots(out, tr, obs_all, dists, cm_sim, cm_ref, fes_sim, fes_ref, q_edges, r_edges, temp, t_ref, jsd):

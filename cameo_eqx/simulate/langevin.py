@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from ..fileio import write_atomic
 from ..graph import Batch, graph_sum
 from ..modules.base import AbstractEnergyModel
 from ..topology import SEPARATION_NONBONDED, CGTopology
@@ -674,7 +675,7 @@ def simulate(cfg: SimulateConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     traj_path, ckpt_path = out / TRAJECTORY_FILE, out / CHECKPOINT_FILE
     cfg_json = _config_json(cfg)
-    (out / "simulate_config.json").write_text(json.dumps(json.loads(cfg_json), indent=1))
+    write_atomic(out / "simulate_config.json", json.dumps(json.loads(cfg_json), indent=1))
     total = cfg.n_steps // cfg.save_every + 1
 
     writer = None

@@ -15,6 +15,8 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from ..fileio import write_atomic
+
 
 def _train_subsample(dm, n_frames: int, seed: int) -> list:
     """In-memory records holding only a random subsample of the training split's frames."""
@@ -61,5 +63,5 @@ def refine_prior_stage(trainer: Any, model: Any) -> Any:
     print(f"prior refinement (LBFGS, network frozen): force RMSE {info['rmse_before']:.4g} -> "
           f"{info['rmse_after']:.4g} kcal/mol/Å in {info['steps']} steps", flush=True)  # fmt: skip
     if trainer.is_main:
-        (trainer.run_dir / "refine.json").write_text(json.dumps(info, indent=1))
+        write_atomic(trainer.run_dir / "refine.json", json.dumps(info, indent=1))
     return jax.tree.map(lambda x: x, new)

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
+from ..fileio import write_atomic
 from ..graph import Batch
 from . import checkpoint as ckpt
 from .callbacks import Callback, JsonlLogger, NaNGuard, ProgressBar, TensorBoardLogger
@@ -282,14 +283,15 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- fitting
     def fit(self) -> Path:
-        """Runs (or resumes) every stage; writes `model.eqx` (final), `best.eqx` (best validation
-        loss), `summary.json`. Returns the run directory."""
+        """Runs (or resumes) every stage; writes `model.eqx` (final, or the current parameters when
+        `max_steps` cut the run), `best.eqx` (best validation loss), `summary.json` (with `finished`).
+        Returns the run directory."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.is_main:
             from ..config import to_json
 
-            (self.run_dir / "config.json").write_text(to_json(cfg))
+            write_atomic(self.run_dir / "config.json", to_json(cfg))
         key = jax.random.PRNGKey(cfg.seed)
         model = build_model(cfg, self.dm.n_species, key)
         spec = trainable_spec(model, cfg)
@@ -318,15 +320,21 @@ class Trainer:
                 self.epoch = self.step_in_epoch = self.step_in_stage = 0
                 self.best_stage_val, self.bad_epochs = math.inf, 0
                 state = None
-            if finished:
-                self._save_model(model, "model.eqx")
-                if not (self.run_dir / "best.eqx").exists():
-                    self._save_model(model, "best.eqx")
-                if self.is_main:
-                    summary = {"best_val": self.best_val if math.isfinite(self.best_val) else None,
-                               "global_step": self.global_step, "history": self.history,
-                               "stopped_early": self.stopped_early}  # fmt: skip
-                    (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            # A run cut by max_steps (time-boxed jobs, smoke tests) still leaves a usable model.eqx of
+            # its current parameters; summary.json says it is unfinished and --resume auto goes on.
+            self._save_model(model, "model.eqx")
+            if not (self.run_dir / "best.eqx").exists():
+                self._save_model(model, "best.eqx")
+            if self.is_main:
+                summary = {"finished": finished,
+                           "best_val": self.best_val if math.isfinite(self.best_val) else None,
+                           "global_step": self.global_step, "history": self.history,
+                           "stopped_early": self.stopped_early}  # fmt: skip
+                write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1))
+            if not finished:
+                print(f"stopped at max_steps={cfg.max_steps} (stage {cfg.stages[self.stage_index].name!r}); "
+                      f"{self.run_dir / 'model.eqx'} holds the current parameters; continue with --resume auto",
+                      flush=True)  # fmt: skip
         finally:
             self._call("on_fit_end")
         return self.run_dir
@@ -441,7 +449,7 @@ class Trainer:
                         if st.early_stopping is not None and self.bad_epochs >= st.early_stopping:
                             stop = True
             if self.is_main:
-                (self.run_dir / "summary_history.json").write_text(json.dumps(self.history))
+                write_atomic(self.run_dir / "summary_history.json", json.dumps(self.history))
             if stop:
                 print(f"early stopping stage {st.name!r} after epoch {self.epoch}: no validation improvement "
                       f"for {self.bad_epochs} epochs", flush=True)  # fmt: skip
@@ -484,9 +492,10 @@ def train_ensemble(cfg: TrainConfig) -> Path:
     for k in range(cfg.ensemble):
         member = dataclasses.replace(cfg, seed=cfg.seed + k, ensemble=1, output=run_dir, name=f"member_{k}")
         d = run_dir / member.name
-        if not (d / "summary.json").exists():
-            Trainer(member, d).fit()
         summ = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+        if not summ.get("finished", False):  # new, or cut by max_steps: (re)run, resuming its checkpoints
+            Trainer(member, d).fit()
+            summ = json.loads((d / "summary.json").read_text())
         results.append({"member": k, "seed": member.seed, "dir": str(d), "best_val": summ.get("best_val")})
     vals = np.asarray([r["best_val"] if r["best_val"] is not None else np.inf for r in results], float)
     best = int(np.argmin(vals))
@@ -508,7 +517,7 @@ def train_ensemble(cfg: TrainConfig) -> Path:
             for r in results:
                 if r["member"] != best:
                     shutil.rmtree(r["dir"], ignore_errors=True)
-        (run_dir / "ensemble.json").write_text(json.dumps(report, indent=1))
+        write_atomic(run_dir / "ensemble.json", json.dumps(report, indent=1))
         print(f"ensemble of {cfg.ensemble}: validation loss {report['val_loss_mean']} ± {report['val_loss_std']}; "
               f"best member {best}", flush=True)  # fmt: skip
     return run_dir
