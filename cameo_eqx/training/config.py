@@ -183,7 +183,8 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar with ETA."""
     max_steps: int | None = None
-    """Stop after this many optimiser steps in total (testing, time-boxed runs); None: run all stages."""
+    """Stop after this many optimiser steps in total (testing, time-boxed runs); None: run all stages.
+    A cut run still writes model.eqx (current parameters); --resume auto continues it."""
     val_every: int = 1
     """Validate every this many epochs (and at the end of every stage)."""
     distributed: DistributedConfig = DistributedConfig()
