@@ -297,6 +297,71 @@ def test_mirror_mask_each_directed_edge_once(rows):
         np.testing.assert_array_equal(got, truth.astype(int), err_msg=kind)
 
 
+def test_compaction_sources_any_length():
+    """The binary search finds the j-th selected element for every slot (len when there is none)."""
+    rng = np.random.default_rng(2)
+    for length, size in ((1, 1), (2, 3), (63, 10), (64, 64), (65, 40), (1000, 700), (5003, 100)):
+        sel = (rng.random(length) < 0.4).astype(np.int32)
+        search = jax.jit(cd.compaction_sources, static_argnums=1)
+        got = np.asarray(search(jnp.asarray(np.cumsum(sel), jnp.int32), size))
+        where = np.nonzero(sel)[0]
+        want = np.full(size, length)
+        k = min(size, len(where))
+        want[:k] = where[:k]
+        np.testing.assert_array_equal(got, want, err_msg=f"length {length}, size {size}")
+
+
+@pytest.mark.parametrize("rows", [None, 20])
+def test_undirected_mask_each_pair_once(rows):
+    """The representative edges hold each listed pair exactly once, for half lists in any acyclic
+    orientation and for full lists (with and without ghost rows): both orientations of them are each
+    directed edge within the cutoff exactly once, as the model is handed them."""
+    pos, _ = toy_protein(n=30, seed=5)
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    truth = (d < CUTOFF) & ~np.eye(30, dtype=bool)
+    if rows is not None:
+        truth[rows:, rows:] = False
+    rank = np.empty(30, int)
+    rank[np.random.default_rng(1).permutation(30)] = np.arange(30)
+    for kind in ("half", "half-permuted", "full"):
+        near = truth.copy()
+        if kind == "half":
+            near &= np.triu(np.ones((30, 30), bool), 1)
+        elif kind == "half-permuted":
+            near &= rank[:, None] < rank[None, :]
+        if rows is not None:
+            near[rows:] = False
+            if kind != "full":
+                near[:rows, rows:] = truth[:rows, rows:]
+        s, r = np.nonzero(near)
+        perm = np.random.default_rng(3).permutation(len(s))  # list order is arbitrary
+        s, r = s[perm], r[perm]
+        und = np.asarray(cd.undirected_mask(jnp.ones(len(s), bool), jnp.asarray(s, jnp.int32),
+                                            jnp.asarray(r, jnp.int32), jnp.int32(30 if rows is None else rows)))
+        got = np.zeros((30, 30), int)
+        np.add.at(got, (s[und], r[und]), 1)
+        np.add.at(got, (r[und], s[und]), 1)
+        np.testing.assert_array_equal(got, truth.astype(int), err_msg=kind)
+
+
+def test_half_and_full_list_same_forces(toy, connector_fn):
+    """The same configuration handed as a half and as a full list (shuffled rows) gives the same
+    forces, energy and directed edge count, at odd and even capacities."""
+    pos, top, *_ = toy
+    outs = []
+    for half in (True, False):
+        nl = verify.neighbor_list(pos, CUTOFF, half=half)
+        b = int(nl["numneigh"].sum())
+        for m in (2 * b + 1, 2 * b + 2):
+            outs.append(_call(connector_fn, pos, top, nl, newton=True, n_atoms=N_BEADS + 3, n_buffer=b + 5,
+                              n_edges=m))  # fmt: skip
+    f0, e0, n0, _ = outs[0]
+    for f, e, n, _ in outs[1:]:
+        np.testing.assert_allclose(f, f0, rtol=0, atol=1e-6 * np.abs(f0).max())
+        np.testing.assert_allclose(e, e0, rtol=1e-6)
+        assert int(n) == int(n0)
+
+
 def test_metal_units_convert_inside(toy):
     pos, top, model, e_ref, f_ref = toy
     fn = jax.jit(cd.make_connector_function(model, cutoff=CUTOFF, nbr_order=(2, 4), topology=top,

@@ -12,10 +12,12 @@ shape-polymorphic function of the connector's 8 arguments and 4 outputs (the con
 | 5 | `i32[B]` senders; 6 `i32[B]` receivers (padding N) | | 3 | `i32[]` input edges within the cutoff |
 | 7 | `bool[M]` capacity buffer (only its length counts) | | | |
 
-Inside, the function drops padding, self and over-cutoff edges, symmetrises the (half or full)
-neighbour list so that each directed edge occurs once (without sorting: see `mirror_mask`), keeps
-the edges within `nbr_order` hops of local atoms, compacts them to M (a prefix sum and a scatter,
-see `prefix_sum`) and evaluates the model's per-bead energies on a packed one-frame `Batch`.
+Inside, the function drops padding, self and over-cutoff edges, reduces the (half or full)
+neighbour list to each undirected pair once (without sorting: see `mirror_mask`, `undirected_mask`),
+keeps the pairs within `nbr_order` hops of local atoms, compacts them to ceil(M / 2) slots (a prefix
+sum and a binary search, gathers only: see `prefix_sum`, `compaction_sources`) and evaluates the
+model's per-bead energies on a packed one-frame `Batch` whose directed edges are both orientations
+of each slot (so each directed edge occurs once) and whose non-bonded pairs are the slots themselves.
 
 **Limits of a baked topology** (prior bonded terms index rows): valid only on one MPI rank, with no
 ghost atoms (`boundary s s s` or f, no periodic images) and `atom_modify sort 0 0.0` (row order =
@@ -219,6 +221,54 @@ def mirror_mask(
     return ok & ~(full & rcv_has_row)
 
 
+def undirected_mask(
+    ok: Bool[Array, " B"], snd: Int[Array, " B"], rcv: Int[Array, " B"], n_local: Int[Array, ""]
+) -> Bool[Array, " B"]:
+    """The listed edges that represent each undirected pair exactly once.
+
+    Every edge `mirror_mask` would mirror stands for its pair alone (all of a half list; in a full
+    list, the edges into atoms without a row); the other edges of a full list occur in both
+    orientations, and the one with `snd < rcv` is kept. The model's directed edges are then each kept
+    pair in both orientations.
+
+    **Arguments:** as `mirror_mask`.
+
+    **Returns:** the mask of representative edges (a subset of `ok`).
+    """
+    return ok & (mirror_mask(ok, snd, rcv, n_local) | (snd < rcv))
+
+
+def compaction_sources(inclusive: Int[Array, " L"], size: int) -> Int[Array, " size"]:
+    """Where the `j`-th selected element sits, for `j < size`: the smallest `i` with
+    `inclusive[i] >= j + 1`, given the inclusive prefix sum of a 0/1 selection (`len` when fewer
+    than `j + 1` are selected).
+
+    A branch-free binary search (one gather per step, `ceil(log2(len + 1))` steps in a `while_loop`,
+    so any symbolic length works); it replaces a scatter to the slots, which the connector's XLA
+    runs element by element.
+
+    **Arguments:**
+
+    - `inclusive`: non-decreasing int32 counts (`prefix_sum` of the selection).
+    - `size`: how many slots to fill (static or symbolic).
+
+    **Returns:** int32 source indices, one per slot.
+    """
+    length = inclusive.shape[0]
+    n = jnp.zeros((), jnp.int32) + length
+    target = jnp.arange(size, dtype=jnp.int32) + 1
+    step0 = jnp.left_shift(jnp.int32(1), jnp.int32(31) - jax.lax.clz(jnp.maximum(n, 1)))  # top bit of n
+
+    def body(carry):
+        pos, step = carry
+        cand = pos + step
+        below = (cand < n) & (inclusive[jnp.clip(cand, 0, length - 1)] < target)
+        return jnp.where(below, cand, pos), jnp.right_shift(step, 1)
+
+    pos, _ = jax.lax.while_loop(lambda c: c[1] > 0, body, (jnp.full((size,), -1, jnp.int32), step0))
+    return pos + 1
+
+
 def _reach(local: Bool[Array, " N"], snd, rcv, valid_edge, hops: int) -> Bool[Array, " N"]:
     """Atoms within `hops` hops of a local atom along valid (symmetric) edges."""
     n = local.shape[0]
@@ -280,50 +330,57 @@ def make_connector_function(
         ok = in_range & valid[sc] & valid[rc] & (s != r) & (d2 < cutoff2)
         n_in_cutoff = jnp.sum(ok, dtype=jnp.int32)
 
-        # --- symmetrise: each directed edge once, without sorting -------------------------
-        # (see `mirror_mask`): a half list is mirrored, a full list is kept as is except for the
-        # reverse of edges into atoms that have no row of their own (ghosts without a ghost list)
-        mirror = mirror_mask(ok, sc, rc, n_local)
-        cs = jnp.concatenate([jnp.where(ok, sc, n), jnp.where(mirror, rc, n)])
-        cr = jnp.concatenate([jnp.where(ok, rc, n), jnp.where(mirror, sc, n)])
-        edge_ok = jnp.concatenate([ok, mirror])
+        # --- symmetrise: each undirected pair once, without sorting ------------------------
+        # (see `undirected_mask`): a half list as listed, a full list by its (s < r) half plus the
+        # edges into atoms without a row (ghosts without a ghost list); the model's directed edges
+        # are then both orientations of each pair, by construction (concatenation, no scatter)
+        und = undirected_mask(ok, sc, rc, n_local)
 
-        # --- keep edges within nbr_order hops of local atoms ------------------------------
-        # an edge can change a local energy (newton on: E = sum over local atoms) if one end is
+        # --- keep pairs within nbr_order hops of local atoms ------------------------------
+        # a pair can change a local energy (newton on: E = sum over local atoms) if one end is
         # within K-1 hops of a local atom; with newton off every valid atom's energy enters the
         # gradient and ghost energies reach K more hops, hence 2K. Without ghosts every valid atom
         # is local and nothing is pruned (the usual single-rank case skips the hops at run time).
+        def hops(k: int):
+            def run():
+                cs = jnp.concatenate([jnp.where(und, sc, n), jnp.where(und, rc, n)])
+                cr = jnp.concatenate([jnp.where(und, rc, n), jnp.where(und, sc, n)])
+                return _reach(local, cs, cr, jnp.concatenate([und, und]), k - 1)
+
+            return run
+
         branch = jnp.where(n_ghost == 0, 0, jnp.where(newton, 1, 2)).astype(jnp.int32)
-        reach = jax.lax.switch(branch, [
-            lambda: valid,
-            lambda: _reach(local, cs, cr, edge_ok, k_on - 1),
-            lambda: _reach(local, cs, cr, edge_ok, k_off - 1),
-        ])  # fmt: skip
-        csc = jnp.minimum(cs, n - 1)
-        crc = jnp.minimum(cr, n - 1)
-        keep = edge_ok & (reach[csc] | reach[crc])
-        n_valid = jnp.sum(keep, dtype=jnp.int32)
+        reach = jax.lax.switch(branch, [lambda: valid, hops(k_on), hops(k_off)])
+        keep = und & (reach[sc] | reach[rc])
+        n_pairs = jnp.sum(keep, dtype=jnp.int32)
+        n_valid = 2 * n_pairs  # directed edges the model sees
 
-        # --- compact to the capacity M: a log-depth prefix sum gives each kept edge its slot, a
-        # scatter puts it there (edges beyond M are dropped; the count makes the connector rerun)
-        slot = prefix_sum(keep.astype(jnp.int32)) - 1
-        n_cand = keep.shape[0]
-        slot = jnp.where(keep, slot, m + jnp.arange(n_cand, dtype=jnp.int32))  # distinct, dropped
-        e_pair = jnp.full((m, 2), n, jnp.int32).at[slot].set(jnp.stack([cs, cr], axis=-1), mode="drop",
-                                                             unique_indices=True)  # one scatter
-        e_snd, e_rcv = e_pair[:, 0], e_pair[:, 1]
-        edge_mask = jnp.arange(m, dtype=jnp.int32) < n_valid
+        # --- compact to the capacity M: the kept pairs fill the first n_pairs of ceil(M / 2)
+        # slots, found by a binary search in their prefix sum (gathers only; the scatter it
+        # replaces cost ~50 ns per listed edge in the connector's XLA). Pairs beyond the slots are
+        # dropped and the count (> M) makes the connector rerun; ceil keeps one slot at the first
+        # call's M = 1 (zero-size arrays crash the connector's XLA)
+        h = (m + 1) // 2
+        src = compaction_sources(prefix_sum(keep.astype(jnp.int32)), h)
+        slot_ok = jnp.arange(h, dtype=jnp.int32) < n_pairs
+        src = jnp.minimum(src, keep.shape[0] - 1)
+        a = jnp.where(slot_ok, sc[src], n)
+        b = jnp.where(slot_ok, rc[src], n)
+        e_snd = jnp.concatenate([a, b])
+        e_rcv = jnp.concatenate([b, a])
+        edge_mask = jnp.concatenate([slot_ok, slot_ok])
 
-        # --- non-bonded pairs (i < j) from the pruned edges --------------------------------
+        # --- non-bonded pairs (i < j): the compacted pairs themselves ----------------------
+        lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
         if baked is not None:
             seg = jnp.asarray(baked.segment)
             last = baked.n_beads - 1
-            same = seg[jnp.clip(e_snd, 0, last)] == seg[jnp.clip(e_rcv, 0, last)]
-            sep = jnp.where(same, jnp.abs(e_snd - e_rcv), SEPARATION_NONBONDED)
+            same = seg[jnp.clip(lo, 0, last)] == seg[jnp.clip(hi, 0, last)]
+            sep = jnp.where(same, hi - lo, SEPARATION_NONBONDED)
         else:
-            sep = jnp.full((m,), SEPARATION_NONBONDED, jnp.int32)
-        pair_mask = edge_mask & (e_snd < e_rcv) & (sep >= pair_min_sep)
-        pairs = jnp.where(pair_mask[:, None], jnp.stack([e_snd, e_rcv], axis=-1), n)
+            sep = jnp.full((h,), SEPARATION_NONBONDED, jnp.int32)
+        pair_mask = slot_ok & (sep >= pair_min_sep)
+        pairs = jnp.where(pair_mask[:, None], jnp.stack([lo, hi], axis=-1), n)
         pair_sep = jnp.where(pair_mask, sep, 0).astype(jnp.int32)
 
         # --- bonded terms baked from the exported protein ---------------------------------
