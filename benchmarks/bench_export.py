@@ -8,8 +8,10 @@ or a small PaiNN + prior ForceField with `--real`.
 The exported step includes filling the connector's buffers, the edge handling inside the function and
 the host<->device copies; the in-process step is `jit(grad)` on a prebuilt exact-size Batch. To tell
 the connector's XLA generation from the exporter's own work, the same in-process step (exact batch,
-no edge handling, no padding) is also run in the old XLA ("model old XLA"). Medians after warm-up;
-compile times are reported separately. Writes benchmarks/results/export.json.
+no edge handling, no padding) is also run in the old XLA ("model old XLA"). The connector function
+returns the energy too, so the same two references are also timed computing energy and forces
+(`value_and_grad`, "E+F"): a forces-only gradient lets XLA skip part of the model's forward pass.
+Medians after warm-up; compile times are reported separately. Writes benchmarks/results/export.json.
 """
 
 from __future__ import annotations
@@ -63,9 +65,11 @@ def make_model(real: bool, cutoff: float):
                       cutoff=cutoff)  # fmt: skip
 
 
-def model_step_artifact(model, batch, path):
+def model_step_artifact(model, batch, path, with_energy=False):
     """The in-process step (exact batch baked in) wrapped in the connector's signature, as an artifact,
-    so that the old XLA runs exactly what jax 0.10 runs in process."""
+    so that the old XLA runs exactly what jax 0.10 runs in process: forces only, or energy and forces
+    (`with_energy`, the work the connector function does: its energy output is the model's forward
+    pass, which a forces-only gradient partly skips)."""
     from jax import export as jax_export
 
     from cameo_eqx.export import ptb
@@ -73,11 +77,14 @@ def model_step_artifact(model, batch, path):
     n_beads = batch.positions.shape[0]
 
     def f(positions, species, n_local, n_ghost, newton, senders, receivers, capacity):
-        grad = jax.grad(lambda p: jnp.sum(model.node_energies(batch.with_positions(p))))(positions[:n_beads])
-        forces = jnp.zeros_like(positions).at[:n_beads].set(-grad)
-        return forces, jnp.float32(0.0), jnp.int32(1), jnp.int32(1)
+        # static-size slice (needs the constraint n_atoms >= n_beads below)
+        own = jax.lax.dynamic_slice_in_dim(positions, 0, n_beads)
+        energy, grad = jax.value_and_grad(lambda p: jnp.sum(model.node_energies(batch.with_positions(p))))(own)
+        forces = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(positions), -grad, 0, axis=0)
+        return forces, energy if with_energy else jnp.float32(0.0), jnp.int32(1), jnp.int32(1)
 
-    n, b, m = jax_export.symbolic_shape(cd.SYMBOLIC_SHAPES, constraints=cd.SHAPE_CONSTRAINTS)
+    n, b, m = jax_export.symbolic_shape(cd.SYMBOLIC_SHAPES,
+                                        constraints=(*cd.SHAPE_CONSTRAINTS, f"n_atoms >= {n_beads}"))
     sds = jax.ShapeDtypeStruct
     args = (sds((n, 3), jnp.float32), sds((n,), jnp.int32), sds((), jnp.int32), sds((), jnp.int32),
             sds((), jnp.bool_), sds((b,), jnp.int32), sds((b,), jnp.int32), sds((m,), jnp.bool_))  # fmt: skip
@@ -113,6 +120,14 @@ def main():
                 np.asarray(step(batch.positions))
                 times.append(time.perf_counter() - t0)
             t_in = float(np.median(times))
+            step_ef = jax.jit(jax.value_and_grad(total))
+            jax.block_until_ready(step_ef(batch.positions))
+            times = []
+            for _ in range(args.repeats):
+                t0 = time.perf_counter()
+                jax.tree.map(np.asarray, step_ef(batch.positions))
+                times.append(time.perf_counter() - t0)
+            t_in_ef = float(np.median(times))
             t0 = time.perf_counter()
             path = cd.export_model(model, topology=top, platform="cpu").write(Path(tmp) / f"m{n}.ptb")
             export_s = time.perf_counter() - t0
@@ -124,12 +139,19 @@ def main():
             (res_ref,) = verify.run_legacy(ref, [dict(x=pos, types=top.species + 1, nlocal=n, nghost=0, newton=True,
                                                       repeats=args.repeats, **nl)])  # fmt: skip
             t_old = float(np.median(res_ref["seconds"]))
+            ref_ef = model_step_artifact(model, batch, Path(tmp) / f"ref_ef{n}.ptb", with_energy=True)
+            (res_ref_ef,) = verify.run_legacy(ref_ef, [dict(x=pos, types=top.species + 1, nlocal=n, nghost=0,
+                                                            newton=True, repeats=args.repeats, **nl)])  # fmt: skip
+            t_old_ef = float(np.median(res_ref_ef["seconds"]))
             rows.append(dict(n_beads=n, n_edges=res["n_valid"], in_process_ms=1e3 * t_in, exported_ms=1e3 * t_ex,
-                             ratio=t_ex / t_in, model_old_xla_ms=1e3 * t_old, ratio_same_xla=t_ex / t_old, compile_in_process_s=compile_in, export_s=export_s,
+                             ratio=t_ex / t_in, model_old_xla_ms=1e3 * t_old, ratio_same_xla=t_ex / t_old,
+                             in_process_ef_ms=1e3 * t_in_ef, ratio_ef=t_ex / t_in_ef, model_old_xla_ef_ms=1e3 * t_old_ef,
+                             ratio_same_xla_ef=t_ex / t_old_ef, compile_in_process_s=compile_in, export_s=export_s,
                              compile_legacy_s=res["last_compile_s"], sizes=res["sizes"]))  # fmt: skip
             print(f"{n:6d} beads {res['n_valid']:7d} edges | in-process {1e3 * t_in:8.3f} ms | exported "
                   f"{1e3 * t_ex:8.3f} ms | ratio {t_ex / t_in:5.2f} | model old XLA {1e3 * t_old:8.3f} ms "
-                  f"(ratio {t_ex / t_old:5.2f}) | compile {compile_in:5.1f} s / "
+                  f"(ratio {t_ex / t_old:5.2f}) | E+F: in-process {1e3 * t_in_ef:8.3f} ms (ratio {t_ex / t_in_ef:5.2f}), "
+                  f"old XLA {1e3 * t_old_ef:8.3f} ms (ratio {t_ex / t_old_ef:5.2f}) | compile {compile_in:5.1f} s / "
                   f"legacy {res['last_compile_s']:5.1f} s | export {export_s:5.1f} s", flush=True)
     out = Path(__file__).parent / "results" / "export.json"
     out.parent.mkdir(parents=True, exist_ok=True)

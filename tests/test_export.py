@@ -229,7 +229,8 @@ def test_ghosts_and_hop_pruning_two_ranks(ghost_rows):
     layers = 2 if ghost_rows else 1
     model = verify.ToyEnergyModel(n_species=4, cutoff=5.0, layers=layers)
     e_ref, f_ref = verify.model_forces(model, single_frame_batch(pos, unbonded, 5.0))
-    fn = jax.jit(cd.make_connector_function(model, cutoff=5.0, nbr_order=(layers, 2 * layers), topology=None))
+    fn = jax.jit(cd.make_connector_function(model, cutoff=5.0, nbr_order=(layers, 2 * layers), topology=None,
+                                            capacity_fractions=(1.0,)))  # one model copy: faster to compile
     order = np.argsort(pos[:, 0])
     parts = [order[:15], order[15:]]
     for newton in (True, False):
@@ -346,20 +347,43 @@ def test_undirected_mask_each_pair_once(rows):
 
 def test_half_and_full_list_same_forces(toy, connector_fn):
     """The same configuration handed as a half and as a full list (shuffled rows) gives the same
-    forces, energy and directed edge count, at odd and even capacities."""
+    forces, energy and directed edge count (at an odd and an even capacity)."""
     pos, top, *_ = toy
     outs = []
     for half in (True, False):
         nl = verify.neighbor_list(pos, CUTOFF, half=half)
         b = int(nl["numneigh"].sum())
-        for m in (2 * b + 1, 2 * b + 2):
-            outs.append(_call(connector_fn, pos, top, nl, newton=True, n_atoms=N_BEADS + 3, n_buffer=b + 5,
-                              n_edges=m))  # fmt: skip
+        m = 2 * b + (1 if half else 2)  # an odd and an even capacity
+        outs.append(_call(connector_fn, pos, top, nl, newton=True, n_atoms=N_BEADS + 3, n_buffer=b + 5, n_edges=m))
     f0, e0, n0, _ = outs[0]
     for f, e, n, _ in outs[1:]:
         np.testing.assert_allclose(f, f0, rtol=0, atol=1e-6 * np.abs(f0).max())
         np.testing.assert_allclose(e, e0, rtol=1e-6)
         assert int(n) == int(n0)
+
+
+def test_capacity_fractions_same_forces(toy):
+    """Evaluating the model on the smallest capacity fraction that holds the kept edges gives the
+    forces of evaluating all M slots, at capacities that select each fraction (and just overflow)."""
+    pos, top, model, e_ref, f_ref = toy
+    nl = verify.neighbor_list(pos, CUTOFF, half=True)
+    b = int(nl["numneigh"].sum())
+    fn = jax.jit(cd.make_connector_function(model, cutoff=CUTOFF, nbr_order=(2, 4), topology=top,
+                                            capacity_fractions=(0.5, 0.75, 1.0)))  # fmt: skip
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    n_true = int(((d < CUTOFF) & ~np.eye(N_BEADS, dtype=bool)).sum())
+    # slots per fraction of ceil(M/2): 0.5 holds all pairs at M = 2 n_true + 2, 0.75 at
+    # M = 1.5 n_true, only 1.0 at M = n_true; M = n_true - 1 overflows
+    for m in (n_true, (3 * n_true) // 2, 2 * n_true + 2, n_true - 1):
+        f, e, n_valid, _ = _call(fn, pos, top, nl, newton=True, n_atoms=N_BEADS + 1, n_buffer=max(b, n_true) + 2,
+                                 n_edges=m)  # fmt: skip (M <= 2B)
+        assert int(n_valid) == n_true
+        if m < n_true:
+            continue  # overflow: the connector reruns with a larger M
+        np.testing.assert_allclose(f[:N_BEADS], f_ref, rtol=0, atol=1e-5 * np.abs(f_ref).max(), err_msg=f"M={m}")
+        np.testing.assert_allclose(e, e_ref.sum(), rtol=1e-5)
+    with pytest.raises(ValueError, match="capacity_fractions"):
+        cd.make_connector_function(model, cutoff=CUTOFF, nbr_order=(2, 4), capacity_fractions=(0.0, 1.0))
 
 
 def test_metal_units_convert_inside(toy):
