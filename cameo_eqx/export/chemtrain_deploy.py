@@ -38,13 +38,14 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Int
 
 from ..fileio import write_atomic
 from ..graph import Batch
 from ..topology import SEPARATION_NONBONDED, CGTopology
 from ..units import KCAL_PER_MOL_TO_EV
 from . import ptb
+from .lammps import RunSettings
 
 UNIT_STYLES: dict[str, float] = {"real": 1.0, "metal": KCAL_PER_MOL_TO_EV}
 """LAMMPS unit styles the exporter supports and their energy factor from kcal/mol (lengths are Å)."""
@@ -673,7 +674,10 @@ class ExportConfig:
       sequence separations in (needed by a prior; single-protein, single-rank runs).
     - `pair_min_sep`: minimum sequence separation of non-bonded pairs (as in training); default the
       model's `pair_min_sep` when it has one, else 2.
-    - the rest sets up the generated LAMMPS run (see `lammps.RunSettings`).
+    - `capacity_fractions`: the model is compiled for these fractions of the connector's edge
+      capacity and runs on the smallest that holds every pair (less padding per step); `(1.0,)`
+      keeps one copy of the model (smallest artifact, fastest compile when the connector grows).
+    - `run`: the generated LAMMPS run (`lammps.RunSettings`; its `backend` follows `platform`).
     """
 
     model: str = "runs/demo/model.eqx"
@@ -687,14 +691,8 @@ class ExportConfig:
     cutoff: float | None = None
     bake_topology: bool = True
     pair_min_sep: int | None = None
-    temperature: float = 300.0
-    timestep: float = 1.0
-    n_steps: int = 10000
-    thermostat: Literal["langevin", "nose-hoover"] = "langevin"
-    damping: float = 100.0
-    seed: int = 12345
-    skin: float = 2.0
-    dump_every: int = 100
+    capacity_fractions: tuple[float, ...] = CAPACITY_FRACTIONS
+    run: RunSettings = RunSettings()
 
 
 def _load_model(path: str):
@@ -720,7 +718,8 @@ def export_files(
     bake_topology: bool = True,
     pair_min_sep: int | None = None,
     n_types: int | None = None,
-    run=None,
+    capacity_fractions: tuple[float, ...] = CAPACITY_FRACTIONS,
+    run: RunSettings | None = None,
     extra_config: dict | None = None,
 ) -> Path:
     """Exports a model for one protein: `model.ptb`, `protein.data`, `in.lammps`, `export_config.json`.
@@ -753,8 +752,8 @@ def export_files(
         )
     art = export_model(model, topology=topology if bake_topology else None, cutoff=cutoff,
                        nbr_order=nbr_order, unit_style=unit_style, platform=platform,
-                       pair_min_sep=pair_min_sep)  # fmt: skip
-    run = run or lammps.RunSettings(backend="cuda12" if platform == "cuda" else "cpu")
+                       pair_min_sep=pair_min_sep, capacity_fractions=capacity_fractions)  # fmt: skip
+    run = run or RunSettings(backend="cuda12" if platform == "cuda" else "cpu")
     data = lammps.data_file_text(positions, topology.species, topology.masses, n_types=n_types,
                                  title=f"cameo_eqx export of {record.name} frame {frame}")  # fmt: skip
     script = lammps.input_script_text(data_file="protein.data", model_file="model.ptb", cutoff=art.cutoff,
@@ -784,7 +783,6 @@ def export(cfg: ExportConfig) -> Path:
 
     **Returns:** the output directory.
     """
-    from . import lammps
     from ..data.store import PreparedDataset
 
     if not cfg.protein:
@@ -798,11 +796,9 @@ def export(cfg: ExportConfig) -> Path:
         record = ds.record(cfg.protein).load()
         n_types = ds.n_species
     model = _load_model(cfg.model)
-    run = lammps.RunSettings(temperature=cfg.temperature, timestep=cfg.timestep, n_steps=cfg.n_steps,
-                             thermostat=cfg.thermostat, damping=cfg.damping, seed=cfg.seed,
-                             skin=cfg.skin, dump_every=cfg.dump_every,
-                             backend="cuda12" if cfg.platform == "cuda" else "cpu")  # fmt: skip
+    run = dataclasses.replace(cfg.run, backend="cuda12" if cfg.platform == "cuda" else "cpu")
     return export_files(model, record, cfg.output, frame=cfg.frame, platform=cfg.platform,
                         unit_style=cfg.unit_style, nbr_order=cfg.nbr_order, cutoff=cfg.cutoff,
                         bake_topology=cfg.bake_topology, pair_min_sep=cfg.pair_min_sep, n_types=n_types,
-                        run=run, extra_config={"config": dataclasses.asdict(cfg)})  # fmt: skip
+                        capacity_fractions=cfg.capacity_fractions, run=run,
+                        extra_config={"config": dataclasses.asdict(cfg)})  # fmt: skip

@@ -26,7 +26,8 @@ class RunSettings:
     - `temperature`: K. `timestep`: fs. `n_steps`: MD steps. `thermostat`: "langevin" (`fix nve` +
       `fix langevin`) or "nose-hoover" (`fix nvt`). `damping`: thermostat time constant in fs.
     - `seed`: velocity/Langevin seed. `thermo_every`, `dump_every`: output intervals (steps).
-    - `skin`: neighbour skin (Å). `backend`: "cuda12" or "cpu". `memory_fraction`: GPU memory share.
+    - `skin`: neighbour skin (Å). `backend`: "cuda12" or "cpu" (`export` sets it from `--platform`).
+      `memory_fraction`: GPU memory share.
     - `atom_multiplier`, `edge_multiplier`: the connector's buffer growth factors.
     """
 
