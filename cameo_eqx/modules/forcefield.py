@@ -35,9 +35,10 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from ..fileio import write_atomic
-from ..graph import Batch, frame_graph, graph_sum, pack
+from ..graph import Batch, frame_graph, pack
 from ..topology import CGTopology
 from .base import AbstractEnergyModel
+from .base import energy_and_forces as _energy_and_forces
 
 FORMAT = "cameo_eqx.forcefield/1"
 
@@ -86,8 +87,9 @@ class ForceField(AbstractEnergyModel):
         return jnp.where(batch.node_mask, e, 0.0)
 
     def energy(self, batch: Batch) -> Float[Array, " n_graph"]:
-        """Total energy of every frame (kcal/mol), zero for padded frames."""
-        return graph_sum(self.node_energies(batch), batch)
+        """Total energy of every frame (kcal/mol), zero for padded frames: the backbone's and the
+        prior's `energy` (so the prior's fast analytic-force path is used)."""
+        return sum(m.energy(batch) for m in (self.backbone, self.prior) if m is not None)
 
     def energy_and_forces(
         self, batch: Batch
@@ -177,15 +179,6 @@ class ForceField(AbstractEnergyModel):
         batch = self.batch_for(positions, species_or_topology, topology)
         f = np.asarray(_jit_energy_and_forces(self, batch)[1])
         return f.reshape(np.shape(positions))
-
-
-def _energy_and_forces(model: AbstractEnergyModel, batch: Batch):
-    def total(pos):
-        e = graph_sum(model.node_energies(batch.with_positions(pos)), batch)
-        return jnp.sum(e), e
-
-    (_, e), g = jax.value_and_grad(total, has_aux=True)(batch.positions)
-    return e, jnp.where(batch.node_mask[:, None], -g, 0.0)
 
 
 _jit_energy_and_forces = eqx.filter_jit(_energy_and_forces)

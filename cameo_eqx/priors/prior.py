@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
 from ..fileio import write_atomic
 from ..graph import Batch
-from ..modules.base import AbstractEnergyModel
+from ..modules.base import AbstractEnergyModel, energy_and_forces
 from .config import PriorConfig
 from .terms import (
     TERM_CLASSES,
@@ -118,7 +117,7 @@ class Prior(AbstractEnergyModel):
 
     def energy_and_forces(self, batch: Batch) -> tuple[Float[Array, " n_graph"], Float[Array, "n_node 3"]]:
         """Per-frame energies and per-bead forces -∂E/∂R (kcal/mol/Å; zero on padded beads)."""
-        return _energy_and_forces(self.energy, batch)
+        return energy_and_forces(self, batch)
 
     def components(self, batch: Batch) -> dict[str, tuple[Float[Array, " n_graph"], Float[Array, "n_node 3"]]]:
         """Each term's weighted contribution.
@@ -132,7 +131,7 @@ class Prior(AbstractEnergyModel):
         """
         out = {}
         for w, t in zip(self.weights, self.terms):
-            out[t.name] = _energy_and_forces(lambda b, t=t, w=w: Prior([t], [w]).energy(b), batch)
+            out[t.name] = energy_and_forces(Prior([t], [w]), batch)
         return out
 
     # ------------------------------------------------------------------------------- construction
@@ -245,15 +244,6 @@ class Prior(AbstractEnergyModel):
             else:
                 cfg = json.load(fh)
         return cls.from_config(cfg, where=str(path))
-
-
-def _energy_and_forces(energy_fn, batch: Batch):
-    def total(pos):
-        e = energy_fn(batch.with_positions(pos))
-        return jnp.sum(e), e
-
-    g, e = jax.grad(total, has_aux=True)(batch.positions)
-    return e, jnp.where(batch.node_mask[:, None], -g, 0.0)
 
 
 def _py(x: np.ndarray) -> Any:

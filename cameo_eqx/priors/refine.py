@@ -20,7 +20,7 @@ import optimistix as optx
 from jaxtyping import PyTree
 
 from ..data.store import ProteinRecord
-from ..graph import Batch, Capacity, frame_graph, graph_sum, pack
+from ..graph import Batch, Capacity, frame_graph, pack
 from ..modules.base import AbstractEnergyModel
 from .prior import Prior
 
@@ -29,7 +29,7 @@ def _sq_error(model: AbstractEnergyModel, batch: Batch) -> tuple[jax.Array, jax.
     """(Σ squared force error over real beads, number of real force components)."""
 
     def energy(pos):
-        return jnp.sum(graph_sum(model.node_energies(batch.with_positions(pos)), batch))
+        return jnp.sum(model.energy(batch.with_positions(pos)))
 
     f = -jax.grad(energy)(batch.positions)
     m = batch.node_mask[:, None]
@@ -79,7 +79,7 @@ def gauss_newton_scales(
         m = eqx.combine(p, static)
 
         def energy(pos):
-            return jnp.sum(graph_sum(m.node_energies(b.with_positions(pos)), b))
+            return jnp.sum(m.energy(b.with_positions(pos)))
 
         return jnp.where(b.node_mask[:, None], -jax.grad(energy)(b.positions), 0.0)
 
@@ -140,7 +140,7 @@ def lbfgs_force_match(
 
     **Arguments:**
 
-    - `model`: an `AbstractEnergyModel` (any pytree with `node_energies`).
+    - `model`: an `AbstractEnergyModel` (any pytree with a per-frame `energy(batch)`).
     - `filter_spec`: a pytree of bools (as for `eqx.partition`): True leaves are optimised.
     - `batches`: packed batches with target forces (device or host arrays).
     - `max_steps`, `rtol`, `atol`, `history_length`: LBFGS settings.

@@ -37,7 +37,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..fileio import write_atomic
-from ..graph import Batch, graph_sum
+from ..graph import Batch
 from ..modules.base import AbstractEnergyModel
 from ..topology import SEPARATION_NONBONDED, CGTopology
 from ..units import KB_KCAL_PER_MOL_K
@@ -149,7 +149,7 @@ def energy_and_forces(
 
     def total(x):
         b = system_batch(system, x, nl)
-        return graph_sum(model.node_energies(b), b)[0]
+        return model.energy(b)[0]
 
     e, g = jax.value_and_grad(total)(positions)
     return e, -g
@@ -357,8 +357,8 @@ class Simulator:
         uniform_mass: float = 110.0, skin: float = 2.0, capacity: int | None = None,
         pair_min_sep: int | None = None, cutoff: float | None = None, max_bond_length: float = 8.0,
     ):  # fmt: skip
-        if not isinstance(model, AbstractEnergyModel) and not hasattr(model, "node_energies"):
-            raise TypeError(f"model must be an AbstractEnergyModel (with node_energies), got {type(model)}")
+        if not isinstance(model, AbstractEnergyModel) and not hasattr(model, "energy"):
+            raise TypeError(f"model must be an AbstractEnergyModel (with energy), got {type(model)}")
         n_species = getattr(getattr(model, "backbone", None), "n_species", None) or getattr(model, "n_species", None)
         if isinstance(n_species, int) and topology.n_beads and int(np.max(topology.species)) >= n_species:
             raise ValueError(f"species index {int(np.max(topology.species))} of the protein is out of range for "

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ..graph import Batch, graph_sum
-from ..modules.base import AbstractEnergyModel
+from ..graph import Batch
+from ..modules.base import AbstractEnergyModel, energy_and_forces
 
 
 class LossSums(NamedTuple):
@@ -49,13 +49,7 @@ def predict(model: AbstractEnergyModel, batch: Batch) -> tuple[Float[Array, " n_
 
     **Returns:** `(energy (n_graph,), forces (n_node, 3))` in kcal/mol and kcal/mol/Å.
     """
-
-    def total(pos):
-        e = graph_sum(model.node_energies(batch.with_positions(pos)), batch)
-        return jnp.sum(e), e
-
-    (_, e), g = jax.value_and_grad(total, has_aux=True)(batch.positions)
-    return e, jnp.where(batch.node_mask[:, None], -g, 0.0)
+    return energy_and_forces(model, batch)
 
 
 def force_mask(batch: Batch) -> jax.Array:
