@@ -459,7 +459,8 @@ class PeriodicDihedral(AbstractPriorTerm):
 
 
 def smooth_switch(r: Float[Array, " m"], r_on: float, r_off: float) -> Float[Array, " m"]:
-    """C² switch: 1 for r ≤ r_on, 0 for r ≥ r_off, 1 - 10x³ + 15x⁴ - 6x⁵ in between (x = (r-r_on)/(r_off-r_on))."""
+    """C² switch: 1 for r ≤ r_on, 0 for r ≥ r_off, 1 - 10x³ + 15x⁴ - 6x⁵ in between
+    (x = (r - r_on) / (r_off - r_on))."""
     x = jnp.clip((r - r_on) / (r_off - r_on), 0.0, 1.0)
     return 1.0 - x**3 * (10.0 - 15.0 * x + 6.0 * x * x)
 
@@ -577,7 +578,8 @@ def prior_frame_energies(
     VJP takes every tuple's analytic `dU/dp` from `AbstractPriorTerm.local` in the forward pass and
     accumulates the per-bead derivatives of all terms, together with the energies, by scatter-adds of
     4-wide rows (XLA's CPU scatter is ~3x faster on 4-wide rows than on 3-wide ones, so the energy
-    column comes for free; two-body terms scatter one row array to both beads). The backward pass is then a per-frame scaling of those derivatives (every tuple lies within one frame), and the
+    column comes for free; two-body terms scatter one row array to both beads). The backward pass is
+    then a per-frame scaling of those derivatives (every tuple lies within one frame), and the
     parameter gradients are sums of the per-tuple `dU/dθ` (segment sums over types for per-species
     tables). The rules are plain JAX, so the forces stay differentiable w.r.t. the parameters (force
     matching: grad of grad). Masked tuples and padding indices contribute exactly zero.
