@@ -265,19 +265,19 @@ def test_prefix_sum_any_length():
         np.testing.assert_array_equal(np.asarray(jax.jit(cd.prefix_sum)(jnp.asarray(x))), np.cumsum(x))
 
 
-@pytest.mark.parametrize("rows", [None, 20])
-def test_mirror_mask_each_directed_edge_once(rows):
-    """Half lists are mirrored, full lists kept except edges into atoms without a row (ghosts without a
-    ghost list): the union holds each directed edge within the cutoff exactly once. A half list in
-    any acyclic orientation (not only lower index first, as LAMMPS's binned newton-on lists) too."""
+def _neighbour_lists(rows: int | None, shuffle: bool = False):
+    """LAMMPS-like neighbour lists of one 30-atom configuration: yields `(kind, truth, s, r)` for a
+    half list (lower index first, as binned newton-on lists), a half list in an arbitrary acyclic
+    orientation, and a full list; `rows` local atoms own rows (the rest are ghosts without a ghost
+    list: ghost-ghost pairs unlisted, a pair with a ghost in the local atom's row); `truth` is every
+    directed edge within the cutoff; `shuffle` permutes the list order."""
     pos, _ = toy_protein(n=30, seed=5)
     d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
     truth = (d < CUTOFF) & ~np.eye(30, dtype=bool)
-    if rows is not None:  # without ghost rows, ghost-ghost pairs are not listed
+    if rows is not None:
         truth[rows:, rows:] = False
-    order = np.random.default_rng(1).permutation(30)  # an arbitrary acyclic orientation
     rank = np.empty(30, int)
-    rank[order] = np.arange(30)
+    rank[np.random.default_rng(1).permutation(30)] = np.arange(30)
     for kind in ("half", "half-permuted", "full"):
         near = truth.copy()
         if kind == "half":
@@ -286,9 +286,21 @@ def test_mirror_mask_each_directed_edge_once(rows):
             near &= rank[:, None] < rank[None, :]
         if rows is not None:
             near[rows:] = False
-            if kind != "full":  # a pair with a ghost sits in the local atom's row
+            if kind != "full":
                 near[:rows, rows:] = truth[:rows, rows:]
         s, r = np.nonzero(near)
+        if shuffle:
+            perm = np.random.default_rng(3).permutation(len(s))
+            s, r = s[perm], r[perm]
+        yield kind, truth, s, r
+
+
+@pytest.mark.parametrize("rows", [None, 20])
+def test_mirror_mask_each_directed_edge_once(rows):
+    """Half lists are mirrored, full lists kept except edges into atoms without a row (ghosts without a
+    ghost list): the union holds each directed edge within the cutoff exactly once. A half list in
+    any acyclic orientation (not only lower index first, as LAMMPS's binned newton-on lists) too."""
+    for kind, truth, s, r in _neighbour_lists(rows):
         ok = jnp.ones(len(s), bool)
         mirror = np.asarray(cd.mirror_mask(ok, jnp.asarray(s, jnp.int32), jnp.asarray(r, jnp.int32),
                                            jnp.int32(30 if rows is None else rows)))
@@ -315,28 +327,10 @@ def test_compaction_sources_any_length():
 @pytest.mark.parametrize("rows", [None, 20])
 def test_undirected_mask_each_pair_once(rows):
     """The representative edges hold each listed pair exactly once, for half lists in any acyclic
-    orientation and for full lists (with and without ghost rows): both orientations of them are each
-    directed edge within the cutoff exactly once, as the model is handed them."""
-    pos, _ = toy_protein(n=30, seed=5)
-    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-    truth = (d < CUTOFF) & ~np.eye(30, dtype=bool)
-    if rows is not None:
-        truth[rows:, rows:] = False
-    rank = np.empty(30, int)
-    rank[np.random.default_rng(1).permutation(30)] = np.arange(30)
-    for kind in ("half", "half-permuted", "full"):
-        near = truth.copy()
-        if kind == "half":
-            near &= np.triu(np.ones((30, 30), bool), 1)
-        elif kind == "half-permuted":
-            near &= rank[:, None] < rank[None, :]
-        if rows is not None:
-            near[rows:] = False
-            if kind != "full":
-                near[:rows, rows:] = truth[:rows, rows:]
-        s, r = np.nonzero(near)
-        perm = np.random.default_rng(3).permutation(len(s))  # list order is arbitrary
-        s, r = s[perm], r[perm]
+    orientation and for full lists (with and without ghost rows), in any list order: both
+    orientations of them are each directed edge within the cutoff exactly once, as the model is
+    handed them."""
+    for kind, truth, s, r in _neighbour_lists(rows, shuffle=True):
         und = np.asarray(cd.undirected_mask(jnp.ones(len(s), bool), jnp.asarray(s, jnp.int32),
                                             jnp.asarray(r, jnp.int32), jnp.int32(30 if rows is None else rows)))
         got = np.zeros((30, 30), int)
