@@ -6,8 +6,9 @@ or a small PaiNN + prior ForceField with `--real`.
     .venv/bin/python benchmarks/bench_export.py [--real] [--repeats 20]
 
 The exported step includes filling the connector's buffers, the edge handling inside the function and
-the host<->device copies; the in-process step is `jit(grad)` on a prebuilt exact-size Batch. To tell
-the connector's XLA generation from the exporter's own work, the same in-process step (exact batch,
+the host<->device copies; the in-process step is `jit(grad)` of `model.energy` (the path training and
+simulation use) on a prebuilt exact-size Batch. To tell the connector's XLA generation from the
+exporter's own work, the same in-process step (exact batch,
 no edge handling, no padding) is also run in the old XLA ("model old XLA"). The connector function
 returns the energy too, so the same two references are also timed computing energy and forces
 (`value_and_grad`, "E+F"): a forces-only gradient lets XLA skip part of the model's forward pass.
@@ -79,7 +80,7 @@ def model_step_artifact(model, batch, path, with_energy=False):
     def f(positions, species, n_local, n_ghost, newton, senders, receivers, capacity):
         # static-size slice (needs the constraint n_atoms >= n_beads below)
         own = jax.lax.dynamic_slice_in_dim(positions, 0, n_beads)
-        energy, grad = jax.value_and_grad(lambda p: jnp.sum(model.node_energies(batch.with_positions(p))))(own)
+        energy, grad = jax.value_and_grad(lambda p: jnp.sum(model.energy(batch.with_positions(p))))(own)
         forces = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(positions), -grad, 0, axis=0)
         return forces, energy if with_energy else jnp.float32(0.0), jnp.int32(1), jnp.int32(1)
 
@@ -108,7 +109,7 @@ def main():
             batch = jax.tree.map(jnp.asarray, single_frame_batch(pos, top, args.cutoff))
 
             def total(p):
-                return jnp.sum(model.node_energies(batch.with_positions(p)))
+                return jnp.sum(model.energy(batch.with_positions(p)))
 
             step = jax.jit(jax.grad(total))
             t0 = time.perf_counter()

@@ -440,6 +440,12 @@ def make_connector_function(
                 )  # fmt: skip
 
                 def energies(pos):
+                    if baked is not None:
+                        # a baked topology runs without ghosts (else NaN, below): every valid atom is
+                        # local and the energy is the frame's total, `model.energy`, which takes the
+                        # model's faster per-frame path (the prior's analytic-force VJP)
+                        e = model.energy(batch.with_positions(pos))[0].astype(jnp.float32) * energy_factor
+                        return e, e
                     e = model.node_energies(batch.with_positions(pos))
                     e = jnp.where(valid, e, 0.0).astype(jnp.float32) * energy_factor
                     e_local = jnp.sum(jnp.where(local, e, 0.0))
