@@ -7,7 +7,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,11 +46,9 @@ def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
 
 def write_results(name: str, data: dict[str, Any]) -> Path:
     """Writes benchmarks/results/<name>.json atomically and returns its path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{name}.json"
+    from cameo_eqx.fileio import write_atomic
+
     data = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **data}
-    with tempfile.NamedTemporaryFile("w", dir=RESULTS, delete=False, suffix=".tmp") as f:
-        json.dump(data, f, indent=2, default=str)
-    os.replace(f.name, out)
+    out = write_atomic(RESULTS / f"{name}.json", json.dumps(data, indent=2, default=str))
     print(f"\nwrote {out}")
     return out
