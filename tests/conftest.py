@@ -33,3 +33,15 @@ def cln025_h5() -> Path:
 @pytest.fixture
 def ntl9_coords_h5() -> Path:
     return shared_file("mdcath_dataset_2hbaA00_coordsonly.h5")
+
+
+@pytest.fixture(scope="module")
+def villin_prepared(tmp_path_factory) -> Path:
+    """The bundled demo villin (data/demo) prepared with the default basic map (no noise estimate);
+    one per test module."""
+    from cameo_eqx.config import PrepareConfig
+    from cameo_eqx.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(PrepareConfig(inputs=(str(DEMO_DATA / "mdcath_dataset_villin.h5"),), output=out, noise_estimate=False))
+    return out

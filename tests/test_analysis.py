@@ -11,22 +11,10 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from cameo_eqx.config import PrepareConfig
-from cameo_eqx.data.prepare import prepare
 from cameo_eqx.data.store import PreparedDataset
 from cameo_eqx.simulate import AnalyzeConfig, analyze
 from cameo_eqx.simulate import analysis as an
 from cameo_eqx.simulate.langevin import Frames, TrajectoryWriter
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def villin_prepared(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("prepared")
-    prepare(PrepareConfig(inputs=(str(ROOT / "data/demo/mdcath_dataset_villin.h5"),), output=out,
-                          noise_estimate=False))  # fmt: skip
-    return out
 
 
 def test_kabsch_rmsd_invariance_and_value():

@@ -41,6 +41,15 @@ def _hist(samples, edges):
     return np.histogram(samples, edges)[0]
 
 
+def _angle_histogram(rng, a, b, T, n):
+    """`n` angles sampled from sin θ · exp(-U(θ)/kT) with the Fourier potential (a, b), histogrammed
+    in 90 bins on [0, π]: `(bin centres, counts)`."""
+    grid = np.linspace(0, np.pi, 20001)
+    s = _sample(rng, grid, np.log(np.sin(grid) + 1e-300) - fourier_energy(grid, a, b) / (KB_KCAL_PER_MOL_K * T), n)
+    edges = np.linspace(0, np.pi, 91)
+    return 0.5 * (edges[1:] + edges[:-1]), _hist(s, edges)
+
+
 # ------------------------------------------------------------------------------------- recovery
 
 
@@ -71,14 +80,10 @@ def test_fourier_angle_recovered_with_bic():
     a_true, b_true = np.array([1.2, 0.6]), np.array([-0.8, 0.3])
     T = 350.0
     kT = KB_KCAL_PER_MOL_K * T
-    grid = np.linspace(0, np.pi, 20001)
-    s = _sample(rng, grid, np.log(np.sin(grid) + 1e-300) - fourier_energy(grid, a_true, b_true) / kT, 400_000)
-    edges = np.linspace(0, np.pi, 91)
-    centers = 0.5 * (edges[1:] + edges[:-1])
-    a, b, info = fit_fourier(centers, _hist(s, edges)[None], [T], jacobian=np.sin(centers),
+    centers, counts = _angle_histogram(rng, a_true, b_true, T, 400_000)
+    a, b, info = fit_fourier(centers, counts[None], [T], jacobian=np.sin(centers),
                              domain=(0, np.pi), max_order=6, criterion="bic")  # fmt: skip
     # compare potentials (up to a constant) where the density is appreciable
-    counts = _hist(s, edges)
     well = counts > 2000
     du = fourier_energy(centers, _pad(a, 6), _pad(b, 6)) - fourier_energy(centers, a_true, b_true)
     du = du[well] - np.average(du[well], weights=counts[well])
@@ -374,13 +379,10 @@ def test_ridge_does_not_bias_a_well_sampled_fit():
     a_true, b_true = np.array([1.5, -0.7, 0.4]), np.array([-1.0, 0.2, 0.3])
     T = 400.0
     kT = KB_KCAL_PER_MOL_K * T
-    grid = np.linspace(0, np.pi, 20001)
-    s = _sample(rng, grid, np.log(np.sin(grid) + 1e-300) - fourier_energy(grid, a_true, b_true) / kT, 300_000)
-    edges = np.linspace(0, np.pi, 91)
-    c = 0.5 * (edges[1:] + edges[:-1])
+    c, counts = _angle_histogram(rng, a_true, b_true, T, 300_000)
     kw = dict(jacobian=np.sin(c), domain=(0, np.pi), max_order=3, criterion="bic")
-    a1, b1, _ = fit_fourier(c, _hist(s, edges)[None], [T], **kw)
-    a2, b2, _ = fit_fourier(c, _hist(s, edges)[None], [T], tau=1e12, **kw)
+    a1, b1, _ = fit_fourier(c, counts[None], [T], **kw)
+    a2, b2, _ = fit_fourier(c, counts[None], [T], tau=1e12, **kw)
     x = c[5:-5]
     d = fourier_energy(x, _pad(a1, 3), _pad(b1, 3)) - fourier_energy(x, _pad(a2, 3), _pad(b2, 3))
     assert np.ptp(d) < 0.02 * kT, np.ptp(d)

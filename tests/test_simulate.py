@@ -4,8 +4,6 @@ prior-only model."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import equinox as eqx
 import h5py
 import jax
@@ -13,8 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cameo_eqx.config import PrepareConfig
-from cameo_eqx.data.prepare import prepare
 from cameo_eqx.data.store import PreparedDataset
 from cameo_eqx.graph import single_frame_batch
 from cameo_eqx.modules.base import AbstractEnergyModel
@@ -23,20 +19,11 @@ from cameo_eqx.simulate import neighborlist as nbl
 from cameo_eqx.topology import CGTopology
 from cameo_eqx.units import KB_KCAL_PER_MOL_K
 
-ROOT = Path(__file__).resolve().parents[1]
 STD = dict(temperature=320.0, timestep_fs=2.0, friction_per_ps=1.0)
 """Shared bath settings: tests with the same statics and chunk shape reuse one compiled chunk."""
 
 
 # ---------------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def villin_prepared(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("prepared")
-    prepare(PrepareConfig(inputs=(str(ROOT / "data/demo/mdcath_dataset_villin.h5"),), output=out,
-                          noise_estimate=False))  # fmt: skip
-    return out
 
 
 @pytest.fixture(scope="module")
