@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cameo_eqx.data.batching import compact_chain
 from cameo_eqx.export import chemtrain_deploy as cd
 from cameo_eqx.export import verify
 from cameo_eqx.graph import single_frame_batch
@@ -35,21 +36,9 @@ from cameo_eqx.topology import CGTopology
 SIZES = (35, 300, 1000)
 
 
-def compact_chain(n, seed=0):
-    """A self-avoiding-ish compact chain: 3.8 Å steps inside a sphere of protein-like density."""
-    rng = np.random.default_rng(seed)
-    radius = 3.0 * n ** (1 / 3) + 4.0
-    pos = [np.zeros(3)]
-    tries = 0
-    while len(pos) < n:
-        step = rng.normal(size=3)
-        cand = pos[-1] + 3.8 * step / np.linalg.norm(step)
-        tries += 1
-        far = len(pos) < 3 or np.min(np.linalg.norm(np.asarray(pos[:-2]) - cand, axis=1)) > 3.5
-        if np.linalg.norm(cand) < radius and (far or tries > 200):  # give up avoiding after 200 tries
-            pos.append(cand)
-            tries = 0
-    pos = np.asarray(pos, np.float32)
+def protein(n, seed=0):
+    """A compact synthetic CA chain (`data.batching.compact_chain`) and a one-chain topology."""
+    pos = compact_chain(n, np.random.default_rng(seed)).astype(np.float32)
     top = CGTopology(("ALA",) * n, np.arange(n), ("A",) * n, np.zeros(n, np.int32),
                      (np.arange(n) * 7 % 4).astype(np.int32))  # fmt: skip
     return pos, top
@@ -105,7 +94,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in SIZES:
-            pos, top = compact_chain(n)
+            pos, top = protein(n)
             batch = jax.tree.map(jnp.asarray, single_frame_batch(pos, top, args.cutoff))
 
             def total(p):

@@ -2,15 +2,16 @@
 
 For every registered backbone (`cameo_eqx.modules.BACKBONES`, default preset, 10 Å cutoff):
 
-- frames/s on compact synthetic CA chains of 35, 100 and 300 beads (3.8 Å bonds, ~135 Å³ per bead as in
-  folded proteins), batches of several frames packed into one graph;
+- frames/s on compact synthetic CA chains of 35, 100 and 300 beads (`data.batching.compact_chain`: 3.8 Å
+  bonds, radius of gyration 2.2 n^0.38 Å as in folded proteins), several frames packed into one graph;
 - peak memory: XLA's compiled temp-buffer size of the jitted function (`memory_analysis()`, bytes of
   scratch the step needs beyond its inputs/outputs), plus the process's ru_maxrss at the end;
 - cost growth: time per frame vs beads from 50 to 1,000 (one frame per batch), fitted exponent of
   t ∝ n^a, on two series: compact globules of n beads (real-protein-like, but edges per bead still
   rise from ~20 to ~50 over this range because small globules are mostly surface, so the fit is also
-  reported against the edge count, t ∝ E^b, with the time per edge; fastest of the repeats), and "tiled" frames of n/50
-  well-separated 50-bead globules (edges exactly ∝ n), which isolates the algorithm's own scaling.
+  reported against the edge count, t ∝ E^b, with the time per edge; fastest of the repeats), and
+  "tiled" frames of n/50 well-separated 50-bead globules (edges exactly ∝ n), which isolates the
+  algorithm's own scaling.
 
 Medians of repeats after a warm-up; compile time reported separately. Prints a table and writes
 benchmarks/results/models.json. Reusable pieces for comparisons with other implementations:
@@ -38,6 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from cameo_eqx.data.batching import compact_chain  # noqa: E402
 from cameo_eqx.graph import Capacity, frame_graph, pack  # noqa: E402
 from cameo_eqx.modules import BACKBONES, make_backbone  # noqa: E402
 from cameo_eqx.topology import CGTopology  # noqa: E402
@@ -46,28 +48,9 @@ CUTOFF = 10.0
 N_SPECIES = 20
 
 
-def synthetic_chain(n: int, seed: int = 0, bond: float = 3.8, vol_per_bead: float = 135.0,
-                    min_dist: float = 4.0) -> np.ndarray:  # fmt: skip
-    """A compact CA-like chain: a random walk of `bond` Å steps inside a sphere holding `vol_per_bead`
-    Å³ per bead (folded-protein density), avoiding non-bonded contacts closer than `min_dist`."""
-    rng = np.random.default_rng(seed)
-    radius = (3 * n * vol_per_bead / (4 * np.pi)) ** (1 / 3)
-    pos = np.zeros((n, 3))
-    pos[0] = rng.normal(size=3) * 0.3 * radius
-    for i in range(1, n):
-        best, best_bad = None, np.inf
-        for _ in range(200):
-            d = rng.normal(size=3)
-            p = pos[i - 1] + bond * d / np.linalg.norm(d)
-            bad = max(0.0, np.linalg.norm(p) - radius)
-            if i > 1:
-                bad += np.sum(np.clip(min_dist - np.linalg.norm(pos[: i - 1] - p, axis=1), 0, None))
-            if bad < best_bad:
-                best, best_bad = p, bad
-            if bad == 0:
-                break
-        pos[i] = best
-    return pos.astype(np.float32)
+def synthetic_chain(n: int, seed: int = 0) -> np.ndarray:
+    """`data.batching.compact_chain` (the project's synthetic folded-protein CA chain) as float32."""
+    return compact_chain(n, np.random.default_rng(seed)).astype(np.float32)
 
 
 def chain_topology(n: int, seed: int = 0) -> CGTopology:
