@@ -278,8 +278,8 @@ class PaiNN(AbstractEnergyModel):
             x = msg.phi(s)[snd] * (msg.filter(rbf) * fcut[:, None])  # (E, 3F); zero on padding
             x_s, x_vv, x_vs = x[:, :f], x[:, f : 2 * f], x[:, 2 * f :]
             dv_e = x_vv[:, None, :] * v[snd] + x_vs[:, None, :] * geo.unit[:, :, None]
-            ds = jax.ops.segment_sum(x_s, rcv, num_segments=n)
-            dv = jax.ops.segment_sum(dv_e, rcv, num_segments=n)
+            agg = jax.ops.segment_sum(jnp.concatenate([x_s[:, None, :], dv_e], axis=1), rcv, num_segments=n)
+            ds, dv = agg[:, 0], agg[:, 1:]  # (n, F), (n, 3, F)
             if self.avg_num_neighbors != 1.0:
                 ds, dv = ds * inv_avg, dv * inv_avg
             s = s + ds
