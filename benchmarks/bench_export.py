@@ -3,7 +3,8 @@ XLA of jax/jaxlib 0.4.35, CPU) vs the same model jitted in process (jax 0.10, CP
 1,000 beads. The model is `verify.ToyEnergyModel` (2 message-passing hops, bonded terms baked in),
 or a small PaiNN + prior ForceField with `--real`.
 
-    .venv/bin/python benchmarks/bench_export.py [--real] [--repeats 20]
+    .venv/bin/python benchmarks/bench_export.py [--real] [--repeats 20] [--edge-multiplier F]
+        [--capacity-fractions F ...]
 
 The exported step includes filling the connector's buffers, the edge handling inside the function and
 the host<->device copies; the in-process step is `jit(grad)` of `model.energy` (the path training and
@@ -12,13 +13,16 @@ exporter's own work, the same in-process step (exact batch,
 no edge handling, no padding) is also run in the old XLA ("model old XLA"). The connector function
 returns the energy too, so the same two references are also timed computing energy and forces
 (`value_and_grad`, "E+F"): a forces-only gradient lets XLA skip part of the model's forward pass.
+The connector is emulated with the buffer multipliers of the generated LAMMPS input
+(`lammps.RunSettings`: atoms 1.2, edges 1.2) and the exporter's default `capacity_fractions`;
+`--edge-multiplier 1.5 --capacity-fractions 0.72 0.85 1.0` measures the earlier default (three model
+copies in a `switch`, which the connector's XLA runs single-threaded on CPU).
 Medians after warm-up; compile times are reported separately. Writes benchmarks/results/export.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -27,9 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _common import print_table, write_results  # noqa: E402
 from cameo_eqx.data.batching import compact_chain
 from cameo_eqx.export import chemtrain_deploy as cd
 from cameo_eqx.export import verify
+from cameo_eqx.export.lammps import RunSettings
 from cameo_eqx.graph import single_frame_batch
 from cameo_eqx.topology import CGTopology
 
@@ -89,8 +95,13 @@ def main():
     ap.add_argument("--real", action="store_true")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--cutoff", type=float, default=8.0)
+    ap.add_argument("--atom-multiplier", type=float, default=RunSettings.atom_multiplier)
+    ap.add_argument("--edge-multiplier", type=float, default=RunSettings.edge_multiplier)
+    ap.add_argument("--capacity-fractions", type=float, nargs="+", default=list(cd.CAPACITY_FRACTIONS))
     args = ap.parse_args()
     model = make_model(args.real, args.cutoff)
+    connector = dict(atom_multiplier=args.atom_multiplier, edge_multiplier=args.edge_multiplier,
+                     repeats=args.repeats, nghost=0, newton=True)  # fmt: skip
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in SIZES:
@@ -119,19 +130,19 @@ def main():
                 times.append(time.perf_counter() - t0)
             t_in_ef = float(np.median(times))
             t0 = time.perf_counter()
-            path = cd.export_model(model, topology=top, platform="cpu").write(Path(tmp) / f"m{n}.ptb")
+            art = cd.export_model(model, topology=top, platform="cpu",
+                                  capacity_fractions=tuple(args.capacity_fractions))  # fmt: skip
+            path = art.write(Path(tmp) / f"m{n}.ptb")
             export_s = time.perf_counter() - t0
-            nl = verify.neighbor_list(pos, args.cutoff, half=True)
-            (res,) = verify.run_legacy(path, [dict(x=pos, types=top.species + 1, nlocal=n, nghost=0, newton=True,
-                                                   repeats=args.repeats, **nl)])  # fmt: skip
+            case = dict(connector, x=pos, types=top.species + 1, nlocal=n,
+                        **verify.neighbor_list(pos, args.cutoff, half=True))  # fmt: skip
+            (res,) = verify.run_legacy(path, [case])
             t_ex = float(np.median(res["seconds"]))
             ref = model_step_artifact(model, batch, Path(tmp) / f"ref{n}.ptb")
-            (res_ref,) = verify.run_legacy(ref, [dict(x=pos, types=top.species + 1, nlocal=n, nghost=0, newton=True,
-                                                      repeats=args.repeats, **nl)])  # fmt: skip
+            (res_ref,) = verify.run_legacy(ref, [case])
             t_old = float(np.median(res_ref["seconds"]))
             ref_ef = model_step_artifact(model, batch, Path(tmp) / f"ref_ef{n}.ptb", with_energy=True)
-            (res_ref_ef,) = verify.run_legacy(ref_ef, [dict(x=pos, types=top.species + 1, nlocal=n, nghost=0,
-                                                            newton=True, repeats=args.repeats, **nl)])  # fmt: skip
+            (res_ref_ef,) = verify.run_legacy(ref_ef, [case])
             t_old_ef = float(np.median(res_ref_ef["seconds"]))
             rows.append(dict(n_beads=n, n_edges=res["n_valid"], in_process_ms=1e3 * t_in, exported_ms=1e3 * t_ex,
                              ratio=t_ex / t_in, model_old_xla_ms=1e3 * t_old, ratio_same_xla=t_ex / t_old,
@@ -143,11 +154,14 @@ def main():
                   f"(ratio {t_ex / t_old:5.2f}) | E+F: in-process {1e3 * t_in_ef:8.3f} ms (ratio {t_ex / t_in_ef:5.2f}), "
                   f"old XLA {1e3 * t_old_ef:8.3f} ms (ratio {t_ex / t_old_ef:5.2f}) | compile {compile_in:5.1f} s / "
                   f"legacy {res['last_compile_s']:5.1f} s | export {export_s:5.1f} s", flush=True)
-    out = Path(__file__).parent / "results" / "export.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": "painn-small+prior" if args.real else "toy(K=2)", "cutoff": args.cutoff,
-                               "repeats": args.repeats, "device": "cpu", "rows": rows}, indent=2))  # fmt: skip
-    print(f"wrote {out}")
+    print_table("exported step / in-process step (ms; E+F = energy and forces)",
+                ["beads", "edges", "in-process E+F", "model old XLA E+F", "exported", "ratio", "ratio same XLA"],
+                [[r["n_beads"], r["n_edges"], r["in_process_ef_ms"], r["model_old_xla_ef_ms"], r["exported_ms"],
+                  r["ratio_ef"], r["ratio_same_xla_ef"]] for r in rows])  # fmt: skip
+    write_results("export", {"model": "painn-small+prior" if args.real else "toy(K=2)", "cutoff": args.cutoff,
+                             "repeats": args.repeats, "device": "cpu",
+                             "connector": {k: connector[k] for k in ("atom_multiplier", "edge_multiplier")},
+                             "capacity_fractions": list(args.capacity_fractions), "rows": rows})  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -435,7 +435,7 @@ def test_lammps_files(toy):
     script = lammps.input_script_text(data_file="protein.data", model_file="model.ptb", cutoff=CUTOFF,
                                       nbr_order=(2, 4))  # fmt: skip
     for line in ("units real", "atom_style atomic", "atom_modify sort 0 0.0", "boundary s s s",
-                 "processors 1 1 1", "pair_coeff * * model.ptb 1.2 1.5", "read_data protein.data"):
+                 "processors 1 1 1", "pair_coeff * * model.ptb 1.2 1.2", "read_data protein.data"):
         assert line in script.splitlines(), line
     comm = float(next(l for l in script.splitlines() if l.startswith("comm_modify")).split()[-1])
     assert comm >= 4 * CUTOFF + 2.0
@@ -523,7 +523,7 @@ def test_export_command_end_to_end(tmp_path):
     # the input script runs the artifact as exported
     script = (out / "in.lammps").read_text().splitlines()
     for line in ("units real", "atom_style atomic", "atom_modify sort 0 0.0", "boundary s s s",
-                 "pair_style chemtrain_deploy cpu 0.9", "pair_coeff * * model.ptb 1.2 1.5",
+                 "pair_style chemtrain_deploy cpu 0.9", "pair_coeff * * model.ptb 1.2 1.2",
                  "read_data protein.data"):  # fmt: skip
         assert line in script, line
     comm = float(next(l for l in script if l.startswith("comm_modify cutoff")).split()[-1])

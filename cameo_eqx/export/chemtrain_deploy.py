@@ -270,6 +270,13 @@ def compaction_sources(inclusive: Int[Array, " L"], size: int) -> Int[Array, " s
     return pos + 1
 
 
+def _rows(x: Array, size) -> Array:
+    """The first `size` rows of `x`, zero-padded when `x` has fewer (a concatenation and a slice,
+    valid for static and symbolic sizes alike)."""
+    pad = jnp.zeros((size,) + x.shape[1:], x.dtype)
+    return jax.lax.slice_in_dim(jnp.concatenate([x, pad]), 0, size)
+
+
 def _reach(local: Bool[Array, " N"], snd, rcv, valid_edge, hops: int) -> Bool[Array, " N"]:
     """Atoms within `hops` hops of a local atom along valid (symmetric) edges."""
     n = local.shape[0]
@@ -281,11 +288,20 @@ def _reach(local: Bool[Array, " N"], snd, rcv, valid_edge, hops: int) -> Bool[Ar
     return reach
 
 
-CAPACITY_FRACTIONS: tuple[float, ...] = (0.72, 0.85, 1.0)
-"""Fractions of the edge capacity M the model can be evaluated on. The connector sets M to
-`edge_multiplier` (1.5 by default) times the edge count when it grows it, so the count sits near
-0.67 M: evaluating 0.72 M slots instead of M saves ~28% of the model's edge work. Each fraction is
-one compiled copy of the model in the artifact (compile time grows with their number)."""
+CAPACITY_FRACTIONS: tuple[float, ...] = (1.0,)
+"""Fractions of the edge capacity M the model can be evaluated on; the default evaluates all
+ceil(M / 2) pair slots with one copy of the model.
+
+Several fractions, e.g. `(0.72, 0.85, 1.0)`, compile one copy of the model per fraction and pick the
+smallest that holds every pair with a `lax.switch`. That saves edge work (the connector grows M to
+`edge_multiplier` times the count, so the count sits near M / edge_multiplier), but the connector's
+XLA (jaxlib 0.4.35) runs a `switch` branch as a nested computation, single-threaded on CPU:
+measured on 2 cores with PaiNN-small + prior (`benchmarks/bench_export.py`), the model in a
+branch is ~1.3x slower, which cancels the saving (300 beads: 8.6 ms with three fractions and
+`edge_multiplier` 1.5, 7.2 ms with one fraction and 1.2). So the default is one fraction, and the
+generated LAMMPS input keeps the padding small with `edge_multiplier` 1.2 (`lammps.RunSettings`).
+On a GPU the branch penalty is not measured here; fractions there save compute but each one adds
+a compile of the model whenever the connector grows a buffer."""
 
 
 def _capacity_rationals(fractions) -> list[tuple[int, int]]:
@@ -382,12 +398,24 @@ def make_connector_function(
         # binary search in their prefix sum (gathers only; the scatter it replaces cost ~50 ns per
         # listed edge in the connector's XLA). At most ceil(M / 2) slots: pairs beyond are dropped
         # and the count (> M) makes the connector rerun (ceil keeps one slot at the first call's
-        # M = 1: zero-size arrays crash the connector's XLA). The model runs on the smallest of
-        # `capacity_fractions` of those slots that holds every kept pair (one `switch` branch per
-        # fraction), so the connector's edge-buffer headroom is not all evaluated.
+        # M = 1: zero-size arrays crash the connector's XLA). With several `capacity_fractions`
+        # the model runs on the smallest fraction of those slots that holds every kept pair (one
+        # `switch` branch per fraction; see `CAPACITY_FRACTIONS` for why the default is one).
         h = (m + 1) // 2
         inclusive = prefix_sum(keep.astype(jnp.int32))
         species_v = jnp.where(valid, species, 0)
+
+        # --- the model's beads: with a baked topology the protein's n0 beads, a static size (the
+        # guard below makes any other call NaN), so the model does no work on the connector's
+        # padding rows (its atom buffer is ~1.2x the atom count); else the N buffer rows, masked
+        if baked is not None:
+            n_model = baked.n_beads
+            pos_model = _rows(positions, n_model)
+            species_model = _rows(species_v, n_model)
+            node_mask = jnp.arange(n_model, dtype=jnp.int32) < n_local
+            local_model = node_mask
+        else:
+            n_model, pos_model, species_model, node_mask, local_model = n, positions, species_v, valid, local
 
         def bonded(arr: np.ndarray | None, width: int):
             if baked is None or arr is None:
@@ -398,8 +426,8 @@ def make_connector_function(
             def run():
                 src = jnp.minimum(compaction_sources(inclusive, slots), keep.shape[0] - 1)
                 slot_ok = jnp.arange(slots, dtype=jnp.int32) < n_pairs
-                a = jnp.where(slot_ok, sc[src], n)
-                b = jnp.where(slot_ok, rc[src], n)
+                a = jnp.where(slot_ok, sc[src], n_model)
+                b = jnp.where(slot_ok, rc[src], n_model)
 
                 # non-bonded pairs (i < j): the compacted pairs themselves
                 lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
@@ -411,7 +439,7 @@ def make_connector_function(
                 else:
                     sep = jnp.full((slots,), SEPARATION_NONBONDED, jnp.int32)
                 pair_mask = slot_ok & (sep >= pair_min_sep)
-                pairs = jnp.where(pair_mask[:, None], jnp.stack([lo, hi], axis=-1), n)
+                pairs = jnp.where(pair_mask[:, None], jnp.stack([lo, hi], axis=-1), n_model)
 
                 # bonded terms baked from the exported protein
                 bonds, bond_mask = bonded(None if baked is None else baked.bonds, 2)
@@ -419,10 +447,10 @@ def make_connector_function(
                 dihedrals, dihedral_mask = bonded(None if baked is None else baked.dihedrals, 4)
 
                 batch = Batch(
-                    positions=positions,
-                    species=species_v,
-                    node_mask=valid,
-                    graph_index=jnp.where(valid, 0, 1).astype(jnp.int32),
+                    positions=pos_model,
+                    species=species_model,
+                    node_mask=node_mask,
+                    graph_index=jnp.where(node_mask, 0, 1).astype(jnp.int32),
                     senders=jnp.concatenate([a, b]),
                     receivers=jnp.concatenate([b, a]),
                     edge_mask=jnp.concatenate([slot_ok, slot_ok]),
@@ -431,7 +459,7 @@ def make_connector_function(
                     dihedrals=dihedrals, dihedral_mask=dihedral_mask,
                     pairs=pairs.astype(jnp.int32), pair_mask=pair_mask,
                     pair_sep=jnp.where(pair_mask, sep, 0).astype(jnp.int32),
-                    forces=jnp.zeros_like(positions),
+                    forces=jnp.zeros_like(pos_model),
                     graph_mask=jnp.ones((1,), bool),
                     energy=jnp.full((1,), jnp.nan, jnp.float32),
                     temperature=jnp.full((1,), jnp.nan, jnp.float32),
@@ -447,14 +475,14 @@ def make_connector_function(
                         e = model.energy(batch.with_positions(pos))[0].astype(jnp.float32) * energy_factor
                         return e, e
                     e = model.node_energies(batch.with_positions(pos))
-                    e = jnp.where(valid, e, 0.0).astype(jnp.float32) * energy_factor
-                    e_local = jnp.sum(jnp.where(local, e, 0.0))
+                    e = jnp.where(node_mask, e, 0.0).astype(jnp.float32) * energy_factor
+                    e_local = jnp.sum(jnp.where(local_model, e, 0.0))
                     # newton on: ghost forces are returned and summed back by LAMMPS
                     e_grad = jnp.where(newton, e_local, jnp.sum(e))
                     return e_grad, e_local
 
-                grad, e_local = jax.grad(energies, has_aux=True)(positions)
-                return -grad, e_local
+                grad, e_local = jax.grad(energies, has_aux=True)(pos_model)
+                return _rows(-grad, n), e_local
 
             return run
 
@@ -631,7 +659,7 @@ def export_model(
     - `unit_style`: LAMMPS units of the artifact ("real", or "metal" with eV converted inside).
     - `platform`: the one platform to lower for ("cuda" for GPUs, "cpu").
     - `pair_min_sep`: minimum sequence separation of non-bonded pairs handed to the model.
-    - `capacity_fractions`: see `make_connector_function` (`(1.0,)`: one model copy, fastest compile).
+    - `capacity_fractions`: see `make_connector_function` and `CAPACITY_FRACTIONS`.
 
     **Returns:** an `Artifact`; `.write(path)` saves the `.ptb`.
     """
@@ -681,8 +709,8 @@ class ExportConfig:
     - `pair_min_sep`: minimum sequence separation of non-bonded pairs (as in training); default the
       model's `pair_min_sep` when it has one, else 2.
     - `capacity_fractions`: the model is compiled for these fractions of the connector's edge
-      capacity and runs on the smallest that holds every pair (less padding per step); `(1.0,)`
-      keeps one copy of the model (smallest artifact, fastest compile when the connector grows).
+      capacity and runs on the smallest that holds every pair; the default `(1.0,)` keeps one copy
+      of the model (faster on CPU and to compile; see `CAPACITY_FRACTIONS`).
     - `run`: the generated LAMMPS run (`lammps.RunSettings`; its `backend` follows `platform`).
     """
 

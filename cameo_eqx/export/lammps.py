@@ -28,7 +28,12 @@ class RunSettings:
     - `seed`: velocity/Langevin seed. `thermo_every`, `dump_every`: output intervals (steps).
     - `skin`: neighbour skin (Å). `backend`: "cuda12" or "cpu" (`export` sets it from `--platform`).
       `memory_fraction`: GPU memory share.
-    - `atom_multiplier`, `edge_multiplier`: the connector's buffer growth factors.
+    - `atom_multiplier`, `edge_multiplier`: the connector's buffer growth factors (`pair_coeff`):
+      when a buffer overflows it is regrown to this factor times what is needed and the model is
+      recompiled. The edge factor is also the model's edge padding after a growth (the artifact
+      evaluates ceil(M / 2) pair slots), so 1.2 trades 20% padding against a recompile whenever
+      the pair count grows by 20% (a stationary run fluctuates by a few %). The atom factor costs
+      nothing with a baked topology (the model runs on the protein's beads only).
     """
 
     temperature: float = 300.0
@@ -43,7 +48,7 @@ class RunSettings:
     backend: Literal["cuda12", "cpu"] = "cuda12"
     memory_fraction: float = 0.9
     atom_multiplier: float = 1.2
-    edge_multiplier: float = 1.5
+    edge_multiplier: float = 1.2
 
 
 def type_masses(
