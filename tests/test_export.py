@@ -229,8 +229,7 @@ def test_ghosts_and_hop_pruning_two_ranks(ghost_rows):
     layers = 2 if ghost_rows else 1
     model = verify.ToyEnergyModel(n_species=4, cutoff=5.0, layers=layers)
     e_ref, f_ref = verify.model_forces(model, single_frame_batch(pos, unbonded, 5.0))
-    fn = jax.jit(cd.make_connector_function(model, cutoff=5.0, nbr_order=(layers, 2 * layers), topology=None,
-                                            capacity_fractions=(1.0,)))  # one model copy: faster to compile
+    fn = jax.jit(cd.make_connector_function(model, cutoff=5.0, nbr_order=(layers, 2 * layers), topology=None))
     order = np.argsort(pos[:, 0])
     parts = [order[:15], order[15:]]
     for newton in (True, False):

@@ -335,9 +335,9 @@ def make_connector_function(
       NaN output unless `n_ghost == 0` and `n_local == topology.n_beads`); None bakes none.
     - `unit_style`: "real" (Å, kcal/mol) or "metal" (Å, eV; converted inside).
     - `pair_min_sep`: minimum sequence separation of a non-bonded pair (as `graph.frame_graph`).
-    - `capacity_fractions`: the fractions of the M capacity the model may be evaluated on (the
-      smallest that holds the kept edges is used; see `CAPACITY_FRACTIONS`). `(1.0,)` evaluates all
-      M slots and compiles the model once.
+    - `capacity_fractions`: the fractions of the ceil(M / 2) pair slots the model may be evaluated
+      on (the smallest that holds the kept pairs is used; see `CAPACITY_FRACTIONS`). `(1.0,)`, the
+      default, evaluates all slots and compiles the model once.
 
     **Returns:** a function `f(positions, species, n_local, n_ghost, newton, senders, receivers,
     capacity) -> (forces, energy, n_valid_edges, n_edges_in_cutoff)`.
@@ -417,10 +417,15 @@ def make_connector_function(
         else:
             n_model, pos_model, species_model, node_mask, local_model = n, positions, species_v, valid, local
 
+        # --- bonded terms baked from the exported protein (constants, the same for every slot count)
         def bonded(arr: np.ndarray | None, width: int):
-            if baked is None or arr is None:
+            if arr is None:
                 return jnp.zeros((0, width), jnp.int32), jnp.zeros((0,), bool)
             return jnp.asarray(arr, jnp.int32), jnp.ones((arr.shape[0],), bool)
+
+        bonds, bond_mask = bonded(None if baked is None else baked.bonds, 2)
+        angles, angle_mask = bonded(None if baked is None else baked.angles, 3)
+        dihedrals, dihedral_mask = bonded(None if baked is None else baked.dihedrals, 4)
 
         def evaluate(slots):
             def run():
@@ -440,11 +445,6 @@ def make_connector_function(
                     sep = jnp.full((slots,), SEPARATION_NONBONDED, jnp.int32)
                 pair_mask = slot_ok & (sep >= pair_min_sep)
                 pairs = jnp.where(pair_mask[:, None], jnp.stack([lo, hi], axis=-1), n_model)
-
-                # bonded terms baked from the exported protein
-                bonds, bond_mask = bonded(None if baked is None else baked.bonds, 2)
-                angles, angle_mask = bonded(None if baked is None else baked.angles, 3)
-                dihedrals, dihedral_mask = bonded(None if baked is None else baked.dihedrals, 4)
 
                 batch = Batch(
                     positions=pos_model,
@@ -486,12 +486,12 @@ def make_connector_function(
 
             return run
 
-        sizes = [(h * num + den - 1) // den for num, den in fractions[:-1]] + [h]  # ceil: >= 1 slot
-        level = sum((n_pairs > size).astype(jnp.int32) for size in sizes[:-1]) if len(sizes) > 1 else 0
-        if len(sizes) == 1:
+        if len(fractions) == 1:
             forces, e_local = evaluate(h)()
         else:
-            forces, e_local = jax.lax.switch(jnp.asarray(level, jnp.int32), [evaluate(z) for z in sizes])
+            sizes = [(h * num + den - 1) // den for num, den in fractions[:-1]] + [h]  # ceil: >= 1 slot
+            level = sum((n_pairs > size).astype(jnp.int32) for size in sizes[:-1])
+            forces, e_local = jax.lax.switch(level, [evaluate(z) for z in sizes])
         if baked is not None:
             bad = (n_ghost != 0) | (n_local != baked.n_beads)
             forces = jnp.where(bad, jnp.nan, forces)
@@ -763,7 +763,8 @@ def export_files(
     - `model`: the energy model. `record`: a `ProteinRecord` (topology + frames).
     - `out_dir`: output directory (created). `frame`: the frame whose positions start the run.
     - `n_types`: number of LAMMPS atom types (the model's species count; default the record's max + 1).
-    - `run`: `lammps.RunSettings` for the input script. Others as `export_model`.
+    - `run`: `lammps.RunSettings` for the input script (its `backend` is set from `platform`).
+      Others as `export_model`.
 
     **Returns:** the output directory. Every file is written atomically.
     """
@@ -787,7 +788,7 @@ def export_files(
     art = export_model(model, topology=topology if bake_topology else None, cutoff=cutoff,
                        nbr_order=nbr_order, unit_style=unit_style, platform=platform,
                        pair_min_sep=pair_min_sep, capacity_fractions=capacity_fractions)  # fmt: skip
-    run = run or RunSettings(backend="cuda12" if platform == "cuda" else "cpu")
+    run = dataclasses.replace(run or RunSettings(), backend="cuda12" if platform == "cuda" else "cpu")
     data = lammps.data_file_text(positions, topology.species, topology.masses, n_types=n_types,
                                  title=f"cameo_eqx export of {record.name} frame {frame}")  # fmt: skip
     script = lammps.input_script_text(data_file="protein.data", model_file="model.ptb", cutoff=art.cutoff,
@@ -830,9 +831,8 @@ def export(cfg: ExportConfig) -> Path:
         record = ds.record(cfg.protein).load()
         n_types = ds.n_species
     model = _load_model(cfg.model)
-    run = dataclasses.replace(cfg.run, backend="cuda12" if cfg.platform == "cuda" else "cpu")
     return export_files(model, record, cfg.output, frame=cfg.frame, platform=cfg.platform,
                         unit_style=cfg.unit_style, nbr_order=cfg.nbr_order, cutoff=cfg.cutoff,
                         bake_topology=cfg.bake_topology, pair_min_sep=cfg.pair_min_sep, n_types=n_types,
-                        capacity_fractions=cfg.capacity_fractions, run=run,
+                        capacity_fractions=cfg.capacity_fractions, run=cfg.run,
                         extra_config={"config": dataclasses.asdict(cfg)})  # fmt: skip
