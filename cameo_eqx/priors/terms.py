@@ -547,7 +547,7 @@ class SoftSphereRepulsion(AbstractPriorTerm):
         if self.switch == "smooth":
             width = cutoff - self.switch_on
             x = jnp.clip((r - self.switch_on) / width, 0.0, 1.0)
-            sw = 1.0 - x**3 * (10.0 - 15.0 * x + 6.0 * x * x)
+            sw = smooth_switch(r, self.switch_on, cutoff)
             dsw = -30.0 * x * x * (1.0 - x) ** 2 / width
             v, dv = v * sw, dv * sw + v * dsw
         elif self.switch == "shift":
@@ -558,10 +558,6 @@ class SoftSphereRepulsion(AbstractPriorTerm):
         du_sig = p * u / jnp.where(keep, sig, 1.0)  # dU/dσ = p·U/σ for every cutoff treatment
         g = jnp.where(keep, eps * dv / rf, 0.0)[:, None] * d  # dU/dp1
         return u, (None, g), (u1, du_sig)
-
-    def frame_energies(self, batch: Batch) -> Float[Array, " n_graph"]:
-        """Per-frame energies (kcal/mol, unweighted) through `prior_frame_energies` (analytic forces)."""
-        return prior_frame_energies((self,), (1.0,), batch)
 
 
 # ------------------------------------------------------------------------------ fused energies
