@@ -7,6 +7,9 @@ import os
 import tempfile
 from pathlib import Path
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it)
+
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     """Writes `data` to `path` via a temporary file in the same directory and a rename.
@@ -23,6 +26,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # the permissions open() would give, not mkstemp's 0600
         with os.fdopen(fd, "wb") as fh:
             fh.write(raw)
             fh.flush()
