@@ -44,11 +44,13 @@ def print_table(title: str, header: list[str], rows: list[list[Any]]) -> None:
             print("  " + "  ".join("-" * w for w in widths))
 
 
-def write_results(name: str, data: dict[str, Any]) -> Path:
-    """Writes benchmarks/results/<name>.json atomically and returns its path."""
+def write_results(name: str, data: dict[str, Any], path: str | os.PathLike | None = None) -> Path:
+    """Writes benchmarks/results/<name>.json (or `path`, a script's `--out`) atomically, with the
+    machine and date, and returns its path."""
     from cameo_eqx.fileio import write_atomic
 
     data = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S"), **data}
-    out = write_atomic(RESULTS / f"{name}.json", json.dumps(data, indent=2, default=str))
+    target = RESULTS / f"{name}.json" if path is None else Path(path)
+    out = write_atomic(target, json.dumps(data, indent=2, default=str))
     print(f"\nwrote {out}")
     return out

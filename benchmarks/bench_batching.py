@@ -21,7 +21,6 @@ benchmarks/results/batching.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _common import write_results  # noqa: E402
 from cameo_eqx.data.batching import (
     BatchLoader,
     EpochPlanner,
@@ -313,9 +313,6 @@ def main():
         "ratio_step_over_host": {"train": train_batch / host_batch, "eval": eval_batch / host_batch},
         "planner_mdcath_scale": scale,
     }
-    args_out = a.out
-    args_out.parent.mkdir(parents=True, exist_ok=True)
-    args_out.write_text(json.dumps(res, indent=1))
 
     w = 46
     print(f"\nbuckets: {[tuple(c) for c in bp.buckets]}   (choose_buckets {choose_s:.1f} s)")
@@ -338,7 +335,7 @@ def main():
           f"{scale['batches']} batches in {scale['plan_seconds']:.1f} s "
           f"({scale['frames_per_s']:.2e} frames/s)")
     print(f"load average (1 min) during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"wrote {args_out}")
+    write_results("batching", res, path=a.out)
 
 
 if __name__ == "__main__":

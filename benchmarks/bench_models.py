@@ -24,7 +24,6 @@ Run: `.venv/bin/python benchmarks/bench_models.py [--backbones allegro,painn] [-
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import sys
@@ -39,6 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import write_results  # noqa: E402
 from cameo_eqx.data.batching import compact_chain  # noqa: E402
 from cameo_eqx.graph import Capacity, frame_graph, pack  # noqa: E402
 from cameo_eqx.modules import BACKBONES, make_backbone  # noqa: E402
@@ -245,10 +245,7 @@ def main() -> None:
                   f"t ∝ E^{f.get('ef_vs_edges', nan):.2f} (E+F), E^{f.get('train_vs_edges', nan):.2f} (train); "
                   f"edges ∝ n^{f.get('edges_vs_beads', nan):.2f}")  # fmt: skip
     print(f"peak RSS {results['ru_maxrss_MB']:.0f} MB")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {out}")
+    write_results("models", results, path=args.out)
 
 
 if __name__ == "__main__":

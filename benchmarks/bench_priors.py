@@ -22,7 +22,6 @@ Writes benchmarks/results/priors.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -33,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _common import write_results  # noqa: E402
 from cameo_eqx.graph import frame_graph, pack
 from cameo_eqx.priors.prior import Prior
 from cameo_eqx.priors.terms import FourierAngle, HarmonicBond, PeriodicDihedral, SoftSphereRepulsion
@@ -251,9 +251,7 @@ def main() -> None:
           f"{res['workload']['n_pairs']} pairs)")  # fmt: skip
     print(f"steady state (each back to back): JAX {1e3 * t_jax_b:.2f} ms, NumPy {1e3 * t_np_b:.2f} ms per batch; "
           f"JAX {1e6 * t_jax_b / args.frames:.1f} µs per frame; speed-up {t_np_b / t_jax_b:.1f}x")  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=1))
+    write_results("priors", res, path=args.out)
 
 
 if __name__ == "__main__":

@@ -210,13 +210,7 @@ def main() -> None:
     for name, r in results["backbones"].items():
         print(f"  {name}: reference {r['reference']['versions']}; parameters ours {r['our_n_params']}, "
               f"reference {r['reference']['n_params']}")  # fmt: skip
-    out = Path(args.out)
-    if out.parent.resolve() == (ROOT / "benchmarks" / "results").resolve() and out.stem == "reference":
-        write_results("reference", results)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1, default=str))
-        print(f"wrote {out}")
+    write_results("reference", results, path=args.out)
 
 
 if __name__ == "__main__":
