@@ -13,12 +13,15 @@ One pytree holds every learnable parameter (backbone and prior); `trainable_filt
   otherwise the whole prior is one term named "prior".
 
 **File format** (`save`/`load`): one UTF-8 JSON line (format tag, the skeleton description, the user's
-config), a newline, then `eqx.tree_serialise_leaves` bytes. Written to a temporary file and renamed.
+config, `sha256` and `size` of the parameter bytes), a newline, then `eqx.tree_serialise_leaves` bytes.
+Written to a temporary file and renamed. `load` verifies the checksum (a flipped byte in the parameters
+is an error, not a silently wrong model); files written before the checksum existed still load.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import inspect
 import io
@@ -293,14 +296,16 @@ def save(path: str | os.PathLike, ff: ForceField, config: Mapping[str, Any] | No
     **Returns:** the path written.
     """
     path = Path(path)
-    header = {"format": FORMAT, "model": skeleton_config(ff), "config": dict(config or {})}
+    buf = io.BytesIO()
+    eqx.tree_serialise_leaves(buf, ff)
+    params = buf.getvalue()
+    header = {"format": FORMAT, "model": skeleton_config(ff), "config": dict(config or {}),
+              "sha256": hashlib.sha256(params).hexdigest(), "size": len(params)}  # fmt: skip
     try:
         line = json.dumps(header)
     except TypeError as err:
         raise ValueError(f"save {path}: config is not JSON-serialisable: {err}") from err
-    buf = io.BytesIO()
-    eqx.tree_serialise_leaves(buf, ff)
-    return write_atomic(path, line.encode() + b"\n" + buf.getvalue())
+    return write_atomic(path, line.encode() + b"\n" + params)
 
 
 def _read_header(f, path) -> dict:
@@ -309,13 +314,22 @@ def _read_header(f, path) -> dict:
         header = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise ValueError(f"{path}: not a cameo_eqx force-field file (no JSON header line)") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: not a cameo_eqx force-field file (the header line is not a JSON object)")
     if header.get("format") != FORMAT:
         raise ValueError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    model = header.get("model")
+    if not isinstance(model, dict):
+        raise ValueError(f"{path}: the header has no 'model' description (damaged or not written by save())")
+    missing = [k for k in ("backbone", "prior", "cutoff", "pair_min_sep") if k not in model]
+    if missing:
+        raise ValueError(f"{path}: the header's 'model' lacks {missing} (damaged or not written by save())")
     return header
 
 
 def load_config(path: str | os.PathLike) -> dict:
-    """The JSON header of a saved force field: `{"format", "model", "config"}`."""
+    """The JSON header of a saved force field: `{"format", "model", "config", "sha256", "size"}` (files
+    written before checksums existed have no `sha256`/`size`)."""
     with open(path, "rb") as f:
         return _read_header(f, path)
 
@@ -335,7 +349,14 @@ def load(path: str | os.PathLike) -> ForceField:
         if model["prior"] is not None:
             prior = _prior_class(model["prior"]["class"]).from_config(model["prior"]["config"])
         skeleton = ForceField(backbone, prior, cutoff=model["cutoff"], pair_min_sep=model["pair_min_sep"])
-        try:
-            return eqx.tree_deserialise_leaves(f, skeleton)
-        except Exception as err:
-            raise ValueError(f"{path}: parameters do not match the saved skeleton: {err}") from err
+        params = f.read()
+    if "sha256" in header:  # files saved before checksums existed have none and load as before
+        if len(params) != header.get("size", len(params)):
+            raise ValueError(f"{path}: parameters are {len(params)} bytes, the header says {header['size']} "
+                             "(truncated or damaged file)")  # fmt: skip
+        if hashlib.sha256(params).hexdigest() != header["sha256"]:
+            raise ValueError(f"{path}: parameter checksum mismatch (the file is corrupt; retrain or restore it)")
+    try:
+        return eqx.tree_deserialise_leaves(io.BytesIO(params), skeleton)
+    except Exception as err:
+        raise ValueError(f"{path}: parameters do not match the saved skeleton: {err}") from err
