@@ -82,3 +82,85 @@ def test_model_header_without_model_is_a_clear_error(tmp_path: Path):
         load(path)
     with pytest.raises(ValueError, match=r"model\.eqx.*no 'model'"):
         load_config(path)
+
+
+def _demo_copy(tmp_path: Path, name: str = "villin") -> Path:
+    import shutil
+
+    src = Path(__file__).resolve().parents[1] / "data" / "demo" / f"mdcath_dataset_{name}.h5"
+    dst = tmp_path / "in" / src.name
+    dst.parent.mkdir(exist_ok=True)
+    shutil.copyfile(src, dst)
+    dst.chmod(0o644)
+    return dst
+
+
+def test_failed_prepare_leaves_no_temporary(tmp_path: Path):
+    import h5py
+
+    from cameo_eqx.config import PrepareConfig
+    from cameo_eqx.data.prepare import PrepareError, prepare
+
+    bad = _demo_copy(tmp_path)
+    with h5py.File(bad, "r+") as h:
+        h["villin/348/0/forces"][17, 3, 1] = np.nan
+    out = tmp_path / "ds"
+    with pytest.raises(PrepareError, match=r"348/0.*17"):
+        prepare(PrepareConfig(inputs=(str(bad),), output=out, noise_estimate=False))
+    assert not (out / "dataset.h5").exists()
+    assert not (out / "dataset.h5.tmp").exists()
+
+
+@pytest.fixture(scope="module")
+def prior_yaml(tmp_path_factory) -> Path:
+    return Prior.from_prior_config(PriorConfig()).save(tmp_path_factory.mktemp("prior") / "prior.yaml")
+
+
+def _sim_cfg(dataset: Path, model: Path, out: Path, **kw):
+    from cameo_eqx.simulate import SimulateConfig
+
+    base = dict(model=model, dataset=dataset, protein="villin", output=out, n_replicas=1, temperature=320.0,
+                n_steps=20, save_every=10, chunk_frames=5, progress=False)  # fmt: skip
+    base.update(kw)
+    return SimulateConfig(**base)
+
+
+def test_refused_resume_keeps_config_and_finished_run_keeps_timing(villin_prepared, prior_yaml, tmp_path):
+    import h5py
+
+    from cameo_eqx.simulate import simulate
+
+    out = tmp_path / "sim"
+    traj = simulate(_sim_cfg(villin_prepared, prior_yaml, out))
+    saved = (out / "simulate_config.json").read_text()
+    with h5py.File(traj) as h:
+        timing = {k: h.attrs[k] for k in ("wall_s", "compile_s", "steps_per_s", "ns_per_day")}
+    with pytest.raises(ValueError, match="temperature"):
+        simulate(_sim_cfg(villin_prepared, prior_yaml, out, temperature=350.0))
+    assert (out / "simulate_config.json").read_text() == saved  # the refused config is not recorded
+    simulate(_sim_cfg(villin_prepared, prior_yaml, out))  # finished: a no-op
+    with h5py.File(traj) as h:
+        assert h.attrs["status"] == "done"
+        assert {k: h.attrs[k] for k in timing} == timing
+
+
+def test_leftover_checkpoint_folders_are_cleaned(tmp_path: Path):
+    import subprocess
+    import sys
+
+    import jax.numpy as jnp
+
+    from cameo_eqx.training import checkpoint as ckpt
+
+    root = tmp_path / "checkpoints"
+    state = {"w": jnp.arange(3.0)}
+    ckpt.save_checkpoint(root, 1, state, {}, keep=5)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    (root / f".step_000000003.tmp{dead}").mkdir()  # killed while writing step 3
+    (root / f".step_000000003.tmp{dead}" / "state.eqx").write_bytes(b"")
+    ckpt.save_checkpoint(root, 2, state, {}, keep=5)
+    # killed between the renames of a re-save of step 2: the old complete copy is the only one
+    (root / "step_000000002").rename(root / f".step_000000002.old{dead}")
+    assert ckpt.latest_valid(root)[0].name == "step_000000002"  # restored, not lost
+    assert sorted(p.name for p in root.iterdir()) == ["step_000000001", "step_000000002"]

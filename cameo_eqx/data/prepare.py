@@ -238,6 +238,18 @@ def _identity(cfg: PrepareConfig) -> dict[str, Any]:
     return d
 
 
+def _drop_if_empty(tmp: Path) -> None:
+    """Removes a temporary dataset that holds no complete protein group (nothing a rerun could reuse), so
+    that a run stopped by bad input leaves nothing behind."""
+    try:
+        with h5py.File(tmp, "r") as h:
+            useful = any(h[k].attrs.get("complete", False) for k in h)
+    except OSError:  # unreadable (e.g. cut short by a full disk): nothing to resume from
+        useful = False
+    if not useful:
+        tmp.unlink(missing_ok=True)
+
+
 def prepare(cfg: PrepareConfig) -> Path:
     """Runs `prepare` (see the module docstring); returns the dataset file path."""
     from tqdm.auto import tqdm
@@ -311,6 +323,7 @@ def prepare(cfg: PrepareConfig) -> Path:
         h5.attrs["errors"] = json.dumps(errors)
     except BaseException:
         h5.close()  # the temporary file keeps complete groups for a resumed run
+        _drop_if_empty(tmp)
         raise
     finalise(h5, tmp, final, keep=names)
     write_atomic(out / "prepare_config.json", json.dumps(to_dict(cfg), indent=2, sort_keys=True))

@@ -632,6 +632,15 @@ def _save_checkpoint(path: Path, state: LangevinState, n_frames: int, capacity: 
     os.replace(tmp, path)
 
 
+def _finished(path: Path, n_frames: int) -> bool:
+    """Whether `path` is a trajectory that ended with status "done" holding exactly `n_frames` frames."""
+    try:
+        with h5py.File(path, "r") as h:
+            return h.attrs.get("status") == "done" and int(h["step"].shape[0]) == n_frames
+    except (OSError, KeyError):
+        return False
+
+
 def simulate(cfg: SimulateConfig) -> Path:
     """The `simulate` command: Langevin dynamics of `cfg.model` from a prepared-dataset structure.
 
@@ -675,7 +684,6 @@ def simulate(cfg: SimulateConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     traj_path, ckpt_path = out / TRAJECTORY_FILE, out / CHECKPOINT_FILE
     cfg_json = _config_json(cfg)
-    write_atomic(out / "simulate_config.json", json.dumps(json.loads(cfg_json), indent=1))
     total = cfg.n_steps // cfg.save_every + 1
 
     writer = None
@@ -693,8 +701,15 @@ def simulate(cfg: SimulateConfig) -> Path:
             state = sim.init(ck["positions"], velocities=ck["velocities"], key=ck["key"], step=int(ck["step"]))
         if n_done > total:
             raise ValueError(f"{ckpt_path} holds {n_done} frames, more than n_steps/save_every + 1 = {total}")
+        if n_done == total and _finished(traj_path, total):
+            # a finished run is left as it is (its timing attributes describe the run that made it)
+            print(f"{traj_path} is complete ({total} frames); nothing to do")
+            return traj_path
+        # the config (saved only once the resume is accepted) is the one that continues the run
+        write_atomic(out / "simulate_config.json", json.dumps(json.loads(cfg_json), indent=1))
         writer = TrajectoryWriter.reopen(traj_path, n_done)
     else:
+        write_atomic(out / "simulate_config.json", json.dumps(json.loads(cfg_json), indent=1))
         for p in (traj_path, ckpt_path):
             if p.exists():
                 p.unlink()

@@ -8,7 +8,9 @@ A checkpoint is a directory `<run>/checkpoints/step_<NNNNNNNNN>/` with
 
 Both are written into a temporary directory, fsynced, and the directory is renamed into place, so a
 crash leaves either the previous checkpoints or a complete new one. On load the checksum is verified;
-a corrupt or truncated checkpoint is reported and the previous one is used.
+a corrupt or truncated checkpoint is reported and the previous one is used. Leftovers of a process
+killed mid-save (`.step_*.tmp<pid>`, `.step_*.old<pid>`) are removed on the next save or resume, and an
+`.old` directory whose replacement never arrived is renamed back into place.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,48 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_LEFTOVER = re.compile(r"^\.(step_\d+)\.(tmp|old)(\d+)$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but is not ours
+        return True
+    return True
+
+
+def clean_leftovers(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """Removes temporary checkpoint directories left by a process that was killed mid-save.
+
+    A `.step_N.old<pid>` whose `step_N` is missing (killed between the two renames) still holds a
+    complete checkpoint: it is renamed back. Directories of a live process are left alone.
+
+    **Returns:** the paths removed or restored.
+    """
+    root = Path(ckpt_dir)
+    if not root.is_dir():
+        return []
+    done = []
+    for p in sorted(root.iterdir()):
+        m = _LEFTOVER.match(p.name)
+        if m is None or not p.is_dir() or _alive(int(m.group(3))):
+            continue
+        final = root / m.group(1)
+        if m.group(2) == "old" and not final.exists():
+            os.replace(p, final)
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+        done.append(p)
+    if done:
+        log.info("cleaned %d leftover checkpoint folder(s) in %s", len(done), root)
+    return done
+
+
 def checkpoint_name(step: int) -> str:
     return f"step_{int(step):09d}"
 
@@ -75,6 +120,7 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, state: Any, meta: di
     """
     root = Path(ckpt_dir)
     root.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(root)
     final = root / checkpoint_name(step)
     tmp = root / f".{final.name}.tmp{os.getpid()}"
     if tmp.exists():
@@ -148,6 +194,7 @@ def latest_valid(ckpt_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | N
 
     **Returns:** `(path, meta)` or None when there is no valid checkpoint.
     """
+    clean_leftovers(ckpt_dir)
     for p in reversed(list_checkpoints(ckpt_dir)):
         try:
             return p, read_meta(p)
