@@ -7,7 +7,10 @@ Q = mean over native pairs of 1 / (1 + exp(β (r - λ r₀))), native pairs = se
 angles and dihedrals, contact maps, 1-D and 2-D free-energy surfaces F = -kT ln p, and Jensen-Shannon
 divergences (base 2, in [0, 1]) between simulated and reference histograms on shared bins.
 
-All NumPy (float64); `analyze(cfg)` writes `summary.json` and PNG plots (matplotlib Agg).
+All NumPy (float64); `analyze(cfg)` writes `summary.json` and PNG plots (matplotlib Agg). Its
+"stationarity" section (`stationarity.py`) gives per replica the potential-energy drift over the second half,
+the kinetic and configurational temperatures, block-averaged observables with error bars, and a verdict
+`stationary: true/false` with the reasons.
 """
 
 from __future__ import annotations
@@ -297,10 +300,77 @@ def analyze(cfg: AnalyzeConfig) -> Path:
         "settings": {"discard": cfg.discard, "contact_cutoff": cfg.contact_cutoff, "contact_min_sep": cfg.contact_min_sep,
                      "q_beta": cfg.q_beta, "q_lambda": cfg.q_lambda, "bins": cfg.bins},
     }  # fmt: skip
+    summary["stationarity"] = _stationarity(cfg, tr, topo, obs_all, start, temp)
     if cfg.plots:
         summary["plots"] = [str(p) for p in _plots(out, tr, obs_all, dists, cm_sim, cm_ref, fes_sim, fes_ref,
                                                    q_edges, r_edges, temp, t_ref, jsd)]  # fmt: skip
     return write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+
+
+def _configurational_temperatures(cfg: AnalyzeConfig, tr: dict[str, Any], topo, start: int) -> tuple[list | None, str]:
+    """Per-replica (T_conf, sem) from the trajectory's model, or (None, reason) when it cannot be had."""
+    import jax
+
+    from .langevin import load_model
+    from .stationarity import configurational_temperature, configurational_terms
+
+    if not cfg.configurational_temperature:
+        return None, "disabled (configurational_temperature = false)"
+    attrs = tr["attrs"]
+    name = str(attrs.get("model", ""))
+    if not name:
+        return None, f"{tr['path']} names no model"
+    path = Path(name)
+    if not path.is_absolute() and not path.exists() and (tr["path"].parent / path).exists():
+        path = tr["path"].parent / path
+    try:
+        model = load_model(path)
+    except Exception as e:  # a missing or unreadable model only costs T_conf
+        return None, f"model {name} could not be loaded ({type(e).__name__}: {e})"
+    x = tr["positions"]
+    idx = np.unique(np.linspace(start, x.shape[0] - 1, cfg.tconf_frames).round().astype(int))
+    n_rep = x.shape[1]
+    frames = np.transpose(x[idx], (1, 0, 2, 3)).reshape(-1, *x.shape[2:])  # replica-major
+    cutoff = float(attrs.get("cutoff", 10.0))
+    pair_min_sep = int(attrs.get("pair_min_sep", 2))
+    try:
+        g2, lap = configurational_terms(model, topo, frames, cutoff=cutoff, pair_min_sep=pair_min_sep,
+                                        key=jax.random.PRNGKey(cfg.seed), n_probes=cfg.tconf_probes)  # fmt: skip
+    except Exception as e:  # e.g. a model that forward-mode autodiff cannot differentiate twice
+        return None, f"model {name} could not be evaluated ({type(e).__name__}: {e})"
+    g2, lap = g2.reshape(n_rep, -1), lap.reshape(n_rep, -1)
+    return [configurational_temperature(g2[r], lap[r]) for r in range(n_rep)], ""
+
+
+def _stationarity(cfg: AnalyzeConfig, tr: dict[str, Any], topo, obs_all: dict[str, np.ndarray], start: int,
+                  temp: float) -> dict[str, Any]:  # fmt: skip
+    """The summary's "stationarity" section (see `stationarity.replica_stationarity` for the checks)."""
+    from .stationarity import replica_stationarity
+
+    tconf, why = _configurational_temperatures(cfg, tr, topo, start)
+    replicas, reasons = [], []
+    status = str(tr["attrs"].get("status", ""))
+    if status != "done":
+        reasons.append(f"the simulation's status is {status!r}, not 'done'")
+    n_rep = tr["positions"].shape[1]
+    for r in range(n_rep):
+        nums, why_not = replica_stationarity(
+            tr["time_ps"], tr["potential"][:, r], tr["temperature_inst"][:, r],
+            {k: v[:, r] for k, v in obs_all.items()}, start, temp, cfg, None if tconf is None else tconf[r],
+        )  # fmt: skip
+        replicas.append({"replica": r, **nums, "reasons": why_not})
+        reasons += [f"replica {r}: {w}" for w in why_not]
+    return {
+        "stationary": not reasons, "reasons": reasons,
+        "configurational_temperature": {"available": tconf is not None, "reason": why or None,
+                                        "frames_per_replica": cfg.tconf_frames, "probes": cfg.tconf_probes},
+        "replicas": replicas,
+        "thresholds": {"sigmas": cfg.stationarity_sigmas, "drift_tolerance": cfg.drift_tolerance,
+                       "kinetic_temperature_tolerance": cfg.kinetic_temperature_tolerance,
+                       "configurational_temperature_tolerance": cfg.configurational_temperature_tolerance,
+                       "half_difference_tolerance": cfg.half_difference_tolerance,
+                       "half_compare": list(cfg.half_compare)},
+    }  # fmt: skip
 
 
 def _plots(out, tr, obs_all, dists, cm_sim, cm_ref, fes_sim, fes_ref, q_edges, r_edges, temp, t_ref, jsd):

@@ -106,8 +106,51 @@ class AnalyzeConfig:
     """Histogram bins of each distribution (shared by simulation and reference)."""
     plots: bool = True
     """Write PNG plots."""
+    stationarity_sigmas: float = 3.0
+    """A stationarity check fails only when its deviation exceeds this many standard errors (block
+    averaging) and also its tolerance below: significant and large enough to matter."""
+    drift_tolerance: float = 0.5
+    """Potential-energy drift (least-squares slope over the second half of the run) fails when the trend's
+    change over that half exceeds this fraction of the energy's fluctuation (residual standard deviation)."""
+    kinetic_temperature_tolerance: float = 0.05
+    """Fraction of the bath temperature by which the mean kinetic temperature may differ (BAOAB's kinetic
+    temperature carries a small time-step error)."""
+    configurational_temperature_tolerance: float = 0.10
+    """Fraction of the bath temperature by which the configurational temperature <|∇U|²>/(k_B <∇²U>) may
+    differ (wider: it is estimated from a subsample of frames with random probes)."""
+    half_difference_tolerance: float = 0.5
+    """An observable in half_compare fails when its first- and second-half means differ by more than this
+    fraction of its standard deviation over the analysed frames."""
+    half_compare: tuple[str, ...] = ("rg", "q")
+    """Observables whose first- and second-half means are compared (rg, q, rmsd, potential_energy)."""
+    min_blocks: int = 8
+    """Fewest blocks a blocking level may have (Flyvbjerg-Petersen error bars)."""
+    configurational_temperature: bool = True
+    """Estimate T_conf with the simulation's model (loaded from the trajectory's `model` attribute; reported
+    as null with the reason when it cannot be loaded)."""
+    tconf_frames: int = 40
+    """Frames per replica (evenly spaced over the analysed frames) at which T_conf is estimated."""
+    tconf_probes: int = 8
+    """Rademacher probes per frame of the Hutchinson estimate of the Laplacian ∇²U."""
+    seed: int = 0
+    """Seed of the Hutchinson probes."""
 
     def validate(self) -> None:
+        checks = [
+            (self.stationarity_sigmas > 0, "stationarity_sigmas must be > 0"),
+            (self.drift_tolerance >= 0, "drift_tolerance must be >= 0"),
+            (self.kinetic_temperature_tolerance >= 0, "kinetic_temperature_tolerance must be >= 0"),
+            (self.configurational_temperature_tolerance >= 0, "configurational_temperature_tolerance must be >= 0"),
+            (self.half_difference_tolerance >= 0, "half_difference_tolerance must be >= 0"),
+            (set(self.half_compare) <= {"rg", "q", "rmsd", "potential_energy"},
+             f"half_compare must name rg, q, rmsd or potential_energy, got {list(self.half_compare)}"),
+            (self.min_blocks >= 2, "min_blocks must be >= 2"),
+            (self.tconf_frames >= 2, "tconf_frames must be >= 2"),
+            (self.tconf_probes >= 1, "tconf_probes must be >= 1"),
+        ]  # fmt: skip
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"AnalyzeConfig: {msg}")
         if not 0.0 <= self.discard < 1.0:
             raise ValueError(f"AnalyzeConfig: discard must be in [0, 1), got {self.discard}")
         if self.bins < 2:
