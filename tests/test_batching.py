@@ -355,3 +355,83 @@ def test_villin_epoch_exact(villin_h5):
     assert set(seen.values()) == {1} and len(seen) == 400
     u = loader.stats.overall()
     assert u["nodes"] > 0.8  # 35-bead frames in a 256-node bucket: 7 per batch
+
+
+def _traj_records():
+    """Three proteins: 2 temperatures x 3 replicas of 40 frames each (stored interleaved by trajectory),
+    and one protein with a single trajectory of 60 frames."""
+    base = synthetic_records([10, 14, 9], [240, 240, 60], seed=5)
+    out = []
+    for r in base[:2]:
+        temp = np.repeat([320.0, 350.0], 120).astype(np.float32)
+        rep = np.tile(np.repeat([0, 1, 2], 40), 2).astype(np.int32)
+        out.append(dataclasses.replace(r, temperature=temp, replica=rep))
+    out.append(dataclasses.replace(base[2], temperature=np.full(60, 320.0, np.float32),
+                                   replica=np.zeros(60, np.int32)))  # fmt: skip
+    return out
+
+
+def _positions_in_trajectory(rec, idx):
+    """(trajectory key, position within that trajectory) of every frame index."""
+    key = list(zip(rec.temperature.tolist(), rec.replica.tolist()))
+    pos = {}
+    for k in set(key):
+        for p, i in enumerate(np.flatnonzero([kk == k for kk in key])):
+            pos[int(i)] = (k, p)
+    return [pos[int(i)] for i in idx]
+
+
+def test_time_block_split_keeps_a_gap(caplog):
+    """No validation frame lies within `gap` stored frames of a training frame of the same trajectory;
+    every trajectory has validation frames; deterministic by seed; the dropped frames are the gaps."""
+    recs = _traj_records()
+    for gap in (0, 3, 5):
+        s = split_frames(recs, by="time_block", val_fraction=0.2, seed=1, gap=gap, n_blocks=5)
+        for r in recs:
+            tr, va = s.train[r.name], s.val[r.name]
+            dr = s.dropped.get(r.name, np.zeros(0, int))
+            assert not set(tr) & set(va) and not set(dr) & (set(tr) | set(va))
+            assert len(tr) + len(va) + len(dr) == r.n_frames
+            ptr, pva = _positions_in_trajectory(r, tr), _positions_in_trajectory(r, va)
+            for k, p in pva:
+                near = [q for kk, q in ptr if kk == k and abs(q - p) <= gap]
+                assert not near, (r.name, k, p, near)
+            assert {k for k, _ in pva} == set(zip(r.temperature.tolist(), r.replica.tolist()))
+            assert abs(len(va) / r.n_frames - 0.2) < 0.05
+            if gap == 0:
+                assert len(dr) == 0
+    same = split_frames(recs, by="time_block", val_fraction=0.2, seed=1, gap=3, n_blocks=5)
+    other = split_frames(recs, by="time_block", val_fraction=0.2, seed=2, gap=3, n_blocks=5)
+    again = split_frames(recs, by="time_block", val_fraction=0.2, seed=1, gap=3, n_blocks=5)
+    assert all(np.array_equal(same.val[n], again.val[n]) for n in same.val)
+    assert any(not np.array_equal(same.val[n], other.val[n]) for n in same.val)
+    # short trajectories with a wide gap lose many frames: said in a warning
+    with caplog.at_level("WARNING"):
+        split_frames(recs, by="time_block", val_fraction=0.2, gap=10, n_blocks=10)
+    assert "drops" in caplog.text
+
+
+def test_trajectory_split_holds_out_whole_trajectories(caplog):
+    recs = _traj_records()
+    with caplog.at_level("WARNING"):
+        s = split_frames(recs, by="trajectory", val_fraction=0.34, seed=0, gap=4)
+    for r in recs[:2]:
+        key = np.asarray([hash(k) for k in zip(r.temperature.tolist(), r.replica.tolist())])
+        ktr, kva = set(key[s.train[r.name]]), set(key[s.val[r.name]])
+        assert not ktr & kva and len(kva) == 2 and len(ktr) == 4  # round(0.34 * 6) trajectories
+        assert len(s.train[r.name]) + len(s.val[r.name]) == r.n_frames  # no gap needed
+    # the single-trajectory protein falls back to time blocks with a warning
+    one = recs[2]
+    assert "single (temperature, replica) trajectory" in caplog.text and one.name in caplog.text
+    assert len(s.val[one.name]) and len(s.dropped[one.name])
+    assert min(abs(a - b) for a in s.val[one.name] for b in s.train[one.name]) > 4
+    again = split_frames(recs, by="trajectory", val_fraction=0.34, seed=0, gap=4)
+    assert all(np.array_equal(s.val[n], again.val[n]) for n in s.val)
+    with pytest.raises(ValueError, match="gap"):
+        split_frames(recs, by="time_block", gap=-1)
+
+
+def test_default_split_is_leak_free():
+    from cameo_eqx.training.config import DataConfig
+
+    assert DataConfig().split_by in ("trajectory", "time_block") and DataConfig().split_gap >= 1

@@ -3,7 +3,8 @@
 From a prepared dataset to packed `Batch`es (see `cameo_eqx.graph` for the batch layout):
 
 1. `split_frames` selects frames (optionally by temperature) and splits them into train and
-   validation, by protein (whole proteins held out: transferability) or by frame.
+   validation: by protein (whole proteins held out: transferability), by (temperature, replica)
+   trajectory, by time block (contiguous blocks with a gap), or by frame (leaks: for comparison).
 2. `choose_buckets` derives a few `Capacity` buckets from the dataset: beads and bonded terms per
    frame are exact (topology); radius-graph edges and non-bonded pairs are estimated from a few
    sampled frames per (protein, temperature) and recorded in the returned `BucketPlan`. Make one
@@ -63,6 +64,7 @@ __all__ = [
     "EpochPlan",
     "EpochPlanner",
     "EpochStats",
+    "SPLITS",
     "SizeEstimate",
     "Split",
     "Step",
@@ -102,6 +104,8 @@ class Split:
     val: dict[str, Int[np.ndarray, " k"]]
     by: str
     seed: int
+    dropped: dict[str, Int[np.ndarray, " k"]] = dataclasses.field(default_factory=dict)
+    """Frames in neither set: the gaps between training and validation blocks."""
 
     @property
     def n_train(self) -> int:
@@ -145,35 +149,96 @@ def select_frames(
     return out
 
 
+SPLITS = ("protein", "trajectory", "time_block", "frame")
+"""The `split_frames` modes, most to least strict."""
+
+
+def _trajectories(rec: ProteinRecord, idx: np.ndarray) -> list[np.ndarray]:
+    """The selected frames `idx` of one protein grouped by (temperature, replica), each group in stored
+    (time) order."""
+    t = np.round(np.asarray(rec.temperature, np.float64)[idx], 3)
+    r = np.asarray(rec.replica, np.int64)[idx]
+    keys = sorted(set(zip(t.tolist(), r.tolist())))
+    return [idx[(t == kt) & (r == kr)] for kt, kr in keys]
+
+
+def _time_blocks(traj: np.ndarray, val_fraction: float, n_blocks: int, gap: int, rng: np.random.Generator):
+    """One trajectory cut into `n_blocks` contiguous blocks; `round(val_fraction · n_blocks)` random blocks
+    (at least one when val_fraction > 0, at most all but one) are validation; training frames within `gap`
+    positions of a validation frame are dropped. **Returns:** `(train, val)` frame indices."""
+    m = len(traj)
+    b = max(1, min(n_blocks, m))
+    block = np.arange(m) * b // m  # block id of every position, contiguous and balanced
+    k = round(val_fraction * b)
+    if val_fraction > 0 and b >= 2:
+        k = min(max(k, 1), b - 1)
+    held = np.isin(block, rng.permutation(b)[:k])
+    if not held.any():
+        return traj, traj[:0]
+    pos = np.arange(m)
+    vpos = pos[held]
+    # distance (in positions) from every frame to the nearest validation frame
+    j = np.clip(np.searchsorted(vpos, pos), 1, len(vpos)) - 1
+    near = np.minimum(np.abs(pos - vpos[j]), np.abs(pos - vpos[np.minimum(j + 1, len(vpos) - 1)]))
+    keep = ~held & (near > gap)
+    return traj[keep], traj[held]
+
+
 def split_frames(
     source: Source,
-    by: Literal["protein", "frame"] = "protein",
+    by: Literal["protein", "trajectory", "time_block", "frame"] = "protein",
     val_fraction: float = 0.1,
     seed: int = 0,
     *,
     temperatures: Sequence[float] | None = None,
+    gap: int = 5,
+    n_blocks: int = 10,
 ) -> Split:
     """Splits the selected frames into train and validation sets, deterministically by `seed`.
 
     **Arguments:**
 
     - `source`: a `PreparedDataset` or a sequence of `ProteinRecord`s.
-    - `by`: `"protein"` holds out whole proteins (`round(val_fraction * n_proteins)`, at least one
-      when `val_fraction > 0` and there are two or more proteins): tests transferability.
-      `"frame"` holds out `round(val_fraction * n)` random frames of every protein.
+    - `by`:
+      - `"protein"` holds out whole proteins (`round(val_fraction * n_proteins)`, at least one when
+        `val_fraction > 0` and there are two or more proteins): tests transferability.
+      - `"trajectory"` holds out whole (temperature, replica) trajectories of every protein
+        (`round(val_fraction * n)`, at least one, at most all but one); a protein with a single trajectory
+        falls back, with a warning, to the time-block split.
+      - `"time_block"` cuts every trajectory into `n_blocks` contiguous blocks and holds out whole blocks;
+        training frames within `gap` frames of a validation frame are dropped (used by neither side).
+      - `"frame"` holds out `round(val_fraction * n)` random frames of every protein. Validation frames
+        then sit next to training frames of the same trajectory (correlated): for comparison only.
     - `val_fraction`: fraction held out, in [0, 1).
     - `seed`: the random seed.
     - `temperatures`: select only frames at these temperatures (K) first.
+    - `gap`: frames dropped on the training side of every train/validation boundary ("time_block", and
+      "trajectory"'s fallback); distances count stored frames of one trajectory, which are in time order.
+    - `n_blocks`: blocks per trajectory for "time_block" (fewer when a trajectory has fewer frames).
 
-    **Returns:** a `Split`; train and validation are disjoint and together cover the selection.
+    **Returns:** a `Split`; train and validation are disjoint and, except the frames in `Split.dropped`,
+    together cover the selection.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if by not in SPLITS:
+        raise ValueError(f"split by must be one of {SPLITS}, got {by!r}")
+    if gap < 0 or n_blocks < 1:
+        raise ValueError(f"split gap must be >= 0 and n_blocks >= 1, got gap {gap}, n_blocks {n_blocks}")
     sel = select_frames(source, temperatures)
     names = sorted(sel)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
     train: dict[str, np.ndarray] = {}
     val: dict[str, np.ndarray] = {}
+    dropped: dict[str, np.ndarray] = {}
+
+    def put(name, tr, va):
+        tr, va = np.sort(np.asarray(tr, np.int64)), np.sort(np.asarray(va, np.int64))
+        drop = np.setdiff1d(sel[name], np.concatenate([tr, va]))
+        for d, v in ((train, tr), (val, va), (dropped, drop)):
+            if len(v):
+                d[name] = v
+
     if by == "protein":
         n_val = round(val_fraction * len(names))
         if val_fraction > 0 and len(names) >= 2:
@@ -187,13 +252,30 @@ def split_frames(
             k = round(val_fraction * len(idx))
             pick = np.zeros(len(idx), bool)
             pick[rng.permutation(len(idx))[:k]] = True
-            if (~pick).any():
-                train[n] = idx[~pick]
-            if pick.any():
-                val[n] = idx[pick]
+            put(n, idx[~pick], idx[pick])
     else:
-        raise ValueError(f"split by must be 'protein' or 'frame', got {by!r}")
-    return Split(train=train, val=val, by=by, seed=seed)
+        recs = {r.name: r for r in _records(source)}
+        for n in names:
+            trajs = _trajectories(recs[n], sel[n])
+            if by == "trajectory" and len(trajs) >= 2:
+                k = round(val_fraction * len(trajs))
+                if val_fraction > 0:
+                    k = min(max(k, 1), len(trajs) - 1)
+                held = set(rng.permutation(len(trajs))[:k].tolist())
+                put(n, np.concatenate([t for i, t in enumerate(trajs) if i not in held] or [sel[n][:0]]),
+                    np.concatenate([t for i, t in enumerate(trajs) if i in held] or [sel[n][:0]]))  # fmt: skip
+                continue
+            if by == "trajectory" and val_fraction > 0:
+                log.warning("split by trajectory: protein %s has a single (temperature, replica) trajectory; "
+                            "splitting it into time blocks instead", n)  # fmt: skip
+            parts = [_time_blocks(t, val_fraction, n_blocks, gap, rng) for t in trajs]
+            put(n, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    n_drop, n_sel = sum(len(v) for v in dropped.values()), sum(len(v) for v in sel.values())
+    if n_drop > 0.2 * n_sel:
+        log.warning("split by %s drops %d of %d frames in the gaps between training and validation blocks: "
+                    "the trajectories are short for split_gap %d and split_blocks %d (use fewer blocks, a "
+                    "smaller gap, or split_by trajectory)", by, n_drop, n_sel, gap, n_blocks)  # fmt: skip
+    return Split(train=train, val=val, by=by, seed=seed, dropped=dropped)
 
 
 def _check_selection(recs: Mapping[str, ProteinRecord], frames: Mapping[str, Any]):

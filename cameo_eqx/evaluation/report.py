@@ -28,8 +28,10 @@ def _frames(cfg: EvaluateConfig, run_cfg: dict[str, Any], ds) -> dict[str, np.nd
     if cfg.split == "all":
         sel = select_frames(ds, temps)
     else:
+        # the run's own split (config.json holds every field; runs older than split_gap used "frame")
         sp = split_frames(ds, d.get("split_by", "frame"), float(d.get("val_fraction", 0.1)),
-                          int(d.get("split_seed", 0)), temperatures=temps)  # fmt: skip
+                          int(d.get("split_seed", 0)), temperatures=temps, gap=int(d.get("split_gap", 5)),
+                          n_blocks=int(d.get("split_blocks", 10)))  # fmt: skip
         sel = sp.val if cfg.split == "val" else sp.train
         if not sel:
             raise ValueError(f"run {cfg.run}: the {cfg.split!r} split is empty (val_fraction "

@@ -1,8 +1,9 @@
 """The DataModule: a prepared dataset → split → train / validation batch streams (Lightning analogue).
 
-Wraps `cameo_eqx.data.batching`: the split is by protein or frame (seeded by `split_seed`, the same
-for every ensemble member), the train loader plans every epoch deterministically from `(seed, epoch)`
-and gives each process a disjoint share; batches carry a leading axis of this process's device count.
+Wraps `cameo_eqx.data.batching`: the split (`split_by`: protein, trajectory, time_block or frame;
+seeded by `split_seed`, the same for every ensemble member), the train loader plans every epoch
+deterministically from `(seed, epoch)` and gives each process a disjoint share; batches carry a leading
+axis of this process's device count.
 `train_batches(epoch, start)` can start mid-epoch (resume) and prefetches in a background thread.
 """
 
@@ -49,7 +50,8 @@ class DataModule:
         self.cfg = cfg
         self.dataset = dataset if dataset is not None else PreparedDataset(cfg.dataset)
         self.split: Split = split_frames(self.dataset, cfg.split_by, cfg.val_fraction, cfg.split_seed,
-                                         temperatures=cfg.temperatures)  # fmt: skip
+                                         temperatures=cfg.temperatures, gap=cfg.split_gap,
+                                         n_blocks=cfg.split_blocks)  # fmt: skip
         if self.split.n_train == 0:
             raise ValueError(f"dataset {cfg.dataset}: the split leaves no training frames")
         common = dict(cutoff=cfg.cutoff, target_nodes=cfg.target_nodes, pair_min_sep=cfg.pair_min_sep,
