@@ -73,6 +73,22 @@ class PrepareConfig:
     chunk_size: int = 512
     """Frames read per slice (bounds memory for large files)."""
 
+    def check_fields(self, where: str = "prepare") -> None:
+        """Range checks of single fields (types are checked when the config is read)."""
+        check(where, [
+            ("stride", self.stride >= 1, ">= 1", self.stride),
+            ("max_frames", self.max_frames is None or self.max_frames >= 1, ">= 1 or null", self.max_frames),
+            ("workers", self.workers >= 1, ">= 1", self.workers),
+            ("chunk_size", self.chunk_size >= 1, ">= 1", self.chunk_size),
+            ("optimal_max_frames", self.optimal_max_frames >= 2, ">= 2", self.optimal_max_frames),
+            ("optimal_lambda", self.optimal_lambda is None or self.optimal_lambda > 0, "> 0 or null",
+             self.optimal_lambda),
+            ("lambda_grid", all(x > 0 for x in self.lambda_grid) and len(self.lambda_grid) > 0,
+             "one or more values > 0", self.lambda_grid),
+            ("constraint_threshold", self.constraint_threshold > 0, "> 0", self.constraint_threshold),
+            ("max_ca_distance", self.max_ca_distance > 0, "> 0", self.max_ca_distance),
+        ])  # fmt: skip
+
 
 @dataclasses.dataclass(frozen=True)
 class InspectConfig:
@@ -107,44 +123,104 @@ def to_json(cfg: Any) -> str:
     return json.dumps(to_dict(cfg), sort_keys=True, indent=2)
 
 
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of range; the message names the file and the key."""
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
-    """Converts a YAML value to the field type (tuples, paths, nested dataclasses, optionals)."""
+    """Converts a YAML value to the field type `tp`, checking it on the way (one checker for every config,
+    driven by the dataclass annotations): ints, floats, bools, strings, paths, `Literal`s, optionals,
+    unions, tuples and nested dataclasses. A wrong type is a `ConfigError` naming `where` (file:key)."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if tp is Any:
+        return value
     if value is None:
-        return None
+        if tp is type(None) or (origin in (typing.Union, types.UnionType) and type(None) in args):
+            return None
+        raise ConfigError(f"{where}: a value is required (null is not allowed here)")
     if origin in (typing.Union, types.UnionType):
         non_none = [a for a in args if a is not type(None)]
-        if len(non_none) == 1:
-            return _coerce(non_none[0], value, where)
-        return value
+        errors = []
+        for a in non_none:
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as e:
+                errors.append(str(e).removeprefix(f"{where}: "))
+        raise ConfigError(f"{where}: {'; or '.join(errors)}")
+    if origin is Literal:
+        if value in args and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected one of {list(args)}, got {_describe(value)}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
-    if tp is Path:
-        return Path(value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             value = [value]
-        elem = args[0] if args else Any
-        return tuple(_coerce(elem, v, where) for v in value)
-    if tp is float and isinstance(value, int):
-        return float(value)
+        if len(args) == 2 and args[1] is Ellipsis or len(args) == 1:
+            return tuple(_coerce(args[0], v, f"{where}[{k}]") for k, v in enumerate(value))
+        if args:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(a, v, f"{where}[{k}]") for k, (a, v) in enumerate(zip(args, value)))
+        return tuple(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: expected an integer, got {_describe(value)}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {_describe(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {_describe(value)} (quote it in YAML)")
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value)
+        raise ConfigError(f"{where}: expected a path, got {_describe(value)}")
     return value
 
 
+def check(where: str, rules: list[tuple[str, bool, str, Any]]) -> None:
+    """Range checks of a config: `(key, ok, what it must be, value)` each; the first failure is a
+    `ConfigError` naming `where.key`. Configs call this from `check_fields(where)`."""
+    for key, ok, expected, value in rules:
+        if not ok:
+            raise ConfigError(f"{where}.{key} must be {expected}, got {value!r}")
+
+
 def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
-    """Builds a config dataclass from a dict, with a clear error on unknown keys."""
+    """Builds a config dataclass from a dict: unknown keys, wrong types and (through the class's
+    `check_fields(where)`, when it has one) out-of-range values are `ConfigError`s naming `where.key`."""
     if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {_describe(data)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)
     if unknown:
-        raise ValueError(
-            f"{where}: unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(names)}"
-        )
+        raise ConfigError(f"{where}: unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    if hasattr(obj, "check_fields"):
+        obj.check_fields(where)
+    return obj
 
 
 def load_yaml_defaults(cls: type, path: str | Path, command: str) -> Any:

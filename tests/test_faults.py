@@ -164,3 +164,56 @@ def test_leftover_checkpoint_folders_are_cleaned(tmp_path: Path):
     (root / "step_000000002").rename(root / f".step_000000002.old{dead}")
     assert ckpt.latest_valid(root)[0].name == "step_000000002"  # restored, not lost
     assert sorted(p.name for p in root.iterdir()) == ["step_000000001", "step_000000002"]
+
+
+# ------------------------------------------------------------------- case 4: config types and ranges
+
+
+@pytest.mark.parametrize("text, match", [
+    ("stages:\n  - {name: a, lr_decay: 0.5}\n", r"train\.stages\[0\]: unknown option\(s\) \['lr_decay'\]"),
+    ("stages:\n  - {name: a, epochs: 2.7}\n", r"train\.stages\[0\]\.epochs: expected an integer, got 2\.7"),
+    ("stages:\n  - {name: a, epochs: '2'}\n", r"train\.stages\[0\]\.epochs: expected an integer, got '2'"),
+    ("log_every: five\n", r"train\.log_every: expected an integer, got 'five'"),
+    ("checkpoint_every: -3\n", r"train\.checkpoint_every must be >= 1, got -3"),
+    ("data: {val_fraction: 1.5}\n", r"train\.data\.val_fraction must be in \[0, 1\), got 1\.5"),
+    ("progress: 'no'\n", r"train\.progress: expected true or false"),
+    ("keep: some\n", r"train\.keep: expected one of \['all', 'best'\]"),
+])  # fmt: skip
+def test_bad_config_values_name_the_file_and_key(tmp_path: Path, text: str, match: str):
+    from cameo_eqx.config import ConfigError, load_yaml_defaults
+    from cameo_eqx.training.config import TrainConfig
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n" + "".join("  " + line + "\n" for line in text.splitlines()))
+    with pytest.raises(ConfigError, match=str(path).replace(".", r"\.") + ":" + match):
+        load_yaml_defaults(TrainConfig, path, "train")
+
+
+def test_config_checks_also_cover_configs_built_in_python():
+    import dataclasses
+
+    from cameo_eqx.training.config import StageConfig, TrainConfig
+
+    with pytest.raises(ValueError, match=r"stages\[0\]\.epochs must be an integer, got 2\.7"):
+        TrainConfig(stages=(StageConfig(epochs=2.7),)).validate()
+    with pytest.raises(ValueError, match=r"train\.log_every must be >= 1, got 0"):
+        dataclasses.replace(TrainConfig(), log_every=0).validate()
+
+
+def test_shipped_configs_and_good_values_still_load(tmp_path: Path):
+    import yaml
+
+    from cameo_eqx.config import PrepareConfig, load_yaml_defaults
+    from cameo_eqx.training.config import TrainConfig
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for p in sorted(root.glob("*.yaml")):
+        sections = yaml.safe_load(p.read_text()) or {}
+        if "train" in sections or p.name.startswith("train"):
+            load_yaml_defaults(TrainConfig, p, "train")
+        if "prepare" in sections or p.name == "prepare.yaml":
+            load_yaml_defaults(PrepareConfig, p, "prepare")
+    path = tmp_path / "ok.yaml"
+    path.write_text("stages:\n  - {name: a, epochs: 3.0, lr: 1e-3, clip_norm: null}\nmax_steps: 5\n")
+    cfg = load_yaml_defaults(TrainConfig, path, "train")
+    assert cfg.stages[0].epochs == 3 and isinstance(cfg.stages[0].epochs, int) and cfg.stages[0].lr == 1e-3

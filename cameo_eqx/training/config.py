@@ -53,17 +53,39 @@ class StageConfig:
     min_delta: float = 0.0
     """Smallest validation-loss decrease that counts as an improvement."""
 
-    def validate(self, where: str = "stage") -> None:
+    def check_fields(self, where: str = "stage") -> None:
+        """Range checks (types are checked when the config is read); errors name `where.key`."""
+        from ..config import check
+
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"{where}.optimizer: unknown {self.optimizer!r}; choose one of {OPTIMIZERS}")
-        if self.epochs < 0:
-            raise ValueError(f"{where}.epochs must be >= 0, got {self.epochs}")
-        if not self.lr > 0:
-            raise ValueError(f"{where}.lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.warmup_fraction < 1.0:
-            raise ValueError(f"{where}.warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"{where}.ema_decay must be in (0, 1), got {self.ema_decay}")
+        _int("epochs", self.epochs, where)
+        _int("early_stopping", self.early_stopping, where)
+        check(where, [
+            ("epochs", self.epochs >= 0, ">= 0", self.epochs),
+            ("lr", self.lr > 0, "> 0", self.lr),
+            ("warmup_fraction", 0.0 <= self.warmup_fraction < 1.0, "in [0, 1)", self.warmup_fraction),
+            ("end_lr_factor", self.end_lr_factor >= 0, ">= 0", self.end_lr_factor),
+            ("clip_norm", self.clip_norm is None or self.clip_norm > 0, "> 0 or null", self.clip_norm),
+            ("weight_decay", self.weight_decay >= 0, ">= 0", self.weight_decay),
+            ("b1", 0.0 <= self.b1 < 1.0, "in [0, 1)", self.b1),
+            ("b2", 0.0 <= self.b2 < 1.0, "in [0, 1)", self.b2),
+            ("eps", self.eps >= 0, ">= 0", self.eps),
+            ("ema_decay", self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "in (0, 1) or null",
+             self.ema_decay),
+            ("early_stopping", self.early_stopping is None or self.early_stopping >= 1, ">= 1 or null",
+             self.early_stopping),
+            ("min_delta", self.min_delta >= 0, ">= 0", self.min_delta),
+        ])  # fmt: skip
+
+    def validate(self, where: str = "stage") -> None:
+        self.check_fields(where)
+
+
+def _int(key: str, value, where: str) -> None:
+    """Counts built in Python (not read from YAML, where types are checked) must be integers too."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{where}.{key} must be an integer, got {value!r} ({type(value).__name__})")
 
 
 DEFAULT_STAGES: tuple[StageConfig, ...] = (
@@ -106,18 +128,12 @@ class DataConfig:
 
     dataset: Path = Path("prepared")
     """Prepared dataset directory (or its dataset.h5)."""
-    split_by: Literal["protein", "trajectory", "time_block", "frame"] = "time_block"
-    """Validation split: whole proteins (transferability), whole (temperature, replica) trajectories of
-    every protein (many replicas/temperatures), contiguous time blocks of every trajectory with a gap (few
-    trajectories), or random frames (leaks: validation frames sit next to training frames; comparison only)."""
+    split_by: Literal["protein", "frame"] = "frame"
+    """Validation split: hold out whole proteins (transferability) or random frames of every protein."""
     val_fraction: float = 0.1
     """Fraction held out for validation."""
     split_seed: int = 0
     """Seed of the split (the same for every ensemble member)."""
-    split_gap: int = 5
-    """time_block split: training frames within this many stored frames of a validation frame are dropped."""
-    split_blocks: int = 10
-    """time_block split: contiguous blocks per trajectory (whole blocks are held out)."""
     temperatures: tuple[float, ...] | None = None
     """Temperatures (K) to train on; None: all."""
     cutoff: float = 10.0
@@ -131,6 +147,21 @@ class DataConfig:
     prefetch: int = 2
     """Batches built ahead in a background thread (0: in the training thread)."""
     max_val_frames: int | None = None
+    """Cap on validation frames (evenly subsampled per protein); None: all."""
+
+    def check_fields(self, where: str = "data") -> None:
+        """Range checks (types are checked when the config is read); errors name `where.key`."""
+        from ..config import check
+
+        check(where, [
+            ("val_fraction", 0.0 <= self.val_fraction < 1.0, "in [0, 1)", self.val_fraction),
+            ("cutoff", self.cutoff > 0, "> 0 Å", self.cutoff),
+            ("pair_min_sep", self.pair_min_sep >= 1, ">= 1", self.pair_min_sep),
+            ("target_nodes", self.target_nodes >= 1, ">= 1", self.target_nodes),
+            ("prefetch", self.prefetch >= 0, ">= 0", self.prefetch),
+            ("max_val_frames", self.max_val_frames is None or self.max_val_frames >= 1, ">= 1 or null",
+             self.max_val_frames),
+        ])  # fmt: skip
     """Cap on validation frames (evenly subsampled per protein); None: all."""
 
 
@@ -196,7 +227,30 @@ class TrainConfig:
     distributed: DistributedConfig = DistributedConfig()
     """Multi-process settings."""
 
+    def check_fields(self, where: str = "train") -> None:
+        """Range checks of single fields (types are checked when the config is read); errors name
+        `where.key`. The cross-field checks are in `validate`."""
+        from ..config import check
+
+        for key in ("seed", "ensemble", "checkpoint_every", "keep_checkpoints", "log_every", "max_steps",
+                    "val_every"):  # fmt: skip
+            _int(key, getattr(self, key), where)
+        check(where, [
+            ("name", bool(self.name) and "/" not in self.name, "a non-empty folder name without '/'", self.name),
+            ("gamma_f", self.gamma_f >= 0, ">= 0", self.gamma_f),
+            ("gamma_u", self.gamma_u >= 0, ">= 0", self.gamma_u),
+            ("seed", self.seed >= 0, ">= 0", self.seed),
+            ("ensemble", self.ensemble >= 1, ">= 1", self.ensemble),
+            ("checkpoint_every", self.checkpoint_every >= 1, ">= 1", self.checkpoint_every),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1", self.keep_checkpoints),
+            ("log_every", self.log_every >= 1, ">= 1", self.log_every),
+            ("max_steps", self.max_steps is None or self.max_steps >= 0, ">= 0 or null", self.max_steps),
+            ("val_every", self.val_every >= 1, ">= 1", self.val_every),
+        ])  # fmt: skip
+
     def validate(self) -> None:
+        self.check_fields("train")
+        self.data.check_fields("train.data")
         if not self.stages and not self.refine.enabled:
             raise ValueError("train: no stages configured (stages is empty and refine.enabled is false)")
         for k, s in enumerate(self.stages):
