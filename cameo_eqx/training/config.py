@@ -128,12 +128,18 @@ class DataConfig:
 
     dataset: Path = Path("prepared")
     """Prepared dataset directory (or its dataset.h5)."""
-    split_by: Literal["protein", "frame"] = "frame"
-    """Validation split: hold out whole proteins (transferability) or random frames of every protein."""
+    split_by: Literal["protein", "trajectory", "time_block", "frame"] = "time_block"
+    """Validation split: whole proteins (transferability), whole (temperature, replica) trajectories of
+    every protein (many replicas/temperatures), contiguous time blocks of every trajectory with a gap (few
+    trajectories), or random frames (leaks: validation frames sit next to training frames; comparison only)."""
     val_fraction: float = 0.1
     """Fraction held out for validation."""
     split_seed: int = 0
     """Seed of the split (the same for every ensemble member)."""
+    split_gap: int = 5
+    """time_block split: training frames within this many stored frames of a validation frame are dropped."""
+    split_blocks: int = 10
+    """time_block split: contiguous blocks per trajectory (whole blocks are held out)."""
     temperatures: tuple[float, ...] | None = None
     """Temperatures (K) to train on; None: all."""
     cutoff: float = 10.0
@@ -162,7 +168,6 @@ class DataConfig:
             ("max_val_frames", self.max_val_frames is None or self.max_val_frames >= 1, ">= 1 or null",
              self.max_val_frames),
         ])  # fmt: skip
-    """Cap on validation frames (evenly subsampled per protein); None: all."""
 
 
 @dataclasses.dataclass(frozen=True)
