@@ -124,9 +124,33 @@ def demo(cfg: DemoConfig) -> Path:
     print(f"  analysis report    {analysis}")
     if exported is not None:
         print(f"  LAMMPS files       {exported}")
-    for line in simulation_verdict(analysis):
+    for line in force_summary(report) + simulation_verdict(analysis):
         print(line)
     return out
+
+
+def force_summary(report_dir: Path) -> list[str]:
+    """The demo's line on force errors: the validation MSE, the noise-floor bracket and the gain over the
+    baseline against the lower floor (pessimistic).
+
+    **Arguments:** the evaluation report directory (its `report.json`).
+
+    **Returns:** printable lines.
+    """
+    import json
+
+    r = json.loads((Path(report_dir) / "report.json").read_text())
+    nz, ov = r["noise"], r["overall"]
+
+    def f(x, fmt="{:.0f}"):
+        return "n/a" if x is None else fmt.format(x)
+
+    base = "the prior alone" if r["gain_baseline"] == "prior" else "zero forces"
+    return [f"\n=== forces on {r['n_frames']} validation frames: MSE {f(ov['mse'])} (kcal/mol/Å)², noise floor between "
+            f"{f(nz['noise_floor_lower'])} and {f(nz['noise_floor_upper'])}; gain over {base} "
+            f"{f(r['gain_vs_lower_floor'], '{:.1%}')} of what the lower floor leaves learnable (pessimistic; "
+            + (f"{r['gain_vs_upper_floor']:.1%} against the upper estimate)" if r["gain_vs_upper_floor"] is not None
+               else "the baseline is already below the upper estimate)")]  # fmt: skip
 
 
 def simulation_verdict(summary_path: Path) -> list[str]:

@@ -96,7 +96,7 @@ def loss_curves(run_dir: Path, path: Path, noise_floor: float | None = None) -> 
     if val:
         ax.plot([r["step"] for r in val], [r["force_mse"] for r in val], "o-", label="validation force MSE")
     if noise_floor is not None:
-        ax.axhline(noise_floor, color="k", ls="--", label="noise floor (no CG model can go below)")
+        ax.axhline(noise_floor, color="k", ls="--", label="noise floor, lower bound")
     ax.set_yscale("log")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("(kcal/mol/Å)²")

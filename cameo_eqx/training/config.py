@@ -293,3 +293,9 @@ class EvaluateConfig:
     """Write parity plots, force-component histograms and loss curves (PNG)."""
     model_file: str = "model.eqx"
     """Model file inside the run directory (e.g. best.eqx)."""
+    noise_upper_frames: int = 400
+    """Frames per evaluated protein (evenly subsampled) for the nearest-neighbour upper estimate of the
+    noise floor; 0 skips the estimate."""
+    noise_upper_max_rmsd: float = 1.0
+    """Å; frame pairs whose CG configurations are closer than this (after superposition) enter the upper
+    estimate of the noise floor (its upward bias grows with the pairs' RMSD)."""
