@@ -99,7 +99,7 @@ def demo(cfg: DemoConfig) -> Path:
                                   n_steps=cfg.simulate_steps, save_every=50))  # fmt: skip
     timings["simulate"] = time.perf_counter() - t
     t = _stage("analyze the simulation against the reference frames")
-    analysis = analyze(AnalyzeConfig(trajectory=sim, dataset=prepared))
+    analysis = analyze(AnalyzeConfig(trajectory=sim, dataset=prepared, verbose=False))  # printed at the end
     timings["analyze"] = time.perf_counter() - t
 
     exported = None
@@ -124,7 +124,11 @@ def demo(cfg: DemoConfig) -> Path:
     print(f"  analysis report    {analysis}")
     if exported is not None:
         print(f"  LAMMPS files       {exported}")
-    for line in force_summary(report) + simulation_verdict(analysis):
+    import json
+
+    from .simulate.analysis import verdict_lines
+
+    for line in force_summary(report) + verdict_lines(json.loads(Path(analysis).read_text())):
         print(line)
     return out
 
@@ -151,34 +155,3 @@ def force_summary(report_dir: Path) -> list[str]:
             f"{f(r['gain_vs_lower_floor'], '{:.1%}')} of what the lower floor leaves learnable (pessimistic; "
             + (f"{r['gain_vs_upper_floor']:.1%} against the upper estimate)" if r["gain_vs_upper_floor"] is not None
                else "the baseline is already below the upper estimate)")]  # fmt: skip
-
-
-def simulation_verdict(summary_path: Path) -> list[str]:
-    """The lines the demo ends with: how native the simulated protein stayed (mean Q, RMSD, Rg against
-    the reference frames) and whether the run was stationary, with the reasons.
-
-    **Arguments:** the `summary.json` written by `analyze`.
-
-    **Returns:** printable lines.
-    """
-    import json
-
-    s = json.loads(Path(summary_path).read_text())
-    o, sim = s["observables"], s["simulation"]
-    lines = [f"\n=== {s['protein']} simulated at {sim['temperature']:g} K for {sim['time_ps']:g} ps "
-             f"({sim['n_replicas']} replicas) against the reference at {s['reference']['temperature']:g} K"]  # fmt: skip
-    for k, label, unit in (("q", "Q (native contacts)", ""), ("rmsd", "RMSD to the start", " Å"),
-                           ("rg", "radius of gyration", " Å")):  # fmt: skip
-        a, b = o[k]["sim"], o[k]["ref"]
-        lines.append(f"  {label:<22} simulation {a['mean']:.2f} ± {a['std']:.2f}{unit}   "
-                     f"reference {b['mean']:.2f} ± {b['std']:.2f}{unit}   (JS divergence {s['js_divergence'][k]:.2f})")  # fmt: skip
-    st = s.get("stationarity")
-    if st is not None:
-        tc = st["configurational_temperature"]
-        t_kin = [r["kinetic_temperature"]["mean"] for r in st["replicas"]]
-        t_conf = [r["configurational_temperature"]["mean"] for r in st["replicas"] if "configurational_temperature" in r]
-        temps = f"T_kin {', '.join(f'{t:.0f}' for t in t_kin)} K"
-        temps += f"; T_conf {', '.join(f'{t:.0f}' for t in t_conf)} K" if t_conf else f"; T_conf n/a ({tc['reason']})"
-        lines.append(f"  stationary: {'yes' if st['stationary'] else 'no'}  ({temps} per replica)")
-        lines += [f"    - {r}" for r in st["reasons"]]
-    return lines

@@ -194,7 +194,7 @@ def test_analyze_reports_stationarity(villin_prepared, tmp_path):
     assert "missing.eqx" in s["configurational_temperature"]["reason"]
     assert abs(s["replicas"][1]["energy_drift"]["slope"] + 3.0) < 0.2
     # the demo's closing lines: native-state numbers and the verdict with its reasons
-    from cameo_eqx.demo import simulation_verdict
+    from cameo_eqx.simulate.analysis import verdict_lines
 
-    text = "\n".join(simulation_verdict(tmp_path / "b" / "summary.json"))
+    text = "\n".join(verdict_lines(summ))
     assert "stationary: no" in text and "potential energy drifts" in text and "RMSD" in text and "T_conf n/a" in text

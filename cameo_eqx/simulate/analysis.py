@@ -304,7 +304,38 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     if cfg.plots:
         summary["plots"] = [str(p) for p in _plots(out, tr, obs_all, dists, cm_sim, cm_ref, fes_sim, fes_ref,
                                                    q_edges, r_edges, temp, t_ref, jsd)]  # fmt: skip
-    return write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    path = write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    if cfg.verbose:
+        print("\n".join(verdict_lines(summary)).lstrip("\n"), flush=True)
+    return path
+
+
+def verdict_lines(s: dict[str, Any]) -> list[str]:
+    """What `analyze` (and the demo) prints: how native the simulated protein stayed (mean Q, RMSD, Rg
+    against the reference frames) and whether the run was stationary, with the reasons.
+
+    **Arguments:** the summary dict that `analyze` writes to `summary.json`.
+
+    **Returns:** printable lines.
+    """
+    o, sim = s["observables"], s["simulation"]
+    lines = [f"\n=== {s['protein']} simulated at {sim['temperature']:g} K for {sim['time_ps']:g} ps "
+             f"({sim['n_replicas']} replicas) against the reference at {s['reference']['temperature']:g} K"]  # fmt: skip
+    for k, label, unit in (("q", "Q (native contacts)", ""), ("rmsd", "RMSD to the start", " Å"),
+                           ("rg", "radius of gyration", " Å")):  # fmt: skip
+        a, b = o[k]["sim"], o[k]["ref"]
+        lines.append(f"  {label:<22} simulation {a['mean']:.2f} ± {a['std']:.2f}{unit}   "
+                     f"reference {b['mean']:.2f} ± {b['std']:.2f}{unit}   (JS divergence {s['js_divergence'][k]:.2f})")  # fmt: skip
+    st = s.get("stationarity")
+    if st is not None:
+        tc = st["configurational_temperature"]
+        t_kin = [r["kinetic_temperature"]["mean"] for r in st["replicas"]]
+        t_conf = [r["configurational_temperature"]["mean"] for r in st["replicas"] if "configurational_temperature" in r]
+        temps = f"T_kin {', '.join(f'{t:.0f}' for t in t_kin)} K"
+        temps += f"; T_conf {', '.join(f'{t:.0f}' for t in t_conf)} K" if t_conf else f"; T_conf n/a ({tc['reason']})"
+        lines.append(f"  stationary: {'yes' if st['stationary'] else 'no'}  ({temps} per replica)")
+        lines += [f"    - {r}" for r in st["reasons"]]
+    return lines
 
 
 def _configurational_temperatures(cfg: AnalyzeConfig, tr: dict[str, Any], topo, start: int) -> tuple[list | None, str]:
@@ -381,10 +412,13 @@ def _plots(out, tr, obs_all, dists, cm_sim, cm_ref, fes_sim, fes_ref, q_edges, r
 
     paths = []
     t = tr["time_ps"]
-    fig, axes = plt.subplots(3, 1, figsize=(7, 7), sharex=True)
-    for ax, (k, lab) in zip(axes, (("rmsd", "RMSD (Å)"), ("q", "Q"), ("rg", "Rg (Å)"))):
-        ax.plot(t, obs_all[k], lw=0.8)
+    fig, axes = plt.subplots(5, 1, figsize=(7, 10), sharex=True)
+    series = {**obs_all, "potential": tr["potential"], "temperature": tr["temperature_inst"]}
+    for ax, (k, lab) in zip(axes, (("rmsd", "RMSD (Å)"), ("q", "Q"), ("rg", "Rg (Å)"),
+                                   ("potential", "U (kcal/mol)"), ("temperature", "T_kin (K)"))):  # fmt: skip
+        ax.plot(t, series[k], lw=0.8)
         ax.set_ylabel(lab)
+    axes[-1].axhline(temp, color="k", ls="--", lw=0.8)
     axes[-1].set_xlabel("time (ps)")
     axes[0].set_title(f"{tr['attrs']['protein']} at {temp:g} K ({obs_all['rmsd'].shape[1]} replicas)")
     fig.tight_layout()

@@ -134,6 +134,8 @@ class AnalyzeConfig:
     """Rademacher probes per frame of the Hutchinson estimate of the Laplacian ∇²U."""
     seed: int = 0
     """Seed of the Hutchinson probes."""
+    verbose: bool = True
+    """Print the native-state numbers and the stationarity verdict."""
 
     def validate(self) -> None:
         checks = [
