@@ -217,3 +217,218 @@ def test_shipped_configs_and_good_values_still_load(tmp_path: Path):
     path.write_text("stages:\n  - {name: a, epochs: 3.0, lr: 1e-3, clip_norm: null}\nmax_steps: 5\n")
     cfg = load_yaml_defaults(TrainConfig, path, "train")
     assert cfg.stages[0].epochs == 3 and isinstance(cfg.stages[0].epochs, int) and cfg.stages[0].lr == 1e-3
+
+
+# ------------------------------------------------------------------- cases 1, 2 and 6: run folders
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """A persistent compilation cache for this module's training runs: every `Trainer` jits its own step,
+    so each fit would otherwise recompile the same program (about 6 s each on 2 cores, 1 s with it)."""
+    import jax
+
+    try:
+        from jax._src import compilation_cache as cc
+    except ImportError:  # pragma: no cover - private module moved: just slower
+        yield
+        return
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
+    old = {k: getattr(jax.config, k) for k in keys}
+    jax.config.update(keys[0], str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update(keys[1], 0.0)
+    jax.config.update(keys[2], -1)
+    cc.reset_cache()
+    yield
+    for k, v in old.items():
+        jax.config.update(k, v)
+    cc.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def records():
+    from cameo_eqx.data.batching import synthetic_records
+
+    return synthetic_records([9, 12], 8, seed=3, temperatures=(300.0,))
+
+
+def _train_cfg(prior: Path, out: Path, **kw):
+    from cameo_eqx.training.config import DataConfig, ModelConfig, StageConfig, TrainConfig
+
+    base = dict(output=out, name="run", data=DataConfig(cutoff=6.0, target_nodes=24, prefetch=0, split_by="frame"),
+                model=ModelConfig(backbone="none", prior=prior),
+                stages=(StageConfig(name="a", epochs=4, lr=1e-3),), progress=False, checkpoint_every=2,
+                keep_checkpoints=10, log_every=1)  # fmt: skip
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _fit(cfg, records):
+    from cameo_eqx.training.datamodule import DataModule
+    from cameo_eqx.training.trainer import Trainer
+
+    tr = Trainer(cfg, Path(cfg.output) / cfg.name, datamodule=DataModule(cfg.data, seed=cfg.seed, dataset=records))
+    tr.fit()
+    return tr
+
+
+def _files(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_run_folder_is_locked_and_a_finished_run_is_never_overwritten(prior_yaml, records, tmp_path,
+                                                                       compile_cache):
+    import dataclasses
+    import os
+
+    from cameo_eqx.fileio import DirLock, LockedError
+
+    cfg = _train_cfg(prior_yaml, tmp_path)
+    run = tmp_path / "run"
+    with DirLock(run, "train"):  # another train holds the folder
+        with pytest.raises(LockedError, match=rf"{run}.*in use by train \(pid {os.getpid()}"):
+            _fit(cfg, records)
+    assert not (run / "config.json").exists()
+    _fit(cfg, records)
+    before = _files(run)
+    assert "model.eqx" in before and not (run / ".lock").exists()
+    # a new run (seed 1) into the finished run's folder: refused by name, nothing touched
+    with pytest.raises(ValueError, match=r"another config \(seed differ"):
+        _fit(dataclasses.replace(cfg, seed=1), records)
+    with pytest.raises(ValueError, match=r"already has checkpoints.*--resume restart"):
+        _fit(dataclasses.replace(cfg, seed=1, resume="never"), records)
+    assert _files(run) == before
+    # asked for explicitly, the old run is discarded and the new one written
+    _fit(dataclasses.replace(cfg, seed=1, resume="restart"), records)
+    assert json.loads((run / "config.json").read_text())["seed"] == 1
+
+
+def _metric_steps(run: Path) -> list[int]:
+    return [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r["kind"] == "train"]  # fmt: skip
+
+
+def test_all_checkpoints_corrupt_stops_and_fallback_never_logs_a_step_twice(prior_yaml, records, tmp_path,
+                                                                            compile_cache):
+    import dataclasses
+
+    from cameo_eqx.training import checkpoint as ckpt
+
+    cut = _train_cfg(prior_yaml, tmp_path, max_steps=5)
+    tr = _fit(cut, records)
+    run = tmp_path / "run"
+    cks = ckpt.list_checkpoints(run / "checkpoints")
+    assert [int(c.name[5:]) for c in cks] == [2, 4, 5] and _metric_steps(run) == [1, 2, 3, 4, 5]
+    # the newest checkpoint is corrupt: resume falls back to step 4, and step 5 is logged once
+    (cks[-1] / ckpt.STATE_FILE).write_bytes(b"garbage")
+    tr = _fit(dataclasses.replace(cut, max_steps=7), records)
+    assert tr.global_step == 7 and _metric_steps(run) == [1, 2, 3, 4, 5, 6, 7]
+    # every checkpoint corrupt: a clear error, nothing rotated away or restarted
+    for c in ckpt.list_checkpoints(run / "checkpoints"):
+        (c / ckpt.STATE_FILE).write_bytes(b"garbage")
+    before = _files(run)
+    with pytest.raises(ckpt.CorruptCheckpointError, match=r"no valid checkpoint.*--resume restart"):
+        _fit(cut, records)
+    assert _files(run) == before
+    _fit(dataclasses.replace(cut, resume="restart"), records)  # only when asked
+    assert _metric_steps(run) == [1, 2, 3, 4, 5]
+
+
+def test_prepare_output_is_locked(tmp_path: Path):
+    import os
+
+    from cameo_eqx.config import PrepareConfig
+    from cameo_eqx.data.prepare import prepare
+    from cameo_eqx.fileio import DirLock, LockedError
+
+    src = _demo_copy(tmp_path)
+    out = tmp_path / "ds"
+    with DirLock(out, "prepare"):  # a prepare with another config is running into the same output
+        with pytest.raises(LockedError, match=rf"{out} is in use by prepare \(pid {os.getpid()}"):
+            prepare(PrepareConfig(inputs=(str(src),), output=out, noise_estimate=False, stride=2))
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    assert not out.exists() or not any(out.iterdir())
+
+
+# ------------------------------------------------------------------- case 5: disk full
+
+
+def _no_zero_byte_or_tmp(d: Path) -> None:
+    bad = [p for p in d.rglob("*") if (p.is_file() and p.stat().st_size == 0 and p.name != ".lock")
+           or ".tmp" in p.name]  # fmt: skip
+    assert not bad, bad
+
+
+def test_disk_full_in_write_atomic_names_the_file_and_keeps_the_old_one(tmp_path: Path, monkeypatch):
+    import errno
+    import os
+
+    from cameo_eqx import fileio
+
+    target = fileio.write_atomic(tmp_path / "summary.json", "old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(fileio.NoSpaceError, match=rf"no space left on device: {target}"):
+        fileio.write_atomic(target, "new")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_disk_full_in_train_says_so(prior_yaml, records, tmp_path, monkeypatch, compile_cache):
+    """equinox wraps the OSError in an opaque TreePathError; the run names ENOSPC and the checkpoint."""
+    import errno
+
+    import equinox as eqx
+
+    from cameo_eqx.fileio import NoSpaceError
+
+    real = eqx.tree_serialise_leaves
+
+    class Full(io.RawIOBase):
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(eqx, "tree_serialise_leaves", lambda f, tree: real(Full(), tree))
+    with pytest.raises(NoSpaceError, match=r"no space left on device: .*checkpoints/step_000000002"):
+        _fit(_train_cfg(prior_yaml, tmp_path, max_steps=3), records)
+    _no_zero_byte_or_tmp(tmp_path)
+
+
+def test_disk_full_in_prepare_and_simulate_stops_cleanly(villin_prepared, prior_yaml, tmp_path, monkeypatch):
+    """HDF5 crashes the process (rc 139) when the disk fills mid-write: both commands check the free space
+    first and stop with the path; nothing half-written is left, earlier frames stay readable."""
+    import shutil
+    from collections import namedtuple
+
+    import h5py
+
+    from cameo_eqx.config import PrepareConfig
+    from cameo_eqx.data.prepare import prepare
+    from cameo_eqx.fileio import NoSpaceError
+    from cameo_eqx.simulate import simulate
+
+    src = _demo_copy(tmp_path)
+    usage = namedtuple("usage", "total used free")
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    out = tmp_path / "ds"
+    with pytest.raises(NoSpaceError, match=rf"no space left on device: {out}/dataset\.h5\.tmp"):
+        prepare(PrepareConfig(inputs=(str(src),), output=out, noise_estimate=False))
+    assert not out.exists() or not any(out.iterdir())
+    # simulate: the first chunk is written, the disk is full for the second
+    calls = {"n": 0}
+
+    def filling(p):
+        calls["n"] += 1
+        return real(p) if calls["n"] == 1 else usage(10**9, 10**9 - 1000, 1000)
+
+    monkeypatch.setattr(shutil, "disk_usage", filling)
+    sim = tmp_path / "sim"
+    with pytest.raises(NoSpaceError, match=rf"no space left on device: {sim}/trajectory\.h5"):
+        simulate(_sim_cfg(villin_prepared, prior_yaml, sim, n_steps=100, chunk_frames=5))
+    with h5py.File(sim / "trajectory.h5") as h:
+        assert h["positions"].shape[0] == 6 and h.attrs["status"] == "interrupted"
+    _no_zero_byte_or_tmp(sim)

@@ -23,7 +23,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..fileio import write_atomic
+from ..fileio import DirLock, check_free_space, reporting_no_space, write_atomic
 from ..config import PrepareConfig, to_dict
 from ..topology import SPECIES_MAPS
 from . import forcemap as fm
@@ -251,14 +251,29 @@ def _drop_if_empty(tmp: Path) -> None:
 
 
 def prepare(cfg: PrepareConfig) -> Path:
-    """Runs `prepare` (see the module docstring); returns the dataset file path."""
-    from tqdm.auto import tqdm
+    """Runs `prepare` (see the module docstring); returns the dataset file path.
 
+    The output directory is locked (`<output>/.lock`) for the whole run: a second `prepare` into the same
+    output refuses, naming the running one's pid, instead of mixing two datasets.
+    """
     if not cfg.inputs:
         raise SystemExit("error: prepare needs --inputs (mdCATH files, directories or globs)")
     cfg.check_fields("prepare")
     paths = mdcath.find_inputs(cfg.inputs)
     out = Path(cfg.output)
+    created = not out.exists()
+    try:
+        with DirLock(out, "prepare"):
+            return _prepare(cfg, paths, out)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run stopped by bad input leaves nothing behind, not even its folder
+        raise
+
+
+def _prepare(cfg: PrepareConfig, paths: list[Path], out: Path) -> Path:
+    from tqdm.auto import tqdm
+
     final = out / DATASET_FILE
     ident = _identity(cfg)
     prints = {p.name: fingerprint(p) for p in paths}
@@ -278,8 +293,15 @@ def prepare(cfg: PrepareConfig) -> Path:
         raise PrepareError("input check failed, nothing was written:\n  " + "\n  ".join(bad))
     smap = SPECIES_MAPS[cfg.species_map]
     # Reuse complete groups of an interrupted run (same config), skip unchanged proteins
-    h5, tmp, final = open_for_writing(out, species_map_name=cfg.species_map, species_map=smap,
-                                      config=ident)  # fmt: skip
+    tmp_path = out / (DATASET_FILE + ".tmp")
+    try:
+        with reporting_no_space(tmp_path, "nothing was written; free some space and rerun"):
+            h5, tmp, final = open_for_writing(out, species_map_name=cfg.species_map, species_map=smap,
+                                              config=ident)  # fmt: skip
+    except BaseException:
+        if tmp_path.exists():
+            _drop_if_empty(tmp_path)
+        raise
     errors: list[str] = []
     warnings_: list[str] = []
     names: list[str] = []
@@ -310,9 +332,15 @@ def prepare(cfg: PrepareConfig) -> Path:
             rec = res["record"]
             if rec.name in names:
                 raise PrepareError(f"{path}: domain {rec.name!r} appears in more than one input file")
-            write_record(h5, rec, frame=res["frame"], force_map=res["force_map"],
-                         compression=compression)  # fmt: skip
-            h5.flush()
+            # HDF5 can crash the process when the disk fills mid-write: check first, then report any
+            # ENOSPC that still gets through by name (the complete groups written so far are kept)
+            hint = "the domains written so far are kept; free some space and rerun to resume"
+            need = 2 * (np.asarray(rec.positions).nbytes * (1 + (rec.forces is not None))) + (1 << 20)
+            check_free_space(tmp, need, hint)
+            with reporting_no_space(tmp, hint):
+                write_record(h5, rec, frame=res["frame"], force_map=res["force_map"],
+                             compression=compression)  # fmt: skip
+                h5.flush()
             names.append(rec.name)
             warnings_.extend(res["warnings"])
             bar.set_postfix(domain=rec.name, frames=res["stats"]["n_frames"])
@@ -326,7 +354,8 @@ def prepare(cfg: PrepareConfig) -> Path:
         h5.close()  # the temporary file keeps complete groups for a resumed run
         _drop_if_empty(tmp)
         raise
-    finalise(h5, tmp, final, keep=names)
+    with reporting_no_space(tmp, "the domains written so far are kept; free some space and rerun to resume"):
+        finalise(h5, tmp, final, keep=names)
     write_atomic(out / "prepare_config.json", json.dumps(to_dict(cfg), indent=2, sort_keys=True))
     for w in warnings_:
         log.warning(w)

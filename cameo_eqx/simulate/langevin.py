@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ..fileio import write_atomic
+from ..fileio import check_free_space, reporting_no_space, write_atomic
 from ..graph import Batch
 from ..modules.base import AbstractEnergyModel
 from ..topology import SEPARATION_NONBONDED, CGTopology
@@ -626,10 +626,16 @@ class TrajectoryWriter:
 
 def _save_checkpoint(path: Path, state: LangevinState, n_frames: int, capacity: int, cfg_json: str) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, positions=np.asarray(state.positions), velocities=np.asarray(state.velocities),
-             key=np.asarray(state.key),
-             step=int(state.step), n_frames=n_frames, capacity=capacity, config=cfg_json)  # fmt: skip
-    os.replace(tmp, path)
+    try:
+        with reporting_no_space(path, "the trajectory up to the previous checkpoint is kept; free some space "
+                                      "and rerun the same command to resume"):  # fmt: skip
+            np.savez(tmp, positions=np.asarray(state.positions), velocities=np.asarray(state.velocities),
+                     key=np.asarray(state.key),
+                     step=int(state.step), n_frames=n_frames, capacity=capacity, config=cfg_json)  # fmt: skip
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-written (or zero-byte) temporary is left behind
+        raise
 
 
 def _finished(path: Path, n_frames: int) -> bool:
@@ -722,7 +728,12 @@ def simulate(cfg: SimulateConfig) -> Path:
                                          np.asarray(start), attrs)  # fmt: skip
 
     def on_chunk(st, frames):
-        writer.append(frames)
+        # HDF5 can crash the process when the disk fills mid-write: check first, then report any ENOSPC
+        # that still gets through by name (the frames already written stay readable)
+        hint = "the frames written so far are kept; free some space and rerun the same command to resume"
+        check_free_space(traj_path, 2 * np.asarray(frames.positions).nbytes + (1 << 20), hint)
+        with reporting_no_space(traj_path, hint):
+            writer.append(frames)
         if st is not None:  # a good chunk: the checkpoint moves on
             _save_checkpoint(ckpt_path, st, writer.n_frames, sim.capacity, cfg_json)
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import equinox as eqx
 
+from ..fileio import is_no_space, no_space_error
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.eqx"
@@ -146,8 +148,11 @@ def save_checkpoint(ckpt_dir: str | os.PathLike, step: int, state: Any, meta: di
         _fsync_dir(root)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, Exception) and is_no_space(e):
+            raise no_space_error(final, "the previous checkpoints are kept; free some space and rerun "
+                                        "with --resume auto") from e  # fmt: skip
         raise
     for p in list_checkpoints(root)[: -max(1, int(keep))]:
         shutil.rmtree(p, ignore_errors=True)

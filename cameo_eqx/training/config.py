@@ -214,8 +214,10 @@ class TrainConfig:
     keep: Literal["all", "best"] = "all"
     """Ensembles: keep every member's run directory, or only the best (by validation loss)."""
     resume: str = "auto"
-    """'auto': continue from the last valid checkpoint if there is one; 'never': start fresh (an existing
-    run directory with checkpoints is an error); or a checkpoint directory path."""
+    """'auto': continue the run in the run directory from its last valid checkpoint (a directory holding a
+    run with another config, or only corrupt checkpoints, is an error); 'never': start fresh (a directory
+    that already holds a run is an error); 'restart': discard the run in the directory and start over; or
+    a checkpoint directory path. A second train into a directory in use refuses (the directory is locked)."""
     checkpoint_every: int = 200
     """Save a checkpoint every this many steps (and at every epoch end)."""
     keep_checkpoints: int = 3

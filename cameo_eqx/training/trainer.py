@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from ..fileio import write_atomic
+from ..fileio import DirLock, write_atomic
 from ..graph import Batch
 from . import checkpoint as ckpt
 from .callbacks import Callback, JsonlLogger, NaNGuard, ProgressBar, TensorBoardLogger
@@ -285,9 +285,25 @@ class Trainer:
     def fit(self) -> Path:
         """Runs (or resumes) every stage; writes `model.eqx` (final, or the current parameters when
         `max_steps` cut the run), `best.eqx` (best validation loss), `summary.json` (with `finished`).
-        Returns the run directory."""
+        Returns the run directory.
+
+        The run directory is locked for the whole fit (`<run>/.lock`): a second `train` into it refuses,
+        naming the running one's pid. A directory that already holds a run is continued only with
+        `resume` auto (or a checkpoint path) and the same config; `resume` never refuses it and
+        `resume` restart discards it first."""
+        lock = DirLock(self.run_dir, "train").acquire() if self.is_main else None
+        try:
+            return self._fit()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self) -> Path:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.is_main:
+            self._claim_run_dir()
+        resume = self._find_resume()
         if self.is_main:
             from ..config import to_json
 
@@ -296,12 +312,13 @@ class Trainer:
         model = build_model(cfg, self.dm.n_species, key)
         spec = trainable_spec(model, cfg)
         state = None
-        resume = self._find_resume()
         if resume is not None:
             path, meta = resume
             model, state = self._restore(model, spec, path, meta)
             print(f"resuming from {path} (stage {meta['stage']!r}, epoch {meta['epoch']}, "
                   f"global step {meta['global_step']})", flush=True)  # fmt: skip
+        if self.is_main:  # steps after the resumed one (a kill, a corrupt newest checkpoint) are redone
+            _truncate_metrics(self.run_dir / "metrics.jsonl", self.global_step)
         self._call("on_fit_start")
         try:
             if cfg.refine.enabled and not self.refined:
@@ -339,15 +356,56 @@ class Trainer:
             self._call("on_fit_end")
         return self.run_dir
 
+    def _claim_run_dir(self) -> None:
+        """Checks (under the lock) that this run may write into `run_dir`: nothing of another run is
+        overwritten unless `resume` is restart, which discards it."""
+        cfg, rd = self.cfg, self.run_dir
+        present = [n for n in RUN_FILES if (rd / n).exists()]
+        cks = ckpt.list_checkpoints(self.ckpt_dir)
+        if cfg.resume == "restart":
+            if present or cks:
+                print(f"--resume restart: discarding the run in {rd} ({', '.join(present + ['checkpoints/'] * bool(cks))})",
+                      flush=True)  # fmt: skip
+            for n in RUN_FILES:
+                (rd / n).unlink(missing_ok=True)
+            for d in (self.ckpt_dir, rd / "tb"):
+                shutil.rmtree(d, ignore_errors=True)
+            return
+        if not present and not cks:
+            return
+        if cfg.resume == "never":
+            what = "already has checkpoints" if cks else f"already holds a run ({', '.join(present)})"
+            raise ValueError(f"run directory {rd} {what}; use --resume auto to continue it, --resume restart "
+                             "to discard it and start over, or choose another --name")  # fmt: skip
+        old_path = rd / "config.json"
+        if cfg.resume == "auto" and old_path.exists():
+            from ..config import to_json
+
+            try:
+                old = json.loads(old_path.read_text())
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{old_path}: unreadable ({e}); the run directory {rd} cannot be checked. "
+                                 "Use --resume restart to discard it, or choose another --name") from None
+            diff = _config_diff(old, json.loads(to_json(cfg)))
+            if diff:
+                raise ValueError(f"run directory {rd} holds a run with another config ({', '.join(diff)} differ, "
+                                 f"see {old_path}); choose another --name, or use --resume restart to discard "
+                                 "it and start over")  # fmt: skip
+
     def _find_resume(self):
         mode = self.cfg.resume
-        if mode == "never":
-            if ckpt.list_checkpoints(self.ckpt_dir):
-                raise ValueError(f"run directory {self.run_dir} already has checkpoints; use --resume auto "
-                                 "to continue it or choose another --name")  # fmt: skip
+        if mode in ("never", "restart"):
             return None
         if mode == "auto":
-            return ckpt.latest_valid(self.ckpt_dir)
+            found = ckpt.latest_valid(self.ckpt_dir)
+            n = len(ckpt.list_checkpoints(self.ckpt_dir))
+            if found is None and n:
+                raise ckpt.CorruptCheckpointError(
+                    f"no valid checkpoint in {self.ckpt_dir}: all {n} are corrupt or incomplete (see the "
+                    "warnings above). Nothing was changed; restore them, resume from one with --resume PATH, "
+                    "or pass --resume restart to discard this run and start over"
+                )
+            return found
         p = Path(mode)
         return p, ckpt.read_meta(p)
 
@@ -461,6 +519,49 @@ class Trainer:
         return model, None, True
 
 
+# ------------------------------------------------------------------------------------------ run folders
+
+RUN_FILES = ("config.json", "model.eqx", "best.eqx", "summary.json", "summary_history.json", "metrics.jsonl")
+"""What a run writes into its folder besides checkpoints/ and tb/."""
+
+_NOT_IDENTITY = {"output", "name", "resume", "progress", "max_steps", "log_every", "checkpoint_every",
+                 "keep_checkpoints", "distributed", "data.prefetch"}  # fmt: skip
+"""Config keys a resumed run may change: where it runs, how it reports, how long this job runs."""
+
+
+def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts (`_NOT_IDENTITY` keys ignored)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        key = prefix + k
+        if key in _NOT_IDENTITY:
+            continue
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(_config_diff(a, b, key + "."))
+        elif a != b:
+            out.append(key)
+    return out
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drops records after `step` (and a line cut by a kill) from metrics.jsonl, so that a resumed run
+    never logs a step twice."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    keep = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if line.endswith("\n") and int(rec.get("step", 0)) <= step:
+            keep.append(line)
+    if len(keep) != len(lines):
+        write_atomic(path, "".join(keep))
+
+
 # ------------------------------------------------------------------------------------------ entry points
 
 
@@ -488,6 +589,15 @@ def train_ensemble(cfg: TrainConfig) -> Path:
     `config.json` into `<run>`, and deletes the other members when `keep == "best"`."""
     run_dir = Path(cfg.output) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = DirLock(run_dir, "train").acquire() if jax.process_index() == 0 else None
+    try:
+        return _train_ensemble(cfg, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_ensemble(cfg: TrainConfig, run_dir: Path) -> Path:
     results = []
     for k in range(cfg.ensemble):
         member = dataclasses.replace(cfg, seed=cfg.seed + k, ensemble=1, output=run_dir, name=f"member_{k}")
