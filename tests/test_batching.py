@@ -435,3 +435,10 @@ def test_default_split_is_leak_free():
     from cameo_eqx.training.config import DataConfig
 
     assert DataConfig().split_by in ("trajectory", "time_block") and DataConfig().split_gap >= 1
+
+
+def test_time_block_split_too_short_is_a_clear_error():
+    recs = synthetic_records([9, 14], 10, seed=3, temperatures=(300.0, 350.0))  # 5-frame trajectories
+    with pytest.raises(ValueError, match="leaves no training frames.*smaller split_gap"):
+        split_frames(recs, by="time_block", val_fraction=0.1, gap=5)
+    assert split_frames(recs, by="time_block", val_fraction=0.1, gap=1).n_train > 0

@@ -34,7 +34,10 @@ def records():
 
 
 def _cfg(tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(output=tmp_path, name="run", data=DataConfig(cutoff=6.0, target_nodes=48, prefetch=1),
+    # synthetic_records frames are independent draws (no time correlation): a frame split does not leak here,
+    # and the default time_block split's gaps would swallow these 5-frame trajectories
+    data = DataConfig(cutoff=6.0, target_nodes=48, prefetch=1, split_by="frame")
+    base = dict(output=tmp_path, name="run", data=data,
                 model=TINY, stages=(StageConfig(name="a", epochs=2, lr=3e-3),
                                     StageConfig(name="b", optimizer="yogi", epochs=1, lr=1e-3, ema_decay=0.8)),
                 progress=False, checkpoint_every=3, keep_checkpoints=10, log_every=1)  # fmt: skip

@@ -106,7 +106,8 @@ MP = textwrap.dedent(
     from cameo_eqx.training.datamodule import DataModule
     from cameo_eqx.training.trainer import Trainer
     recs = synthetic_records([9, 14, 21], 8, seed=3)
-    cfg = TrainConfig(output=Path(out_dir), name="run", data=DataConfig(cutoff=6.0, target_nodes=48, prefetch=0),
+    cfg = TrainConfig(output=Path(out_dir), name="run", data=DataConfig(cutoff=6.0, target_nodes=48, prefetch=0,
+                                                                         split_by="frame"),  # independent frames
         model=ModelConfig(backbone="painn", preset="small", hyperparameters=("n_features=8", "n_layers=1",
                                                                              "n_radial_basis=4")),
         stages=(StageConfig(name="a", epochs=1, lr=3e-3),), progress=False, max_steps=2, checkpoint_every=0)

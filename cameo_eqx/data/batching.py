@@ -271,6 +271,11 @@ def split_frames(
             parts = [_time_blocks(t, val_fraction, n_blocks, gap, rng) for t in trajs]
             put(n, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
     n_drop, n_sel = sum(len(v) for v in dropped.values()), sum(len(v) for v in sel.values())
+    if n_drop and not train:
+        raise ValueError(f"split by {by} leaves no training frames: the gaps of split_gap {gap} frames around the "
+                         f"validation blocks cover every trajectory (the shortest has "
+                         f"{min(len(t) for n in names for t in _trajectories(recs[n], sel[n]))} frames); use a "
+                         "smaller split_gap, fewer split_blocks, or split_by trajectory")  # fmt: skip
     if n_drop > 0.2 * n_sel:
         log.warning("split by %s drops %d of %d frames in the gaps between training and validation blocks: "
                     "the trajectories are short for split_gap %d and split_blocks %d (use fewer blocks, a "
