@@ -432,3 +432,45 @@ def test_disk_full_in_prepare_and_simulate_stops_cleanly(villin_prepared, prior_
     with h5py.File(sim / "trajectory.h5") as h:
         assert h["positions"].shape[0] == 6 and h.attrs["status"] == "interrupted"
     _no_zero_byte_or_tmp(sim)
+
+
+# ------------------------------------------------------------------- cases 10 and 11: the export
+
+
+def test_lammps_masses_are_residue_masses_for_every_type():
+    """Types absent from the protein got the protein's mean bead mass; now each gets its residues' mass."""
+    from cameo_eqx.export import lammps
+    from cameo_eqx.topology import AMINO_ACIDS, CHARGE4_GROUPS, RESIDUE_MASSES, SPECIES_MAPS, CGTopology
+
+    names = ("ALA", "GLY", "LYS", "ALA")
+    for smap, n_types in ((SPECIES_MAPS["aa20"], 20), (CHARGE4_GROUPS, 4)):
+        species = np.asarray([smap[r] for r in names], np.int32)
+        top = CGTopology(names, np.arange(4), ("A",) * 4, np.zeros(4, np.int32), species)
+        text = lammps.data_file_text(np.arange(12.0).reshape(4, 3) * 1.3, species, top.masses,
+                                     n_types=n_types, resname=names)  # fmt: skip
+        lines = text.splitlines()
+        got = [float(l.split()[1]) for l in lines[lines.index("Masses") + 2 : lines.index("Masses") + 2 + n_types]]
+        if n_types == 20:
+            np.testing.assert_allclose(got, [RESIDUE_MASSES[a] for a in AMINO_ACIDS], atol=1e-4)
+        else:  # present groups: the protein's beads; absent ones: the mean of their residues
+            polar = np.mean([RESIDUE_MASSES[r] for r, g in CHARGE4_GROUPS.items() if g == 1])
+            neg = np.mean([RESIDUE_MASSES[r] for r, g in CHARGE4_GROUPS.items() if g == 3])
+            np.testing.assert_allclose(got, [np.mean([71.08, 57.05, 71.08]), polar, 128.17, neg], atol=1e-3)
+
+
+def test_export_says_when_the_backend_follows_the_platform(tmp_path, capsys):
+    from cameo_eqx.data.store import ProteinRecord
+    from cameo_eqx.export import chemtrain_deploy as cd
+    from cameo_eqx.export import lammps, verify
+
+    n = 6
+    top = CGTopology(("ALA",) * n, np.arange(n), ("A",) * n, np.zeros(n, np.int32), np.zeros(n, np.int32))
+    pos = (np.arange(3 * n, dtype=np.float32).reshape(n, 3) * 1.2).astype(np.float32)
+    rec = ProteinRecord(name="toy", topology=top, positions=pos[None], forces=None,
+                        temperature=np.array([300.0]), replica=np.zeros(1, np.int32))  # fmt: skip
+    model = verify.ToyEnergyModel(n_species=1, cutoff=5.0, layers=1)
+    out = cd.export_files(model, rec, tmp_path / "exp", platform="cpu", n_types=1,
+                          run=lammps.RunSettings(backend="cuda12"))  # fmt: skip
+    assert "lowered for platform 'cpu'" in capsys.readouterr().out
+    cfg = json.loads((out / "export_config.json").read_text())
+    assert cfg["lowered_for"] == ["cpu"] and cfg["backend"] == "cpu" and cfg["backend_asked"] == "cuda12"

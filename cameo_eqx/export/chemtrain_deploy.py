@@ -788,15 +788,24 @@ def export_files(
     art = export_model(model, topology=topology if bake_topology else None, cutoff=cutoff,
                        nbr_order=nbr_order, unit_style=unit_style, platform=platform,
                        pair_min_sep=pair_min_sep, capacity_fractions=capacity_fractions)  # fmt: skip
-    run = dataclasses.replace(run or RunSettings(), backend="cuda12" if platform == "cuda" else "cpu")
+    backend = "cuda12" if platform == "cuda" else "cpu"
+    asked = (run or RunSettings()).backend
+    if asked != backend:  # the artifact runs only where it was lowered: say so, do not switch silently
+        print(f"export: the artifact is lowered for platform {platform!r}, so in.lammps uses backend "
+              f"{backend!r}, not the {asked!r} asked for in run.backend (export with --platform "
+              f"{'cuda' if asked == 'cuda12' else 'cpu'} for that)", flush=True)  # fmt: skip
+    run = dataclasses.replace(run or RunSettings(), backend=backend)
     data = lammps.data_file_text(positions, topology.species, topology.masses, n_types=n_types,
-                                 title=f"cameo_eqx export of {record.name} frame {frame}")  # fmt: skip
+                                 title=f"cameo_eqx export of {record.name} frame {frame}",
+                                 resname=topology.resname)  # fmt: skip
     script = lammps.input_script_text(data_file="protein.data", model_file="model.ptb", cutoff=art.cutoff,
                                       nbr_order=art.nbr_order, unit_style=unit_style, run=run)  # fmt: skip
     resolved = {
         **(extra_config or {}),
         "protein": record.name, "frame": int(frame), "n_beads": topology.n_beads, "n_types": n_types,
-        "platform": platform, "unit_style": unit_style, "cutoff": art.cutoff,
+        "platform": platform, "lowered_for": [platform], "backend": backend,
+        **({"backend_asked": asked} if asked != backend else {}),
+        "unit_style": unit_style, "cutoff": art.cutoff,
         "nbr_order": list(art.nbr_order), "bake_topology": bool(bake_topology),
         "pair_min_sep": int(pair_min_sep), "run": dataclasses.asdict(run),
         "files": {"model": "model.ptb", "data": "protein.data", "input": "in.lammps"},

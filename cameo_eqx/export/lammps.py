@@ -11,6 +11,7 @@ thermo output and a trajectory dump.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -52,14 +53,33 @@ class RunSettings:
 
 
 def type_masses(
-    species: Int[np.ndarray, " n"], masses: Float[np.ndarray, " n"], n_types: int
+    species: Int[np.ndarray, " n"],
+    masses: Float[np.ndarray, " n"],
+    n_types: int,
+    resname: Sequence[str] | None = None,
 ) -> Float[np.ndarray, " n_types"]:
-    """One mass per atom type: the mean bead mass of each species in this protein (atom_style atomic
-    has per-type masses only; under a map with one residue per species this is exact). Species absent
-    from the protein get the mean mass of all beads (they never occur in the run)."""
+    """One mass per atom type (atom_style atomic has per-type masses only).
+
+    A species present in the protein gets the mean mass of its beads (exact under a map with one residue
+    per species). A species absent from it gets the mean residue mass (`RESIDUE_MASSES`) of the residues
+    the species map assigns to it, the map being the one of `SPECIES_MAPS` that has `n_types` species and
+    agrees with `resname` -> `species` on every bead; without `resname`, or when no map agrees, the mean
+    bead mass of the protein.
+    """
+    from ..topology import RESIDUE_MASSES, SPECIES_MAPS
+
     species = np.asarray(species)
     masses = np.asarray(masses, np.float64)
     out = np.full(n_types, masses.mean() if len(masses) else 100.0)
+    if resname is not None and len(resname) == len(species):
+        for smap in SPECIES_MAPS.values():
+            if max(smap.values()) + 1 != n_types or any(smap.get(r) != int(s) for r, s in zip(resname, species)):
+                continue
+            for t in range(n_types):
+                members = [RESIDUE_MASSES[r] for r, k in smap.items() if k == t and r in RESIDUE_MASSES]
+                if members:
+                    out[t] = float(np.mean(members))
+            break
     for t in range(n_types):
         sel = species == t
         if sel.any():
@@ -75,6 +95,7 @@ def data_file_text(
     n_types: int,
     title: str = "cameo_eqx export",
     margin: float = 50.0,
+    resname: Sequence[str] | None = None,
 ) -> str:
     """The text of a LAMMPS data file (`atom_style atomic`) for one protein.
 
@@ -85,6 +106,8 @@ def data_file_text(
     - `masses`: bead masses (g/mol); averaged per type (see `type_masses`).
     - `n_types`: number of atom types (the model's species count, so `pair_coeff * *` covers all).
     - `title`: first line. `margin`: Å of empty space around the protein in the (shrink-wrapped) box.
+    - `resname`: the beads' residue names; species absent from the protein then get residue masses
+      (see `type_masses`).
 
     **Returns:** the file text.
     """
@@ -97,7 +120,7 @@ def data_file_text(
     if not np.all(np.isfinite(pos)):
         raise ValueError("data file: positions contain NaN or inf")
     lo, hi = pos.min(axis=0) - margin, pos.max(axis=0) + margin
-    tm = type_masses(species, masses, n_types)
+    tm = type_masses(species, masses, n_types, resname)
     lines = [f"# {title}", "", f"{len(pos)} atoms", f"{n_types} atom types", ""]
     for ax, a, b in zip("xyz", lo, hi):
         lines.append(f"{a:.6f} {b:.6f} {ax}lo {ax}hi")
