@@ -81,6 +81,9 @@ def test_verdict_stationary_ar1_and_drifting_series():
     obs = {"rg": 10 + 0.2 * ar1(rng, n, 0.95), "q": 0.9 + 0.02 * ar1(rng, n, 0.95), "rmsd": 2 + ar1(rng, n, 0.9)}
     nums, reasons = _verdict(u, temp, obs)
     assert reasons == [], reasons
+    assert nums["notes"] == []  # 3000 frames: every blocking reached its plateau
+    short, _ = _verdict(u[:60], temp[:60], {k: v[:60] for k, v in obs.items()})
+    assert "lower bounds" in short["notes"][0] and "rg" in short["notes"][0]
     assert abs(nums["kinetic_temperature"]["mean"] - 300) < 3 * nums["kinetic_temperature"]["sem"] + 1
     assert set(nums["block_averages"]) == {"potential_energy", "rg", "q", "rmsd"}
     # energy still falling, too hot, Q unfolding: each is named

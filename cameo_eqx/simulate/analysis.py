@@ -335,6 +335,7 @@ def verdict_lines(s: dict[str, Any]) -> list[str]:
         temps += f"; T_conf {', '.join(f'{t:.0f}' for t in t_conf)} K" if t_conf else f"; T_conf n/a ({tc['reason']})"
         lines.append(f"  stationary: {'yes' if st['stationary'] else 'no'}  ({temps} per replica)")
         lines += [f"    - {r}" for r in st["reasons"]]
+        lines += [f"    note: {r}" for r in st.get("notes", [])]
     return lines
 
 
@@ -379,7 +380,7 @@ def _stationarity(cfg: AnalyzeConfig, tr: dict[str, Any], topo, obs_all: dict[st
     from .stationarity import replica_stationarity
 
     tconf, why = _configurational_temperatures(cfg, tr, topo, start)
-    replicas, reasons = [], []
+    replicas, reasons, notes = [], [], []
     status = str(tr["attrs"].get("status", ""))
     if status != "done":
         reasons.append(f"the simulation's status is {status!r}, not 'done'")
@@ -391,8 +392,9 @@ def _stationarity(cfg: AnalyzeConfig, tr: dict[str, Any], topo, obs_all: dict[st
         )  # fmt: skip
         replicas.append({"replica": r, **nums, "reasons": why_not})
         reasons += [f"replica {r}: {w}" for w in why_not]
+        notes += [f"replica {r}: {w}" for w in nums["notes"]]
     return {
-        "stationary": not reasons, "reasons": reasons,
+        "stationary": not reasons, "reasons": reasons, "notes": notes,
         "configurational_temperature": {"available": tconf is not None, "reason": why or None,
                                         "frames_per_replica": cfg.tconf_frames, "probes": cfg.tconf_probes},
         "replicas": replicas,

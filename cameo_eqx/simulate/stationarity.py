@@ -253,8 +253,8 @@ def replica_stationarity(
     the bath `target_temperature`; `cfg`, an `AnalyzeConfig` (its stationarity thresholds); `tconf`, the
     replica's (T_conf, sem) or None.
 
-    **Returns:** `(numbers, reasons)`: a JSON-friendly dict and the list of failed checks (empty when
-    every check passes).
+    **Returns:** `(numbers, reasons)`: a JSON-friendly dict (with `notes`, e.g. error bars that are only lower
+    bounds) and the list of failed checks (empty when every check passes).
     """
     reasons: list[str] = []
     nsig = cfg.stationarity_sigmas
@@ -305,4 +305,7 @@ def replica_stationarity(
             reasons.append(f"{name} moves from {a.mean:.3g} ± {a.sem:.2g} (first half) to {b.mean:.3g} ± "
                            f"{b.sem:.2g} (second half)")  # fmt: skip
     out["block_averages"] = blocks
+    short = [k for k, b in (("kinetic_temperature", tk.as_dict()), *blocks.items()) if not b["converged"]]
+    out["notes"] = ([f"error bars of {', '.join(short)} did not reach a blocking plateau: the run is shorter than "
+                     "a few correlation times and those error bars are lower bounds"] if short else [])  # fmt: skip
     return out, reasons
