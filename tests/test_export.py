@@ -510,7 +510,7 @@ def test_export_command_end_to_end(tmp_path):
     assert f"{top.n_beads} atoms" in lines and f"{n_species} atom types" in lines
     masses = lines[lines.index("Masses") + 2 : lines.index("Masses") + 2 + n_species]
     np.testing.assert_allclose([float(l.split()[1]) for l in masses],
-                               lammps.type_masses(top.species, top.masses, n_types=n_species), atol=1e-4)  # fmt: skip
+                               lammps.type_masses(top.species, top.masses, n_species, top.resname), atol=1e-4)  # fmt: skip
     atoms = np.array([l.split() for l in lines[lines.index("Atoms # atomic") + 2 :]], float)
     assert len(atoms) == top.n_beads
     np.testing.assert_array_equal(atoms[:, 0], np.arange(1, top.n_beads + 1))

@@ -477,3 +477,20 @@ def test_export_says_when_the_backend_follows_the_platform(tmp_path, capsys):
     assert "lowered for platform 'cpu'" in capsys.readouterr().out
     cfg = json.loads((out / "export_config.json").read_text())
     assert cfg["lowered_for"] == ["cpu"] and cfg["backend"] == "cpu" and cfg["backend_asked"] == "cuda12"
+
+
+def test_export_builds_one_artifact_per_platform_in_one_call(villin_prepared, tmp_path):
+    from cameo_eqx.export import chemtrain_deploy as cd
+    from cameo_eqx.export import verify
+
+    ff, _ = _prior_ff()
+    save(tmp_path / "model.eqx", ff)
+    out = cd.export(cd.ExportConfig(model=str(tmp_path / "model.eqx"), dataset=str(villin_prepared),
+                                    protein="villin", output=str(tmp_path / "exp"), platform=("cpu", "cuda"),
+                                    capacity_fractions=(1.0,)))  # fmt: skip
+    for platform, backend in (("cpu", "cpu"), ("cuda", "cuda12")):
+        d = out / platform
+        cfg = json.loads((d / "export_config.json").read_text())
+        assert cfg["lowered_for"] == [platform] and cfg["backend"] == backend
+        assert f"pair_style chemtrain_deploy {backend} 0.9" in (d / "in.lammps").read_text().splitlines()
+        assert verify.static_problems((d / "model.ptb").read_bytes()) == []

@@ -702,7 +702,9 @@ class ExportConfig:
     - `dataset`: the prepared dataset directory; `protein`: its name there; `frame`: which frame's
       positions start the LAMMPS run.
     - `output`: directory for `model.ptb`, `protein.data`, `in.lammps`, `export_config.json`.
-    - `platform`: "cuda" (GPU, the default) or "cpu" — exactly one. `unit_style`: "real" or "metal".
+    - `platform`: "cuda" (GPU, the default), "cpu", or several (`--platform cuda cpu`): an artifact is
+      lowered for exactly one platform, so with several each gets a complete set of files in
+      `<output>/<platform>/`. `unit_style`: "real" or "metal".
     - `nbr_order`: `(newton_on, newton_off)`; default `(K, 2K)` from the model's receptive field.
     - `cutoff`: Å; default the model's. `bake_topology`: bake the protein's bonds/angles/dihedrals and
       sequence separations in (needed by a prior; single-protein, single-rank runs).
@@ -719,7 +721,7 @@ class ExportConfig:
     protein: str = ""
     frame: int = 0
     output: str = "export"
-    platform: Literal["cuda", "cpu"] = "cuda"
+    platform: tuple[Literal["cuda", "cpu"], ...] = ("cuda",)
     unit_style: Literal["real", "metal"] = "real"
     nbr_order: tuple[int, int] | None = None
     cutoff: float | None = None
@@ -831,8 +833,10 @@ def export(cfg: ExportConfig) -> Path:
 
     if not cfg.protein:
         raise ValueError("export: name the protein to export (--protein NAME from the prepared dataset)")
-    if cfg.platform not in PLATFORMS:
-        raise ValueError(f"export: platform must be one of {PLATFORMS}, got {cfg.platform!r}")
+    platforms = (cfg.platform,) if isinstance(cfg.platform, str) else tuple(dict.fromkeys(cfg.platform))
+    bad = [p for p in platforms if p not in PLATFORMS]
+    if bad or not platforms:
+        raise ValueError(f"export: platform must be one or more of {PLATFORMS}, got {cfg.platform!r}")
     with PreparedDataset(cfg.dataset) as ds:
         if cfg.protein not in ds.names:
             raise KeyError(f"export: protein {cfg.protein!r} not in {ds.path}; it has {ds.names[:10]}"
@@ -840,8 +844,13 @@ def export(cfg: ExportConfig) -> Path:
         record = ds.record(cfg.protein).load()
         n_types = ds.n_species
     model = _load_model(cfg.model)
-    return export_files(model, record, cfg.output, frame=cfg.frame, platform=cfg.platform,
-                        unit_style=cfg.unit_style, nbr_order=cfg.nbr_order, cutoff=cfg.cutoff,
-                        bake_topology=cfg.bake_topology, pair_min_sep=cfg.pair_min_sep, n_types=n_types,
-                        capacity_fractions=cfg.capacity_fractions, run=cfg.run,
-                        extra_config={"config": dataclasses.asdict(cfg)})  # fmt: skip
+    for platform in platforms:  # one artifact per platform; several go to <output>/<platform>/
+        out = Path(cfg.output) / platform if len(platforms) > 1 else Path(cfg.output)
+        export_files(model, record, out, frame=cfg.frame, platform=platform,
+                     unit_style=cfg.unit_style, nbr_order=cfg.nbr_order, cutoff=cfg.cutoff,
+                     bake_topology=cfg.bake_topology, pair_min_sep=cfg.pair_min_sep, n_types=n_types,
+                     capacity_fractions=cfg.capacity_fractions, run=cfg.run,
+                     extra_config={"config": dataclasses.asdict(cfg)})  # fmt: skip
+        if len(platforms) > 1:
+            print(f"export: {platform} artifact and LAMMPS files in {out}", flush=True)
+    return Path(cfg.output)
