@@ -176,7 +176,7 @@ def test_leftover_checkpoint_folders_are_cleaned(tmp_path: Path):
     ("stages:\n  - {name: a, epochs: 2.7}\n", r"train\.stages\[0\]\.epochs: expected an integer, got 2\.7"),
     ("stages:\n  - {name: a, epochs: '2'}\n", r"train\.stages\[0\]\.epochs: expected an integer, got '2'"),
     ("log_every: five\n", r"train\.log_every: expected an integer, got 'five'"),
-    ("checkpoint_every: -3\n", r"train\.checkpoint_every must be >= 1, got -3"),
+    ("checkpoint_every: -3\n", r"train\.checkpoint_every must be >= 0 \(0: only at the end of each epoch\), got -3"),
     ("data: {val_fraction: 1.5}\n", r"train\.data\.val_fraction must be in \[0, 1\), got 1\.5"),
     ("progress: 'no'\n", r"train\.progress: expected true or false"),
     ("keep: some\n", r"train\.keep: expected one of \['all', 'best'\]"),
