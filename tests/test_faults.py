@@ -494,3 +494,22 @@ def test_export_builds_one_artifact_per_platform_in_one_call(villin_prepared, tm
         assert cfg["lowered_for"] == [platform] and cfg["backend"] == backend
         assert f"pair_style chemtrain_deploy {backend} 0.9" in (d / "in.lammps").read_text().splitlines()
         assert verify.static_problems((d / "model.ptb").read_bytes()) == []
+
+
+def test_disk_full_in_the_metrics_log_names_it(tmp_path: Path):
+    import errno
+    from types import SimpleNamespace
+
+    from cameo_eqx.fileio import NoSpaceError
+    from cameo_eqx.training.callbacks import JsonlLogger
+
+    class Full(io.StringIO):
+        def write(self, s):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    log = JsonlLogger(1)
+    log.on_fit_start(SimpleNamespace(is_main=True, run_dir=tmp_path))
+    log.fh.close()
+    log.fh = Full()
+    with pytest.raises(NoSpaceError, match=rf"no space left on device: {tmp_path}/metrics\.jsonl"):
+        log.on_step_end(None, {"step": 1, "loss": 1.0})

@@ -91,12 +91,17 @@ class JsonlLogger(Callback):
 
     def on_fit_start(self, trainer: Any) -> None:
         if trainer.is_main:
-            self.fh = open(Path(trainer.run_dir) / "metrics.jsonl", "a")
+            self.path = Path(trainer.run_dir) / "metrics.jsonl"
+            self.fh = open(self.path, "a")
 
     def _write(self, rec: dict[str, Any]) -> None:
         if self.fh is not None:
-            self.fh.write(json.dumps(rec) + "\n")
-            self.fh.flush()
+            from ..fileio import reporting_no_space
+
+            with reporting_no_space(self.path, "the checkpoints are kept; free some space and rerun with "
+                                               "--resume auto"):  # fmt: skip
+                self.fh.write(json.dumps(rec) + "\n")
+                self.fh.flush()
 
     def on_step_end(self, trainer: Any, info: dict[str, Any]) -> None:
         if info["step"] % self.log_every == 0:
