@@ -513,3 +513,55 @@ def test_disk_full_in_the_metrics_log_names_it(tmp_path: Path):
     log.fh = Full()
     with pytest.raises(NoSpaceError, match=rf"no space left on device: {tmp_path}/metrics\.jsonl"):
         log.on_step_end(None, {"step": 1, "loss": 1.0})
+
+
+# ------------------------------------------------------------------- cases 8 and 9: the artifact's guards
+
+
+def test_exported_function_is_nan_on_wrong_order_species_or_list():
+    import jax
+
+    from cameo_eqx.export import chemtrain_deploy as cd
+    from cameo_eqx.export import verify
+
+    n, cutoff = 14, 7.0
+    rng = np.random.default_rng(1)
+    steps = rng.normal(size=(n, 3))
+    pos = np.cumsum(3.8 * steps / np.linalg.norm(steps, axis=1, keepdims=True), axis=0).astype(np.float32)
+    species = (np.arange(n) * 3 % 4).astype(np.int32)
+    top = CGTopology(("ALA",) * n, np.arange(n), ("A",) * n, np.zeros(n, np.int32), species)
+    model = verify.ToyEnergyModel(n_species=4, cutoff=cutoff, layers=1)
+    fn = jax.jit(cd.make_connector_function(model, cutoff=cutoff, nbr_order=(1, 2), topology=top))
+    e_ref, f_ref = verify.model_forces(model, single_frame_batch(pos, top, cutoff))
+
+    def call(p, spc, nl, *, drop=None, dup=None):
+        args = list(verify.connector_arguments(p, spc, nl, n_local=n, n_ghost=0, newton=True, n_atoms=n + 3,
+                                               n_buffer=n * n + 4, n_edges=n * n))  # fmt: skip
+        k = int(np.sum(nl["numneigh"]))
+        snd, rcv = args[5], args[6]
+        near = np.nonzero(np.linalg.norm(p[snd[:k]] - p[rcv[:k]], axis=1) < cutoff)[0]
+        if drop is not None:  # one entry missing
+            i = near[drop]
+            snd[i:k - 1], rcv[i:k - 1] = snd[i + 1:k].copy(), rcv[i + 1:k].copy()
+            snd[k - 1] = rcv[k - 1] = n + 3
+        if dup is not None:  # one entry twice
+            snd[k], rcv[k] = snd[near[dup]], rcv[near[dup]]
+        f, e, *_ = fn(*args)
+        return float(e), np.asarray(f)[:n]
+
+    for half in (True, False):
+        nl = verify.neighbor_list(pos, cutoff, half=half)
+        e, f = call(pos, species, nl)  # the legitimate call: the model's forces
+        np.testing.assert_allclose(e, np.sum(e_ref), rtol=1e-5)
+        np.testing.assert_allclose(f, f_ref, atol=1e-4)
+        for kw in ({"drop": 0}, {"dup": 0}, {"dup": 3}):  # one bad entry: flagged, not miscounted
+            assert np.isnan(call(pos, species, nl, **kw)[0]), (half, kw)
+    nl = verify.neighbor_list(pos, cutoff, half=False)
+    perm = rng.permutation(n)
+    assert np.isnan(call(pos[perm], species[perm], verify.neighbor_list(pos[perm], cutoff, half=False))[0])
+    assert np.isnan(call(pos, (species + 1) % 4, nl)[0])  # shifted species
+    assert np.isnan(call(pos, np.where(np.arange(n) == 5, 7, species), nl)[0])  # out of range (was clamped)
+    same = np.nonzero(species == species[0])[0]
+    swap = np.arange(n)
+    swap[[same[0], same[-1]]] = swap[[same[-1], same[0]]]  # same species, far apart: a bond breaks
+    assert np.isnan(call(pos[swap], species, verify.neighbor_list(pos[swap], cutoff, half=False))[0])

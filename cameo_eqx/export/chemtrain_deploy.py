@@ -21,8 +21,14 @@ of each slot (so each directed edge occurs once) and whose non-bonded pairs are 
 
 **Limits of a baked topology** (prior bonded terms index rows): valid only on one MPI rank, with no
 ghost atoms (`boundary s s s` or f, no periodic images) and `atom_modify sort 0 0.0` (row order =
-atom order). The function guards this: when `n_ghost != 0` or `n_local` differs from the exported
-protein's size it returns NaN energy and forces. Use `atom_style atomic` (a molecular style's
+atom order). The function guards this and returns NaN energy and forces when `n_ghost != 0`, when
+`n_local` differs from the exported protein's size, when the species sequence differs from the
+exported one (a wrong, shifted or out-of-range species, or atoms in another order), when a baked bond
+is longer than `MAX_BAKED_BOND_LENGTH` (a permutation that keeps the species sequence, or a blow-up),
+and when the neighbour list is not exactly every pair within the cutoff once (a half list) or once in
+each orientation (a full list): one duplicated or missing entry is flagged, not miscounted (see
+`list_consistent`). What it cannot see: two beads of the same species swapped while every bond stays
+short (the connector passes no atom ids). Use `atom_style atomic` (a molecular style's
 `special_bonds 0 0 0` would silently remove 1-2/1-3/1-4 pairs) and
 `comm_modify cutoff >= nbr_order * cutoff + skin`.
 """
@@ -52,6 +58,10 @@ UNIT_STYLES: dict[str, float] = {"real": 1.0, "metal": KCAL_PER_MOL_TO_EV}
 
 PLATFORMS: tuple[str, ...] = ("cuda", "cpu")
 
+MAX_BAKED_BOND_LENGTH: float = 8.0
+"""Å; a baked bond longer than this makes the function return NaN (CA-CA bonds are about 3.8 Å; the same
+bound as the simulation's blow-up guard)."""
+
 SYMBOLIC_SHAPES = "n_atoms, max_buffers, max_edges"
 SHAPE_CONSTRAINTS = ("max_edges <= 2*max_buffers",)
 
@@ -70,6 +80,7 @@ class BakedTopology:
     angles: np.ndarray  # (n_angle, 3) int32
     dihedrals: np.ndarray  # (n_dih, 4) int32
     segment: np.ndarray  # (n,) int32
+    species: np.ndarray  # (n,) int32
 
     @classmethod
     def from_topology(cls, topology: CGTopology | None) -> "BakedTopology | None":
@@ -81,6 +92,7 @@ class BakedTopology:
             angles=np.asarray(topology.angles, np.int32).reshape(-1, 3),
             dihedrals=np.asarray(topology.dihedrals, np.int32).reshape(-1, 4),
             segment=np.asarray(topology.segment, np.int32),
+            species=np.asarray(topology.species, np.int32),
         )
 
 
@@ -237,6 +249,47 @@ def undirected_mask(
     **Returns:** the mask of representative edges (a subset of `ok`).
     """
     return ok & (mirror_mask(ok, snd, rcv, n_local) | (snd < rcv))
+
+
+def list_consistent(
+    listed: Bool[Array, " B"], snd: Int[Array, " B"], rcv: Int[Array, " B"], positions: Array, cutoff2: float
+) -> Bool[Array, ""]:
+    """Whether a neighbour list of a baked protein (no ghosts) holds every pair within the cutoff exactly
+    once (a half list) or exactly once in each orientation (a full list).
+
+    The pairs within the cutoff come from all pairs of the `n` rows of `positions` (an n x n loop that
+    XLA fuses; nothing n x n is stored). Whether a listed edge counts is read from the same distances,
+    so a pair at the cutoff is judged the same way on both sides. The list and the pairs are compared
+    by their counts and by sums of two independent 32-bit hashes of (i < j) (equal multisets up to a
+    2**-64 collision), and a full list must also be symmetric (the `mirror_mask` test). One duplicated
+    or missing entry fails this, where the all-or-nothing half/full detection alone counted every pair
+    twice.
+
+    **Arguments:**
+
+    - `listed`: edges that are in range, between valid atoms and not self (no cutoff applied yet).
+    - `snd`, `rcv`: their atoms, clipped to the padded range. `positions`: the protein's `n` rows.
+    - `cutoff2`: the squared cutoff.
+    """
+    n = positions.shape[0]
+    ii = jnp.arange(n, dtype=jnp.int32)
+    d2 = jnp.sum((positions[:, None, :] - positions[None, :, :]) ** 2, axis=-1)
+    within = (ii[:, None] < ii[None, :]) & (d2 < cutoff2)
+    lo = jnp.clip(jnp.minimum(snd, rcv), 0, n - 1)
+    hi = jnp.clip(jnp.maximum(snd, rcv), 0, n - 1)
+    edge = listed & (snd < n) & (rcv < n) & within[lo, hi]
+    n_pairs = jnp.sum(within, dtype=jnp.int32)
+    n_edges = jnp.sum(edge, dtype=jnp.int32)
+    half, full = n_edges == n_pairs, n_edges == 2 * n_pairs
+    zero = jnp.uint32(0)
+    for c1, c2 in ((0x9E3779B1, 0x85EBCA77), (0xC2B2AE3D, 0x27D4EB2F)):
+        want = jnp.sum(jnp.where(within, _edge_hash(ii[:, None], ii[None, :], c1, c2), zero), dtype=jnp.uint32)
+        got = jnp.sum(jnp.where(edge, _edge_hash(lo, hi, c1, c2), zero), dtype=jnp.uint32)
+        forward = jnp.sum(jnp.where(edge, _edge_hash(snd, rcv, c1, c2), zero), dtype=jnp.uint32)
+        backward = jnp.sum(jnp.where(edge, _edge_hash(rcv, snd, c1, c2), zero), dtype=jnp.uint32)
+        half = half & (got == want)
+        full = full & (got == want * jnp.uint32(2)) & (forward == backward)
+    return half | full
 
 
 def compaction_sources(inclusive: Int[Array, " L"], size: int) -> Int[Array, " size"]:
@@ -493,7 +546,15 @@ def make_connector_function(
             level = sum((n_pairs > size).astype(jnp.int32) for size in sizes[:-1])
             forces, e_local = jax.lax.switch(level, [evaluate(z) for z in sizes])
         if baked is not None:
+            # the call must be the exported protein as exported (see the module docstring): anything
+            # else gives NaN, not a finite wrong answer
             bad = (n_ghost != 0) | (n_local != baked.n_beads)
+            bad = bad | jnp.any(_rows(species, n_model) != jnp.asarray(baked.species))
+            if len(baked.bonds):
+                bl2 = jnp.sum((pos_model[bonds[:, 0]] - pos_model[bonds[:, 1]]) ** 2, axis=-1)
+                bad = bad | ~jnp.all(bl2 < MAX_BAKED_BOND_LENGTH**2)
+            listed = in_range & valid[sc] & valid[rc] & (s != r)
+            bad = bad | ~list_consistent(listed, sc, rc, pos_model, cutoff2)
             forces = jnp.where(bad, jnp.nan, forces)
             e_local = jnp.where(bad, jnp.nan, e_local)
         return (
