@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("cameo_eqx.training.config:EvaluateConfig", "cameo_eqx.evaluation.report:evaluate"),
     "simulate": ("cameo_eqx.simulate.config:SimulateConfig", "cameo_eqx.simulate.langevin:simulate"),
     "analyze": ("cameo_eqx.simulate.config:AnalyzeConfig", "cameo_eqx.simulate:analyze"),
+    "synthesize": ("cameo_eqx.synthetic.generate:SynthesizeConfig", "cameo_eqx.synthetic.generate:synthesize"),
     "export": ("cameo_eqx.export.chemtrain_deploy:ExportConfig", "cameo_eqx.export.chemtrain_deploy:export"),
     "demo": ("cameo_eqx.demo:DemoConfig", "cameo_eqx.demo:demo"),
 }

@@ -7,6 +7,7 @@ Layout of `<dir>/dataset.h5` (format `cameo_eqx.prepared/1`):
 /<protein>/
     R            (T, N, 3) float32   bead positions, Å
     F            (T, N, 3) float32   mapped bead forces, kcal/mol/Å (absent for coordinate-only inputs)
+    F_true       (T, N, 3) float32   noise-free forces (synthetic data only: `synthesize`), kcal/mol/Å
     species      (N,) int32          under the file's species map
     resname      (N,) bytes          normalised residue names
     resid        (N,) int32          residue numbers as in the source
@@ -53,6 +54,7 @@ class ProteinRecord:
     temperature: Float[np.ndarray, " T"]
     replica: Int[np.ndarray, " T"]
     attrs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    forces_true: Any | None = None  # (T, N, 3) noise-free forces of synthetic data, or None
 
     @property
     def n_frames(self) -> int:
@@ -81,10 +83,19 @@ class ProteinRecord:
         undo[order] = np.arange(len(order))
         return r[undo], (None if f is None else f[undo])
 
+    def true_forces(self, index: Int[np.ndarray, " k"]) -> Float[np.ndarray, "k N 3"] | None:
+        """Noise-free forces of the selected frames (synthetic data), None where the data has none."""
+        if self.forces_true is None:
+            return None
+        index = np.asarray(index)
+        uniq, inverse = np.unique(index, return_inverse=True)
+        return np.asarray(self.forces_true[uniq], dtype=np.float32)[inverse.reshape(-1)]
+
     def load(self) -> "ProteinRecord":
         """A copy with all frames read into memory."""
         r, f = self.frames(slice(None))
-        return dataclasses.replace(self, positions=r, forces=f)
+        ft = None if self.forces_true is None else np.asarray(self.forces_true[()], np.float32)
+        return dataclasses.replace(self, positions=r, forces=f, forces_true=ft)
 
 
 def dataset_file(path: str | os.PathLike) -> Path:
@@ -176,6 +187,7 @@ def read_record(g: h5py.Group) -> ProteinRecord:
         topology=topo,
         positions=g["R"],
         forces=g["F"] if "F" in g else None,
+        forces_true=g["F_true"] if "F_true" in g else None,
         temperature=np.asarray(g["temperature"][()], dtype=np.float32),
         replica=np.asarray(g["replica"][()], dtype=np.int32),
         attrs=dict(g.attrs),
@@ -209,6 +221,9 @@ def write_record(
                      compression=compression)  # fmt: skip
     if rec.forces is not None:
         g.create_dataset("F", data=np.asarray(rec.forces, np.float32), chunks=chunks,
+                         compression=compression)  # fmt: skip
+    if rec.forces_true is not None:
+        g.create_dataset("F_true", data=np.asarray(rec.forces_true, np.float32), chunks=chunks,
                          compression=compression)  # fmt: skip
     topo = rec.topology
     g["species"] = np.asarray(topo.species, np.int32)

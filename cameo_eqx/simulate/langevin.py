@@ -184,14 +184,15 @@ class LangevinState(eqx.Module):
 class BAOAB(eqx.Module):
     """The BAOAB Langevin integrator (see the module docstring).
 
-    **Arguments:** `timestep_fs` (fs), `friction_per_ps` (1/ps), `temperature` (K),
-    `max_bond_length` (Å, the blow-up guard). They are traced scalars, not static: changing them does
-    not recompile.
+    **Arguments:** `timestep_fs` (fs), `friction_per_ps` (1/ps), `temperature` (K: one bath, or one per
+    replica, shape `(R,)`, so that one compiled run samples several temperatures at once),
+    `max_bond_length` (Å, the blow-up guard). They are traced, not static: changing them does not
+    recompile.
     """
 
     timestep_fs: Float[Array, ""]
     friction_per_ps: Float[Array, ""]
-    temperature: Float[Array, ""]
+    temperature: Float[Array, ""] | Float[Array, " R"]
     max_bond_length: Float[Array, ""]
 
     def __init__(self, timestep_fs, friction_per_ps, temperature, max_bond_length=8.0):
@@ -201,8 +202,10 @@ class BAOAB(eqx.Module):
         self.max_bond_length = jnp.asarray(max_bond_length, jnp.float32)
 
     @property
-    def kT(self) -> Float[Array, ""]:
-        return KB_KCAL_PER_MOL_K * self.temperature
+    def kT(self) -> Float[Array, ""] | Float[Array, "R 1 1"]:
+        """kT in kcal/mol, shaped to broadcast against `(R, n, 3)` arrays."""
+        kt = KB_KCAL_PER_MOL_K * self.temperature
+        return kt.reshape(kt.shape + (1, 1)) if kt.ndim else kt
 
     def forces(self, model, system: System, positions, nbrs):
         return jax.vmap(lambda x, nl: energy_and_forces(model, system, x, nl))(positions, nbrs)
@@ -344,7 +347,8 @@ class Simulator:
 
     - `model`: any `AbstractEnergyModel` (a `ForceField`, a `Prior`, ...).
     - `topology`: the protein's `CGTopology`.
-    - `temperature` (K), `timestep_fs` (fs), `friction_per_ps` (1/ps): the Langevin bath.
+    - `temperature` (K), `timestep_fs` (fs), `friction_per_ps` (1/ps): the Langevin bath; `temperature`
+      may be a sequence, one per replica (then `init` needs that many replicas).
     - `masses`: "residue", "uniform" (`uniform_mass` g/mol) or an array.
     - `skin` (Å), `capacity` (candidate pairs per replica; None: sized from the start structure).
     - `pair_min_sep`: non-bonded pair selection (None: the model's, else 2); `cutoff`: None: the model's.
@@ -352,7 +356,7 @@ class Simulator:
     """
 
     def __init__(
-        self, model: AbstractEnergyModel, topology: CGTopology, *, temperature: float = 300.0,
+        self, model: AbstractEnergyModel, topology: CGTopology, *, temperature: float | Any = 300.0,
         timestep_fs: float = 2.0, friction_per_ps: float = 1.0, masses: Any = "residue",
         uniform_mass: float = 110.0, skin: float = 2.0, capacity: int | None = None,
         pair_min_sep: int | None = None, cutoff: float | None = None, max_bond_length: float = 8.0,
@@ -369,10 +373,13 @@ class Simulator:
             pair_min_sep = int(getattr(model, "pair_min_sep", 2))
         self.system = System.from_topology(
             topology, cutoff=model_cutoff(model) if cutoff is None else float(cutoff),
-            pair_min_sep=pair_min_sep, masses=masses, uniform_mass=uniform_mass, temperature=temperature,
+            pair_min_sep=pair_min_sep, masses=masses, uniform_mass=uniform_mass,
+            temperature=float(np.mean(temperature)),
         )  # fmt: skip
-        self.integrator = BAOAB(float(timestep_fs), float(friction_per_ps), float(temperature),
-                                float(max_bond_length))  # fmt: skip
+        temps = np.asarray(temperature, np.float32)
+        if temps.ndim > 1 or not np.all(temps > 0):
+            raise ValueError(f"temperature must be a positive number or one per replica, got {temperature!r}")
+        self.integrator = BAOAB(float(timestep_fs), float(friction_per_ps), temps, float(max_bond_length))
         self.skin = float(skin)
         self.capacity = capacity
 
@@ -406,7 +413,10 @@ class Simulator:
         key = jax.random.PRNGKey(seed) if key is None else jnp.asarray(key)
         if velocities is None:
             key, sub = jax.random.split(key)
-            sd = jnp.sqrt(self.integrator.kT * ACCELERATION / self.system.masses)[None, :, None]
+            if self.integrator.temperature.ndim and self.integrator.temperature.shape[0] != x.shape[0]:
+                raise ValueError(f"{self.integrator.temperature.shape[0]} replica temperatures for "
+                                 f"{x.shape[0]} replicas")  # fmt: skip
+            sd = jnp.sqrt(self.integrator.kT * ACCELERATION / self.system.masses[None, :, None])
             velocities = sd * jax.random.normal(sub, x.shape, jnp.float32)
         if self.capacity is None:
             self.capacity = self._capacity_for(x)

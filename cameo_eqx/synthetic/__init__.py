@@ -1,0 +1,1 @@
+"""Synthetic ground truth: a transferable teacher potential and datasets simulated with it."""
