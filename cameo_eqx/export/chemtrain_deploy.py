@@ -260,10 +260,10 @@ def list_consistent(
     The pairs within the cutoff come from all pairs of the `n` rows of `positions` (an n x n loop that
     XLA fuses; nothing n x n is stored). Whether a listed edge counts is read from the same distances,
     so a pair at the cutoff is judged the same way on both sides. The list and the pairs are compared
-    by their counts and by sums of two independent 32-bit hashes of (i < j) (equal multisets up to a
-    2**-64 collision), and a full list must also be symmetric (the `mirror_mask` test). One duplicated
-    or missing entry fails this, where the all-or-nothing half/full detection alone counted every pair
-    twice.
+    by their counts (one duplicated or missing entry changes it) and by the sum of a 32-bit hash of
+    (i < j) (a duplicate and a missing entry together: caught up to a 2**-32 collision), and a full list
+    must also be symmetric (the `mirror_mask` test). The all-or-nothing half/full detection alone took a
+    full list with one bad entry for a half list and counted every pair twice.
 
     **Arguments:**
 
@@ -273,22 +273,24 @@ def list_consistent(
     """
     n = positions.shape[0]
     ii = jnp.arange(n, dtype=jnp.int32)
-    d2 = jnp.sum((positions[:, None, :] - positions[None, :, :]) ** 2, axis=-1)
+    x, y, z = (positions[:, k] for k in range(3))  # per coordinate: vectorises ~7x better on CPU
+    d2 = (x[:, None] - x[None, :]) ** 2 + (y[:, None] - y[None, :]) ** 2 + (z[:, None] - z[None, :]) ** 2
     within = (ii[:, None] < ii[None, :]) & (d2 < cutoff2)
     lo = jnp.clip(jnp.minimum(snd, rcv), 0, n - 1)
     hi = jnp.clip(jnp.maximum(snd, rcv), 0, n - 1)
     edge = listed & (snd < n) & (rcv < n) & within[lo, hi]
     n_pairs = jnp.sum(within, dtype=jnp.int32)
     n_edges = jnp.sum(edge, dtype=jnp.int32)
-    half, full = n_edges == n_pairs, n_edges == 2 * n_pairs
     zero = jnp.uint32(0)
+    c1, c2 = 0x9E3779B1, 0x85EBCA77  # one hash over the n x n pairs (the costly part; the counts
+    want = jnp.sum(jnp.where(within, _edge_hash(ii[:, None], ii[None, :], c1, c2), zero), dtype=jnp.uint32)
+    got = jnp.sum(jnp.where(edge, _edge_hash(lo, hi, c1, c2), zero), dtype=jnp.uint32)  # catch +-1 alone)
+    half = (n_edges == n_pairs) & (got == want)
+    full = (n_edges == 2 * n_pairs) & (got == want * jnp.uint32(2))
     for c1, c2 in ((0x9E3779B1, 0x85EBCA77), (0xC2B2AE3D, 0x27D4EB2F)):
-        want = jnp.sum(jnp.where(within, _edge_hash(ii[:, None], ii[None, :], c1, c2), zero), dtype=jnp.uint32)
-        got = jnp.sum(jnp.where(edge, _edge_hash(lo, hi, c1, c2), zero), dtype=jnp.uint32)
         forward = jnp.sum(jnp.where(edge, _edge_hash(snd, rcv, c1, c2), zero), dtype=jnp.uint32)
         backward = jnp.sum(jnp.where(edge, _edge_hash(rcv, snd, c1, c2), zero), dtype=jnp.uint32)
-        half = half & (got == want)
-        full = full & (got == want * jnp.uint32(2)) & (forward == backward)
+        full = full & (forward == backward)
     return half | full
 
 
