@@ -71,7 +71,7 @@ class TensorBoardLogger(Callback):
     def on_validation_end(self, trainer: Any, metrics: dict[str, float]) -> None:
         if self.writer is None:
             return
-        for k, v in metrics.items():
+        for k, v in metrics.items():  # simulation validation: val/sim_score, val/sim_js_rg/<protein>, ...
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self.writer.add_scalar(f"val/{k}", v, trainer.global_step)
         self.writer.flush()
@@ -139,9 +139,16 @@ class ProgressBar(Callback):
                                      fps=f"{info.get('frames_per_s', 0):.0f}", refresh=False)  # fmt: skip
 
     def on_validation_end(self, trainer: Any, metrics: dict[str, float]) -> None:
-        if self.bar is not None:
-            self.bar.write(f"[{trainer.stage_name} epoch {trainer.epoch}] val loss {metrics['loss']:.4g}, "
-                           f"force RMSE {metrics['force_rmse']:.4g} kcal/mol/Å")  # fmt: skip
+        if self.bar is None:
+            return
+        parts = []
+        if "loss" in metrics:
+            parts.append(f"val loss {metrics['loss']:.4g}, force RMSE {metrics['force_rmse']:.4g} kcal/mol/Å")
+        if "sim_score" in metrics:
+            parts.append(f"sim score {metrics['sim_score']:.3f} (JS Rg {metrics['sim_js_rg']:.3f}, RMSD "
+                         f"{metrics['sim_js_rmsd']:.3f}, Q {metrics['sim_js_q']:.3f}; "
+                         f"{int(metrics['sim_blowups'])} blow-ups)")  # fmt: skip
+        self.bar.write(f"[{trainer.stage_name} epoch {trainer.epoch}] " + "; ".join(parts))
 
     def on_stage_end(self, trainer: Any, stage: Any) -> None:
         self.on_fit_end(trainer)

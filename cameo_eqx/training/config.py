@@ -188,6 +188,70 @@ class DistributedConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SimValidationConfig:
+    """Simulation-based validation during training: short batched Langevin runs of validation proteins,
+    compared with the reference frames by Jensen-Shannon divergences (logged as `sim_*` validation
+    metrics; `select_by: simulation` picks best.eqx by their mean, `sim_score`)."""
+
+    enabled: bool = False
+    """Run the simulations (off by default: they cost far more than the force validation)."""
+    every: int = 5
+    """Simulate every this many epochs of a stage (and at the end of every stage)."""
+    proteins: tuple[str, ...] | None = None
+    """Proteins to simulate; None: the validation split's proteins (split_by protein), else every protein."""
+    max_proteins: int | None = 4
+    """Simulate at most this many of them (evenly chosen in name order); None: all."""
+    temperatures: tuple[float, ...] | None = None
+    """Bath temperatures (K); each needs reference frames within 1 K. None: each protein's lowest
+    reference temperature."""
+    n_replicas: int = 4
+    """Replicas per protein and temperature, started from evenly spaced reference frames."""
+    n_steps: int = 2000
+    """Langevin (BAOAB) steps per replica."""
+    timestep_fs: float = 2.0
+    """Time step in fs."""
+    friction_per_ps: float = 1.0
+    """Langevin friction in 1/ps."""
+    save_every: int = 20
+    """Steps between saved frames."""
+    discard: float = 0.2
+    """Fraction of the saved frames dropped at the start (relaxation from the reference frames)."""
+    max_reference_frames: int = 2000
+    """Reference frames per protein and temperature compared with (evenly subsampled)."""
+    bins: int = 40
+    """Histogram bins of the Jensen-Shannon divergences."""
+
+    def check_fields(self, where: str = "sim_validation") -> None:
+        """Range checks; errors name `where.key`."""
+        from ..config import check
+
+        for key in ("every", "max_proteins", "n_replicas", "n_steps", "save_every", "max_reference_frames", "bins"):
+            _int(key, getattr(self, key), where)
+        check(where, [
+            ("every", self.every >= 1, ">= 1", self.every),
+            ("max_proteins", self.max_proteins is None or self.max_proteins >= 1, ">= 1 or null", self.max_proteins),
+            ("proteins", self.proteins is None or len(self.proteins) >= 1, "a non-empty list or null", self.proteins),
+            ("temperatures", self.temperatures is None or (len(self.temperatures) >= 1
+                                                           and all(t > 0 for t in self.temperatures)),
+             "positive temperatures (K) or null", self.temperatures),
+            ("n_replicas", self.n_replicas >= 1, ">= 1", self.n_replicas),
+            ("n_steps", self.n_steps >= 1, ">= 1", self.n_steps),
+            ("timestep_fs", self.timestep_fs > 0, "> 0 fs", self.timestep_fs),
+            ("friction_per_ps", self.friction_per_ps > 0, "> 0 1/ps", self.friction_per_ps),
+            ("save_every", 1 <= self.save_every <= self.n_steps, f"in [1, n_steps = {self.n_steps}]",
+             self.save_every),
+            ("discard", 0.0 <= self.discard < 1.0, "in [0, 1)", self.discard),
+            ("max_reference_frames", self.max_reference_frames >= 1, ">= 1", self.max_reference_frames),
+            ("bins", self.bins >= 2, ">= 2", self.bins),
+        ])  # fmt: skip
+
+    @property
+    def n_frames(self) -> int:
+        """Frames saved per replica."""
+        return self.n_steps // self.save_every
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Train a force field by force matching on a prepared dataset."""
 
@@ -212,7 +276,7 @@ class TrainConfig:
     ensemble: int = 1
     """Train this many members with seeds seed..seed+N-1 on the same split."""
     keep: Literal["all", "best"] = "all"
-    """Ensembles: keep every member's run directory, or only the best (by validation loss)."""
+    """Ensembles: keep every member's run directory, or only the best (by the select_by criterion)."""
     resume: str = "auto"
     """'auto': continue the run in the run directory from its last valid checkpoint (a directory holding a
     run with another config, or only corrupt checkpoints, is an error); 'never': start fresh (a directory
@@ -231,6 +295,11 @@ class TrainConfig:
     A cut run still writes model.eqx (current parameters); --resume auto continues it."""
     val_every: int = 1
     """Validate every this many epochs (and at the end of every stage)."""
+    sim_validation: SimValidationConfig = SimValidationConfig()
+    """Simulation-based validation (short MD of validation proteins against their reference frames)."""
+    select_by: Literal["force_mse", "simulation"] = "force_mse"
+    """What best.eqx is (and which ensemble member is best): the lowest validation force loss, or the
+    lowest simulation score `sim_score` (needs sim_validation.enabled)."""
     distributed: DistributedConfig = DistributedConfig()
     """Multi-process settings."""
 
@@ -257,6 +326,8 @@ class TrainConfig:
         ])  # fmt: skip
 
     def validate(self) -> None:
+        from ..config import ConfigError
+
         self.check_fields("train")
         self.data.check_fields("train.data")
         if not self.stages and not self.refine.enabled:
@@ -272,6 +343,13 @@ class TrainConfig:
             raise ValueError(f"train: ensemble must be >= 1, got {self.ensemble}")
         if self.model.backbone == "none" and self.model.prior is None:
             raise ValueError("train: model.backbone is 'none' and model.prior is None: nothing to train")
+        self.sim_validation.check_fields("train.sim_validation")
+        if self.select_by not in ("force_mse", "simulation"):
+            raise ConfigError(f"train.select_by: unknown {self.select_by!r}; choose force_mse or simulation")
+        if self.select_by == "simulation" and not self.sim_validation.enabled:
+            raise ConfigError("train.select_by is 'simulation' but sim_validation.enabled is false: there would be "
+                              "no simulation score to select best.eqx by; pass --sim-validation.enabled True "
+                              "or --select-by force_mse")  # fmt: skip
         if self.refine.enabled and self.model.prior is None:
             raise ValueError("train: refine.enabled needs model.prior (a fitted prior to refine)")
 

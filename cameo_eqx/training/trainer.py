@@ -193,6 +193,12 @@ class Trainer:
         cbs: list[Callback] = [NaNGuard(), TensorBoardLogger(cfg.log_every), JsonlLogger(cfg.log_every)]
         if cfg.progress:
             cbs.append(ProgressBar())
+        self.sim_validation = None
+        if cfg.sim_validation.enabled:
+            from .sim_validation import SimValidation
+
+            self.sim_validation = SimValidation(cfg)
+            cbs.append(self.sim_validation)
         self.callbacks = cbs + list(callbacks or [])
         self.max_traces = max_traces
         self.eval_step = make_eval_step(self.task, self.mesh)
@@ -204,6 +210,7 @@ class Trainer:
         self.step_in_epoch = 0
         self.step_in_stage = 0
         self.best_val = math.inf
+        self.best_sim = math.inf
         self.best_stage_val = math.inf
         self.bad_epochs = 0
         self.refined = False
@@ -238,6 +245,7 @@ class Trainer:
             "step_in_epoch": self.step_in_epoch, "step_in_stage": self.step_in_stage,
             "global_step": self.global_step, "best_val": self.best_val if math.isfinite(self.best_val) else None,
             "best_stage_val": self.best_stage_val if math.isfinite(self.best_stage_val) else None,
+            "best_sim_score": self.best_sim if math.isfinite(self.best_sim) else None,
             "bad_epochs": self.bad_epochs, "refined": self.refined, "seed": self.cfg.seed,
             "rng": [int(x) for x in np.asarray(jax.random.key_data(jax.random.PRNGKey(self.cfg.seed)))],
             "data": {"seed": self.cfg.seed, "epoch": self._data_epoch(self.stage_index, self.epoch)
@@ -259,13 +267,15 @@ class Trainer:
         p = state["ema"] if state.get("ema") is not None else state["params"]
         return eqx.combine(to_host(p), to_host(static))
 
-    def _save_model(self, model, name: str) -> None:
+    def _save_model(self, model, name: str, extra: dict[str, Any] | None = None) -> None:
         if not self.is_main:
             return
         from ..modules import save
 
         save(self.run_dir / name, model, {"train_config": _jsonable(self.cfg), "global_step": self.global_step,
-                                          "best_val": self.best_val if math.isfinite(self.best_val) else None})
+                                          "best_val": self.best_val if math.isfinite(self.best_val) else None,
+                                          "best_sim_score": self.best_sim if math.isfinite(self.best_sim) else None,
+                                          "select_by": self.cfg.select_by, **(extra or {})})  # fmt: skip
 
     # ---------------------------------------------------------------------------------- validation
     def validate(self, model) -> dict[str, float]:
@@ -281,10 +291,24 @@ class Trainer:
         s = LossSums(*(tot.pop(k) for k in LossSums._fields))
         return metrics_from_sums(s, self.task, tot)
 
+    def _select(self, model, metrics: dict[str, Any]) -> None:
+        """Tracks the best validation loss and simulation score; writes best.eqx when the `select_by`
+        criterion improves."""
+        v, s = metrics.get("loss"), metrics.get("sim_score")
+        better_val = v is not None and v < self.best_val
+        better_sim = s is not None and math.isfinite(s) and s < self.best_sim
+        if better_val:
+            self.best_val = v
+        if better_sim:
+            self.best_sim = s
+        if better_sim if self.cfg.select_by == "simulation" else better_val:
+            self._save_model(model, "best.eqx", {"val_loss": v, "sim_score": s})
+
     # ---------------------------------------------------------------------------------- fitting
     def fit(self) -> Path:
         """Runs (or resumes) every stage; writes `model.eqx` (final, or the current parameters when
-        `max_steps` cut the run), `best.eqx` (best validation loss), `summary.json` (with `finished`).
+        `max_steps` cut the run), `best.eqx` (the lowest validation loss, or with `select_by` simulation
+        the lowest `sim_score`), `summary.json` (with `finished`).
         Returns the run directory.
 
         The run directory is locked for the whole fit (`<run>/.lock`): a second `train` into it refuses,
@@ -345,6 +369,8 @@ class Trainer:
             if self.is_main:
                 summary = {"finished": finished,
                            "best_val": self.best_val if math.isfinite(self.best_val) else None,
+                           "best_sim_score": self.best_sim if math.isfinite(self.best_sim) else None,
+                           "select_by": cfg.select_by,
                            "global_step": self.global_step, "history": self.history,
                            "stopped_early": self.stopped_early}  # fmt: skip
                 write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=1))
@@ -421,6 +447,7 @@ class Trainer:
         self.step_in_epoch = int(meta["step_in_epoch"])
         self.step_in_stage = int(meta["step_in_stage"])
         self.best_val = math.inf if meta["best_val"] is None else float(meta["best_val"])
+        self.best_sim = math.inf if meta.get("best_sim_score") is None else float(meta["best_sim_score"])
         self.best_stage_val = math.inf if meta.get("best_stage_val") is None else float(meta["best_stage_val"])
         self.bad_epochs = int(meta.get("bad_epochs", 0))
         self.refined = bool(meta.get("refined", False))
@@ -489,23 +516,26 @@ class Trainer:
             self.step_in_epoch = 0
             last = self.epoch == st.epochs
             stop = False
-            if self.epoch % max(cfg.val_every, 1) == 0 or last:
+            sim_due = self.sim_validation is not None and self.sim_validation.due(self.epoch, last)
+            if self.epoch % max(cfg.val_every, 1) == 0 or last or sim_due:
                 cur = self._model_of(dev, static)
                 metrics = self.validate(cur)
                 if metrics:
-                    self._call("on_validation_end", metrics)
-                    self.history.append({"stage": st.name, "epoch": self.epoch, "step": self.global_step,
-                                         **{m: metrics[m] for m in ("loss", "force_rmse")}})  # fmt: skip
                     v = metrics["loss"]
-                    if v < self.best_val:
-                        self.best_val = v
-                        self._save_model(cur, "best.eqx")
                     if v < self.best_stage_val - st.min_delta:
                         self.best_stage_val, self.bad_epochs = v, 0
                     else:
                         self.bad_epochs += 1
                         if st.early_stopping is not None and self.bad_epochs >= st.early_stopping:
                             stop = True
+                if self.sim_validation is not None and (sim_due or stop):  # an early stop ends the stage
+                    metrics.update(self.sim_validation.evaluate(self, cur))
+                if metrics:
+                    self._call("on_validation_end", metrics)
+                    self.history.append({"stage": st.name, "epoch": self.epoch, "step": self.global_step,
+                                         **{m: metrics[m] for m in ("loss", "force_rmse", "sim_score")
+                                            if m in metrics}})  # fmt: skip
+                    self._select(cur, metrics)
             if self.is_main:
                 write_atomic(self.run_dir / "summary_history.json", json.dumps(self.history))
             if stop:
@@ -586,7 +616,9 @@ def train(cfg: TrainConfig) -> Path:
 def train_ensemble(cfg: TrainConfig) -> Path:
     """Trains `cfg.ensemble` members (seeds `seed + k`, the same split) in `<run>/member_<k>`, reports
     the validation spread in `<run>/ensemble.json`, copies the best member's `model.eqx`, `best.eqx` and
-    `config.json` into `<run>`, and deletes the other members when `keep == "best"`."""
+    `config.json` into `<run>`, and deletes the other members when `keep == "best"`. Each member selects
+    its own best.eqx and the best member is chosen by the same `select_by` criterion (validation loss or
+    simulation score)."""
     run_dir = Path(cfg.output) / cfg.name
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = DirLock(run_dir, "train").acquire() if jax.process_index() == 0 else None
@@ -606,12 +638,17 @@ def _train_ensemble(cfg: TrainConfig, run_dir: Path) -> Path:
         if not summ.get("finished", False):  # new, or cut by max_steps: (re)run, resuming its checkpoints
             Trainer(member, d).fit()
             summ = json.loads((d / "summary.json").read_text())
-        results.append({"member": k, "seed": member.seed, "dir": str(d), "best_val": summ.get("best_val")})
+        results.append({"member": k, "seed": member.seed, "dir": str(d), "best_val": summ.get("best_val"),
+                        "best_sim_score": summ.get("best_sim_score")})  # fmt: skip
     vals = np.asarray([r["best_val"] if r["best_val"] is not None else np.inf for r in results], float)
-    best = int(np.argmin(vals))
+    sims = np.asarray([r["best_sim_score"] if r["best_sim_score"] is not None else np.inf for r in results], float)
+    best = int(np.argmin(sims if cfg.select_by == "simulation" else vals))
     fin = vals[np.isfinite(vals)]
+    fin_sim = sims[np.isfinite(sims)]
     report = {
-        "members": results, "best_member": best,
+        "members": results, "best_member": best, "select_by": cfg.select_by,
+        "sim_score_mean": float(fin_sim.mean()) if len(fin_sim) else None,
+        "sim_score_std": float(fin_sim.std(ddof=1)) if len(fin_sim) > 1 else None,
         "val_loss_mean": float(fin.mean()) if len(fin) else None,
         "val_loss_std": float(fin.std(ddof=1)) if len(fin) > 1 else None,
         "val_loss_min": float(fin.min()) if len(fin) else None,
@@ -628,6 +665,8 @@ def _train_ensemble(cfg: TrainConfig, run_dir: Path) -> Path:
                 if r["member"] != best:
                     shutil.rmtree(r["dir"], ignore_errors=True)
         write_atomic(run_dir / "ensemble.json", json.dumps(report, indent=1))
-        print(f"ensemble of {cfg.ensemble}: validation loss {report['val_loss_mean']} ± {report['val_loss_std']}; "
-              f"best member {best}", flush=True)  # fmt: skip
+        sim = (f"; simulation score {report['sim_score_mean']} ± {report['sim_score_std']}"
+               if cfg.select_by == "simulation" or report["sim_score_mean"] is not None else "")
+        print(f"ensemble of {cfg.ensemble}: validation loss {report['val_loss_mean']} ± {report['val_loss_std']}{sim}; "
+              f"best member {best} (by {cfg.select_by})", flush=True)  # fmt: skip
     return run_dir
