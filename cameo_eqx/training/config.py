@@ -348,8 +348,8 @@ class TrainConfig:
             raise ConfigError(f"train.select_by: unknown {self.select_by!r}; choose force_mse or simulation")
         if self.select_by == "simulation" and not self.sim_validation.enabled:
             raise ConfigError("train.select_by is 'simulation' but sim_validation.enabled is false: there would be "
-                              "no simulation score to select best.eqx by; pass --sim-validation.enabled True "
-                              "or --select-by force_mse")  # fmt: skip
+                              "no simulation score to select best.eqx by; pass --sim-validation.enabled (YAML: "
+                              "sim_validation: {enabled: true}) or --select-by force_mse")  # fmt: skip
         if self.refine.enabled and self.model.prior is None:
             raise ValueError("train: refine.enabled needs model.prior (a fitted prior to refine)")
 
