@@ -93,6 +93,7 @@ def loss_curves(run_dir: Path, path: Path, noise_floor: float | None = None) -> 
     fig, ax = plt.subplots(figsize=(6, 4))
     if train:
         ax.plot([r["step"] for r in train], [r["force_rmse"] ** 2 for r in train], lw=0.8, label="train force MSE")
+    val = [r for r in val if "force_mse" in r]  # a run without validation frames logs only sim_* metrics
     if val:
         ax.plot([r["step"] for r in val], [r["force_mse"] for r in val], "o-", label="validation force MSE")
     if noise_floor is not None:
