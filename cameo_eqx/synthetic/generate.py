@@ -50,8 +50,10 @@ class SynthesizeConfig:
 
     output: Path = Path("synthetic")
     """Output directory; the dataset goes to <output>/dataset.h5 (atomically), the teacher to teacher.json."""
+    sequences: tuple[str, ...] = ()
+    """Explicit sequences to simulate (one-letter codes, e.g. MKILVAGF), started from compact chains."""
     n_random: int = 8
-    """Random sequences to simulate."""
+    """Random sequences to simulate (besides `sequences` and `structures`)."""
     min_length: int = 20
     """Shortest random sequence (beads)."""
     max_length: int = 80
@@ -99,11 +101,20 @@ class SynthesizeConfig:
         ) if not ok]  # fmt: skip
         if bad:
             raise ValueError("synthesize: " + "; ".join(f"{k} = {v!r} must be {why}" for k, v, why in bad))
-        if self.n_random == 0 and not self.structures:
-            raise ValueError("synthesize: nothing to simulate (n_random is 0 and no structures given)")
+        if self.n_random == 0 and not self.structures and not self.sequences:
+            raise ValueError("synthesize: nothing to simulate (n_random is 0, no sequences, no structures)")
+        for q in self.sequences:
+            bad = sorted(set(q.upper()) - set(ONE_LETTER))
+            if bad or len(q) < 4:
+                raise ValueError(f"synthesize: sequence {q!r} must have >= 4 one-letter amino-acid codes"
+                                 + (f" (unknown {bad})" if bad else ""))
 
 
 # ----------------------------------------------------------------------------------- sequences
+
+
+ONE_LETTER: dict[str, str] = dict(zip("ARNDCQEGHILKMFPSTWYV", AMINO_ACIDS))
+"""One-letter code → residue name."""
 
 
 def random_sequence(n: int, rng: np.random.Generator) -> tuple[str, ...]:
@@ -264,6 +275,9 @@ def synthesize(cfg: SynthesizeConfig) -> Path:
     teacher = TeacherPotential.load(cfg.teacher) if cfg.teacher else TeacherPotential.default()
     rng = np.random.default_rng(cfg.seed)
     jobs = _structures(cfg)
+    for k, q in enumerate(cfg.sequences):
+        topo = chain_topology([ONE_LETTER[c] for c in q.upper()])
+        jobs.append((f"seq{k:03d}_{len(q)}", topo, compact_chain(len(q), rng)))
     for k in range(cfg.n_random):
         seq = random_sequence(int(rng.integers(cfg.min_length, cfg.max_length + 1)), rng)
         topo = chain_topology(seq)
