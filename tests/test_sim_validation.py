@@ -150,3 +150,17 @@ def test_blowup_scores_worst_and_is_logged(prior_yaml, records, capsys):
     assert all(out[f"sim_js_{k}"] == 1.0 for k in SCORE_KEYS)
     assert records[0].name in out["sim_blowup_messages"]
     assert "blew up" in capsys.readouterr().out
+
+
+def test_resume_of_a_run_written_before_these_options(prior_yaml, records, tmp_path):
+    """A run folder whose config.json predates sim_validation/select_by resumes (the absent options take
+    their defaults); switching select_by on a resume is a different config and refused."""
+    cfg = _cfg(prior_yaml, tmp_path, select_by="force_mse", sim_validation=SimValidationConfig(),
+               stages=(StageConfig(name="a", epochs=1, lr=3e-3),))  # fmt: skip
+    run = _fit(cfg, records).run_dir
+    old = json.loads((run / "config.json").read_text())
+    del old["sim_validation"], old["select_by"]
+    (run / "config.json").write_text(json.dumps(old))
+    _fit(cfg, records)  # resumes the finished run: nothing refused
+    with pytest.raises(ValueError, match="select_by"):
+        _fit(dataclasses.replace(cfg, select_by="simulation", sim_validation=SIM), records)

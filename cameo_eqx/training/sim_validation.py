@@ -71,12 +71,18 @@ def _evenly(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, k).round().astype(np.int64))
 
 
-def _records(dataset: Any) -> dict[str, Any]:
+def _names(dataset: Any) -> list[str]:
+    from ..data.store import PreparedDataset
+
+    return list(dataset.names) if isinstance(dataset, PreparedDataset) else [r.name for r in dataset]
+
+
+def _record(dataset: Any, name: str) -> Any:
     from ..data.store import PreparedDataset
 
     if isinstance(dataset, PreparedDataset):
-        return {n: dataset.record(n) for n in dataset.names}
-    return {r.name: r for r in dataset}
+        return dataset.record(name)
+    return next(r for r in dataset if r.name == name)
 
 
 def choose_proteins(cfg: TrainConfig, names: list[str], val_proteins: list[str]) -> list[str]:
@@ -120,11 +126,10 @@ def prepare_targets(cfg: TrainConfig, dataset: Any, val_proteins: list[str]) -> 
     from ..simulate.analysis import native_contacts
 
     sv = cfg.sim_validation
-    recs = _records(dataset)
     out: list[ProteinTargets] = []
     missing: list[str] = []
-    for name in choose_proteins(cfg, list(recs), val_proteins):
-        rec = recs[name]
+    for name in choose_proteins(cfg, _names(dataset), val_proteins):  # only the chosen records are opened
+        rec = _record(dataset, name)
         temps = np.asarray(rec.temperature, np.float64)
         have = np.unique(temps)
         if cfg.data.temperatures is not None:

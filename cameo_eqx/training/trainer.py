@@ -412,6 +412,8 @@ class Trainer:
             except (OSError, ValueError) as e:
                 raise ValueError(f"{old_path}: unreadable ({e}); the run directory {rd} cannot be checked. "
                                  "Use --resume restart to discard it, or choose another --name") from None
+            # options added since that run was written take their defaults there (not a different config)
+            old = _with_defaults(old, json.loads(to_json(TrainConfig())))
             diff = _config_diff(old, json.loads(to_json(cfg)))
             if diff:
                 raise ValueError(f"run directory {rd} holds a run with another config ({', '.join(diff)} differ, "
@@ -571,6 +573,17 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
             out.extend(_config_diff(a, b, key + "."))
         elif a != b:
             out.append(key)
+    return out
+
+
+def _with_defaults(old: dict, defaults: dict) -> dict:
+    """`old` with the keys it lacks (options added after it was written) taken from `defaults`."""
+    out = dict(old)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _with_defaults(out[k], v)
     return out
 
 
