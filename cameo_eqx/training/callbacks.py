@@ -2,7 +2,9 @@
 ETA, and the NaN/inf guard. Checkpointing is driven by the trainer (it owns the state) through
 `Checkpointer`'s schedule.
 
-Hooks get the trainer and a dict of host floats; only process 0 logs.
+Hooks get the trainer and a dict of host floats; only process 0 logs. Simulation-based validation
+(`sim_validation.SimValidation`) is a callback too; the trainer calls its `evaluate` on the due epochs and
+merges its `sim_*` metrics into the validation metrics these loggers write.
 """
 
 from __future__ import annotations
