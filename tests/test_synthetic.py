@@ -168,7 +168,10 @@ def test_synthesize_writes_a_prepared_dataset_with_true_forces(tmp_path):
                            max_length=7, temperatures=(320.0, 450.0), n_replicas=2, frames=40, save_every_ps=0.2,
                            equilibrate_ps=1.0, noise_sigma=5.0, progress=False, seed=3)  # fmt: skip
     path = synthesize(cfg)
-    teacher = TeacherPotential.load(tmp_path / "syn" / "teacher.json")
+    from cameo_eqx.simulate.langevin import load_model
+
+    teacher = load_model(tmp_path / "syn" / "teacher.json")  # what `simulate --model teacher.json` loads
+    assert isinstance(teacher, TeacherPotential)
     with PreparedDataset(path) as ds:
         assert ds.names == ["rand000_7", "seq000_7"]
         assert json.loads(ds._h5.attrs["teacher"])["format"] == "cameo_eqx.teacher/1"

@@ -534,11 +534,17 @@ class Simulator:
 
 
 def load_model(path: str | os.PathLike) -> AbstractEnergyModel:
-    """A saved force field (`cameo_eqx.modules.load`) or, for .yaml/.yml/.json, a `Prior` file."""
+    """A saved force field (`cameo_eqx.modules.load`), a teacher potential (`teacher.json` from
+    `synthesize`) or, for .yaml/.yml/.json, a `Prior` file."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no model at {path}: expected a saved force field (model.eqx) or a prior "
-                                "file (prior.yaml from fit-priors)")  # fmt: skip
+        raise FileNotFoundError(f"no model at {path}: expected a saved force field (model.eqx), a prior "
+                                "file (prior.yaml from fit-priors) or a teacher (teacher.json from synthesize)")  # fmt: skip
+    if path.suffix == ".json" and '"cameo_eqx.teacher/' in path.read_text()[:200]:
+        # the teacher lives in cameo_eqx.synthetic, which itself drives the Simulator: imported here only
+        from ..synthetic.teacher import TeacherPotential
+
+        return TeacherPotential.load(path)
     if path.suffix in (".yaml", ".yml", ".json"):
         from ..priors.prior import Prior
 
