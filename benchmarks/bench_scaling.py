@@ -83,9 +83,9 @@ def fit_law(mode: str, devices, throughput, sigma=None) -> dict[str, Any]:
     - `sigma`: optional per-point standard deviations of the throughput (relative weights).
 
     **Returns:** `{"law", "s", "s_err", "x1", "x1_err", "cov", "points", "dof"}`; with three or more
-    points both `s` and `x1` are fitted; with two, `x1` is fixed to the mean one-device throughput
-    (fails if there is none) and `s` is fitted alone. Errors are None when the fit has no degrees of
-    freedom left.
+    points both `s` and `x1` are fitted; with two, `x1` is fixed to the one-device throughput (fails if
+    there is none) and `s` is solved for, without an error (no degree of freedom is left). A strong-mode
+    `s` above 1 means that adding devices slowed the step down (as virtual CPU devices do).
     """
     from scipy.optimize import curve_fit
 
@@ -124,7 +124,7 @@ def fit_law(mode: str, devices, throughput, sigma=None) -> dict[str, Any]:
             s = float(popt[0])
             cov = np.asarray(pcov, float)
             s_err = math.sqrt(cov[0, 0]) if np.all(np.isfinite(cov)) else None
-            x1_err, dof = None, n.size - 1
+            x1_err, dof = None, n.size - 2  # X1 was taken from the data too: no degree of freedom left
     if dof == 0:
         x1_err = s_err = None
     return {"law": law, "s": s, "s_err": s_err, "x1": x1, "x1_err": x1_err,
