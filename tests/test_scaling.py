@@ -93,6 +93,24 @@ def _env(n: int | None = None) -> dict:
     return env
 
 
+def test_run_on_2_virtual_devices_allreduce_equals_parameter_bytes(tmp_path):
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scaling.py"), "run", "--devices", "2",
+                        "--modes", "weak", "--out-dir", str(tmp_path), *TINY], cwd=ROOT, env=_env(2),
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "prove only the machinery" in p.stdout
+    r = json.loads((tmp_path / "scaling_weak_n2_p1.json").read_text())
+    assert r["devices"] == 2 and r["data"]["nodes_per_device"] == 32 and r["frames_per_s"] > 0
+    c = r["comm_check"]
+    assert c["ok"] is True, c["verdict"]
+    assert c["param_bytes"] == r["model"]["param_bytes"] > 0
+    # the gradient all-reduce moves exactly the parameter bytes; the rest are the psummed loss scalars
+    assert c["allreduce_bytes"] - c["allreduce_scalar_bytes"] == c["param_bytes"]
+    assert 0 < c["extra_allreduce_bytes"] == c["allreduce_scalar_bytes"] <= 64
+    assert not c["other_collectives"] and not c["host_transfers"]
+
+
+@pytest.mark.slow  # ~75 s on 2 shared cores: three subprocesses, one compile each
 def test_sweep_on_1_2_4_virtual_devices(tmp_path):
     out = tmp_path / "sweep"
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scaling.py"), "sweep", "--devices", "1,2,4",
@@ -156,7 +174,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # ~30 s
 def test_run_as_two_local_processes(tmp_path):
     port = str(_free_port())
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_scaling.py"), "run", "--modes", "weak",
