@@ -3,7 +3,7 @@
 
 Three commands:
 
-    # local sweep: one subprocess per device count (CPU: virtual devices via XLA_FLAGS; GPU: the first
+    # local sweep (also what runs without a command): one subprocess per device count (CPU: virtual devices via XLA_FLAGS; GPU: the first
     # N visible devices), then the analysis
     python benchmarks/bench_scaling.py sweep [--devices 1,2,4] [--modes strong,weak] [--out-dir DIR]
 
@@ -624,7 +624,7 @@ def main(argv: list[str] | None = None) -> Any:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="CPU numbers prove only the machinery: virtual devices share the same cores.")  # fmt: skip
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{sweep,run,analyze}  (default: sweep)")
     sw = sub.add_parser("sweep", help="one subprocess per device count, then analyze")
     sw.add_argument("--devices", dest="devices_list", default="1,2,4", help="comma-separated device counts")
     sw.add_argument("--out-dir", default=str(RESULTS / "scaling"), help="per-run JSON files and the merged results")
@@ -646,6 +646,9 @@ def main(argv: list[str] | None = None) -> Any:
     an.add_argument("--out-json", default=None, help="default DIR/scaling.json")
     an.add_argument("--png", default=None, help="default beside the JSON")
     an.add_argument("--no-plot", action="store_true")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["sweep", *argv]  # `make bench` runs every benchmark without arguments: the local sweep
     args = ap.parse_args(argv)
     if args.cmd == "analyze":
         return cmd_analyze(args)
