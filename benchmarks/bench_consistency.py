@@ -290,10 +290,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    if a.quick:
-        a.sigmas, a.frames, a.n_train, a.n_test, a.length = [0.0], [1000], 4, 2, [16, 16]
-        a.gen_replicas, a.equilibrate_ps, a.preset, a.epochs, a.target_nodes = 4, 20.0, "small", 6, 512
-        a.sim_replicas, a.sim_ps, a.temperatures, a.bins = 4, 40.0, [320, 450], 20
+    if a.quick:  # the quick settings replace the defaults; options given explicitly are kept
+        quick = dict(sigmas=[0.0], frames=[1000], n_train=4, n_test=2, length=[16, 16], gen_replicas=4,
+                     equilibrate_ps=20.0, preset="small", epochs=6, target_nodes=512, sim_replicas=4,
+                     sim_ps=40.0, temperatures=[320, 450], bins=20)  # fmt: skip
+        for k, v in quick.items():
+            if getattr(a, k) == ap.get_default(k):
+                setattr(a, k, v)
     t_start = time.perf_counter()
     deadline = t_start + a.deadline
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="bench_consistency_"))
