@@ -470,6 +470,14 @@ def load_runs(directory: str | os.PathLike) -> list[dict]:
     return runs
 
 
+def _setup(r: dict, mode: str) -> str:
+    """What must be equal across the runs of one fit: model, cutoff and the batch that the mode fixes."""
+    d = r.get("data", {})
+    batch = d.get("global_nodes") if mode == "strong" else d.get("nodes_per_device")
+    return json.dumps([r.get("model", {}).get("backbone"), r.get("model", {}).get("preset"),
+                       r.get("model", {}).get("hyperparameters"), d.get("cutoff"), batch], sort_keys=True)  # fmt: skip
+
+
 def analyze(runs: list[dict]) -> dict[str, Any]:
     """Fits per mode over the merged runs; returns the summary (points, fits, efficiencies, comm)."""
     res: dict[str, Any] = {"modes": {}}
@@ -477,9 +485,14 @@ def analyze(runs: list[dict]) -> dict[str, Any]:
         rs = sorted([r for r in runs if r["mode"] == mode], key=lambda r: (r["devices"], r["processes"]))
         if not rs:
             continue
+        setups = {_setup(r, mode) for r in rs}
+        if len(setups) > 1:
+            raise SystemExit(f"{mode}: the runs do not share one setup (model, cutoff, batch), so one fit over "
+                             f"them means nothing: {sorted(setups)}; analyze each setup's files apart")  # fmt: skip
         n = [r["devices"] for r in rs]
         x = [r["frames_per_s"] for r in rs]
-        sig = [r["frames_per_s"] * r.get("step_s_std", 0.0) / r["step_s"] for r in rs]
+        # weights from the spread over repeats, at least 1% (a lucky tight repeat must not dominate)
+        sig = [r["frames_per_s"] * max(r.get("step_s_std", 0.0) / r["step_s"], 0.01) for r in rs]
         x1 = statistics.mean([xi for ni, xi in zip(n, x) if ni == 1]) if 1 in n else None
         points = [{"devices": r["devices"], "processes": r["processes"], "frames_per_s": r["frames_per_s"],
                    "step_s": r["step_s"], "allreduce_s": r["allreduce_s"], "compute_s": r["compute_s"],
@@ -488,7 +501,7 @@ def analyze(runs: list[dict]) -> dict[str, Any]:
                    "comm_ok": r["comm_check"]["ok"], "file": r.get("_file")} for r in rs]  # fmt: skip
         m: dict[str, Any] = {"points": points}
         try:
-            fit = fit_law(mode, n, x, sig if all(s > 0 for s in sig) else None)
+            fit = fit_law(mode, n, x, sig)
             fit["efficiency_at"] = {str(k): predicted_efficiency(fit, mode, k) for k in (8, 24, 64, 256)}
             m["fit"] = fit
         except ValueError as e:

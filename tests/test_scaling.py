@@ -168,6 +168,15 @@ def test_analyze_merges_per_run_files(tmp_path):
         bs.main(["analyze", str(tmp_path / "n1_g1" / "missing")])
 
 
+def test_analyze_refuses_runs_of_different_setups(tmp_path):
+    for n, hp in ((1, {"n_features": 16}), (2, {"n_features": 16}), (4, {"n_features": 64})):
+        r = _fake_run("strong", n, 1, 100.0 * n) | {"model": {"backbone": "painn", "hyperparameters": hp},
+                                                   "data": {"global_nodes": 2048, "cutoff": 8.0}}  # fmt: skip
+        (tmp_path / bs._run_name(r)).write_text(json.dumps(r))
+    with pytest.raises(SystemExit, match="do not share one setup"):
+        bs.main(["analyze", str(tmp_path), "--no-plot"])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
