@@ -14,7 +14,9 @@ Three commands:
     # merge per-run JSON files: fits, DIR/scaling.json, DIR/scaling.png, a table
     python benchmarks/bench_scaling.py analyze DIR [--out-json F] [--png F]
 
-Per run it measures: time per step (median over repeats), frames/s, the time of an all-reduce of a
+Per run it measures: time per step (median over repeats; steps dispatched back to back), the same with the
+step's outputs read on the host after every step (as Trainer.fit does for logging and the NaN guard: the
+"synced" column; the difference is what that per-step host sync costs), frames/s, the time of an all-reduce of a
 parameter-sized pytree alone (so compute ≈ step - all-reduce; XLA may overlap the two, so this is the
 exposed-communication upper bound), and a communication check on the compiled step's HLO: the summed
 all-reduce operand bytes must equal the trainable parameter bytes plus a few loss scalars, with no
@@ -256,7 +258,7 @@ def measure(args, mode: str) -> dict[str, Any]:
 
     from cameo_eqx.data.batching import BatchLoader, mdcath_like_sizes, synthetic_records
     from cameo_eqx.modules import make_backbone
-    from cameo_eqx.training.distributed import AXIS, filter_shard_map, make_mesh, replicate, shard_leading
+    from cameo_eqx.training.distributed import AXIS, filter_shard_map, make_mesh, replicate, shard_leading, to_host
     from cameo_eqx.training.task import Task
     from cameo_eqx.training.trainer import make_train_step
 
@@ -329,12 +331,22 @@ def measure(args, mode: str) -> dict[str, Any]:
             p, o, _, out = compiled(p, S, o, None, b)
         jax.block_until_ready((p, out))
 
+    def epoch_synced():  # as Trainer.fit does: every step's outputs read on the host before the next step
+        p, o = Pr, O
+        for b in dev:
+            p, o, _, out = compiled(p, S, o, None, b)
+            {k: float(np.asarray(v)) for k, v in to_host(out).items()}
+        jax.block_until_ready(p)
+
     epoch()  # warm-up
-    times = []
+    times, synced = [], []
     for _ in range(args.repeats):
         t = time.perf_counter()
         epoch()
         times.append((time.perf_counter() - t) / n_steps)
+        t = time.perf_counter()
+        epoch_synced()
+        synced.append((time.perf_counter() - t) / n_steps)
     step_s = statistics.median(times)
 
     # an all-reduce of a parameter-sized pytree alone (what the gradient psum moves)
@@ -363,6 +375,7 @@ def measure(args, mode: str) -> dict[str, Any]:
         "steps": n_steps, "repeats": args.repeats, "frames_per_step": float(np.mean(frames)),
         "step_s": step_s, "step_s_all": times, "step_s_std": statistics.pstdev(times) if len(times) > 1 else 0.0,
         "frames_per_s": fps, "frames_per_s_per_device": fps / n, "compile_s": compile_s,
+        "step_s_host_sync": statistics.median(synced),
         "allreduce_s": allreduce_s, "compute_s": max(step_s - allreduce_s, 0.0),
         "allreduce_fraction": allreduce_s / step_s if step_s > 0 else None,
         "comm_check": comm,
@@ -391,7 +404,7 @@ def cmd_run(args) -> list[dict]:
         if jax.process_index() == 0:
             c = r["comm_check"]
             print(f"{mode:6s} N={r['devices']:3d} P={r['processes']}: {r['step_s'] * 1e3:8.2f} ms/step "
-                  f"{r['frames_per_s']:9.1f} frames/s  all-reduce alone {r['allreduce_s'] * 1e3:.3f} ms  "
+                  f"{r['frames_per_s']:9.1f} frames/s  with a host read per step {r['step_s_host_sync'] * 1e3:.2f} ms  all-reduce alone {r['allreduce_s'] * 1e3:.3f} ms  "
                   f"compile {r['compile_s']:.1f} s  comm: {c['verdict']}", flush=True)  # fmt: skip
             write_results("", {**r, "note": CPU_NOTE if r["platform"] == "cpu" else None},
                           Path(args.out_dir) / _run_name(r))  # fmt: skip
@@ -495,7 +508,7 @@ def analyze(runs: list[dict]) -> dict[str, Any]:
         sig = [r["frames_per_s"] * max(r.get("step_s_std", 0.0) / r["step_s"], 0.01) for r in rs]
         x1 = statistics.mean([xi for ni, xi in zip(n, x) if ni == 1]) if 1 in n else None
         points = [{"devices": r["devices"], "processes": r["processes"], "frames_per_s": r["frames_per_s"],
-                   "step_s": r["step_s"], "allreduce_s": r["allreduce_s"], "compute_s": r["compute_s"],
+                   "step_s": r["step_s"], "step_s_host_sync": r.get("step_s_host_sync"), "allreduce_s": r["allreduce_s"], "compute_s": r["compute_s"],
                    "speedup": (r["frames_per_s"] / x1) if x1 else None,
                    "efficiency": (r["frames_per_s"] / x1 / r["devices"]) if x1 else None,
                    "comm_ok": r["comm_check"]["ok"], "file": r.get("_file")} for r in rs]  # fmt: skip
@@ -576,12 +589,14 @@ def cmd_analyze(args) -> dict:
         raise SystemExit(f"no per-run scaling JSON files (kind {RUN_KIND!r}) under {args.dir}")
     summary = analyze(runs)
     for mode, m in summary["modes"].items():
-        rows = [[p["devices"], p["processes"], p["step_s"] * 1e3, p["allreduce_s"] * 1e3, p["frames_per_s"],
+        rows = [[p["devices"], p["processes"], p["step_s"] * 1e3,
+                 p["step_s_host_sync"] * 1e3 if p["step_s_host_sync"] is not None else "-",
+                 p["allreduce_s"] * 1e3, p["frames_per_s"],
                  p["speedup"] if p["speedup"] is not None else "-",
                  p["efficiency"] if p["efficiency"] is not None else "-",
                  {True: "ok", False: "FAIL", None: "n/a"}[p["comm_ok"]]] for p in m["points"]]  # fmt: skip
         print_table(f"{mode} scaling ({'fixed global' if mode == 'strong' else 'fixed per-device'} batch)",
-                    ["devices", "procs", "ms/step", "all-reduce ms", "frames/s", "speed-up", "efficiency", "comm"],
+                    ["devices", "procs", "ms/step", "synced ms/step", "all-reduce ms", "frames/s", "speed-up", "efficiency", "comm"],
                     rows)  # fmt: skip
         f = m.get("fit")
         if f:

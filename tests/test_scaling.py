@@ -101,6 +101,7 @@ def test_run_on_2_virtual_devices_allreduce_equals_parameter_bytes(tmp_path):
     assert "prove only the machinery" in p.stdout
     r = json.loads((tmp_path / "scaling_weak_n2_p1.json").read_text())
     assert r["devices"] == 2 and r["data"]["nodes_per_device"] == 32 and r["frames_per_s"] > 0
+    assert r["step_s_host_sync"] > 0 and r["allreduce_s"] > 0
     c = r["comm_check"]
     assert c["ok"] is True, c["verdict"]
     assert c["param_bytes"] == r["model"]["param_bytes"] > 0
