@@ -85,10 +85,6 @@ LOCAL_PRIOR: dict[str, Any] = {
 }  # fmt: skip
 
 
-def _sigmoid(x):
-    return jax.nn.sigmoid(x)
-
-
 class TeacherPotential(AbstractEnergyModel):
     """The teacher: local prior + hydropathy-scaled contacts + a many-body burial term.
 
@@ -151,7 +147,7 @@ class TeacherPotential(AbstractEnergyModel):
         hi = jnp.take(h, jnp.take(batch.species, i, mode="clip"), mode="clip")
         hj = jnp.take(h, jnp.take(batch.species, j, mode="clip"), mode="clip")
         eps = self.eps_polar + (self.eps_apolar - self.eps_polar) * hi * hj
-        g = _sigmoid((self.contact_r - r) / self.contact_width) * smooth_switch(r, self.switch_on, self.cutoff)
+        g = jax.nn.sigmoid((self.contact_r - r) / self.contact_width) * smooth_switch(r, self.switch_on, self.cutoff)
         return jnp.where(mask & (r < self.cutoff), -eps * g, 0.0)
 
     def coordination(self, batch: Batch) -> Float[Array, " n_node"]:
@@ -159,7 +155,7 @@ class TeacherPotential(AbstractEnergyModel):
         s, r = batch.senders, batch.receivers
         d = jnp.take(batch.positions, s, axis=0, mode="clip") - jnp.take(batch.positions, r, axis=0, mode="clip")
         dist = jnp.sqrt(jnp.where(batch.edge_mask, jnp.sum(d * d, axis=-1), 1.0))
-        w = _sigmoid((self.burial_r - dist) / self.burial_width) * smooth_switch(dist, self.switch_on, self.cutoff)
+        w = jax.nn.sigmoid((self.burial_r - dist) / self.burial_width) * smooth_switch(dist, self.switch_on, self.cutoff)
         w = jnp.where(batch.edge_mask & (dist < self.cutoff), w, 0.0)
         return jax.ops.segment_sum(w, r, num_segments=batch.n_node)
 
@@ -167,29 +163,28 @@ class TeacherPotential(AbstractEnergyModel):
         """-b_i σ((c_i - c_half) / c_w) per bead (zero on padding)."""
         c = self.coordination(batch)
         b = jnp.take(self._species_table(self.burial_apolar, self.burial_polar), batch.species, mode="clip")
-        e = -b * _sigmoid((c - self.burial_half) / self.burial_steep)
+        e = -b * jax.nn.sigmoid((c - self.burial_half) / self.burial_steep)
         return jnp.where(batch.node_mask, e, 0.0)
 
-    def _nonlocal_node_energies(self, batch: Batch) -> Float[Array, " n_node"]:
+    def contact_node_energies(self, batch: Batch) -> Float[Array, " n_node"]:
+        """Half of every contact energy to each of its two beads."""
         half = 0.5 * self.contact_energies(batch)
         e = jnp.zeros(batch.n_node, batch.positions.dtype)
         e = e.at[batch.pairs[:, 0]].add(half, mode="drop").at[batch.pairs[:, 1]].add(half, mode="drop")
-        return jnp.where(batch.node_mask, e + self.burial_energies(batch), 0.0)
+        return jnp.where(batch.node_mask, e, 0.0)
 
     def node_energies(self, batch: Batch) -> Float[Array, " n_node"]:
         """Per-bead energies (kcal/mol): local shares, half of every contact, the bead's burial."""
-        return self.local.node_energies(batch) + self._nonlocal_node_energies(batch)
+        return self.local.node_energies(batch) + self.contact_node_energies(batch) + self.burial_energies(batch)
 
     def energy(self, batch: Batch) -> Float[Array, " n_graph"]:
         """Per-frame energies; the local part through the prior's analytic-force path."""
-        return self.local.energy(batch) + graph_sum(self._nonlocal_node_energies(batch), batch)
+        return self.local.energy(batch) + graph_sum(self.contact_node_energies(batch) + self.burial_energies(batch),
+                                                    batch)  # fmt: skip
 
     def components(self, batch: Batch) -> dict[str, Float[Array, " n_graph"]]:
         """Per-frame local, contact and burial energies (kcal/mol)."""
-        half = 0.5 * self.contact_energies(batch)
-        ec = jnp.zeros(batch.n_node).at[batch.pairs[:, 0]].add(half, mode="drop").at[batch.pairs[:, 1]].add(
-            half, mode="drop")  # fmt: skip
-        return {"local": self.local.energy(batch), "contact": graph_sum(ec, batch),
+        return {"local": self.local.energy(batch), "contact": graph_sum(self.contact_node_energies(batch), batch),
                 "burial": graph_sum(self.burial_energies(batch), batch)}  # fmt: skip
 
     # ------------------------------------------------------------------------------- persistence
