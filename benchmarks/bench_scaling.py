@@ -3,8 +3,8 @@
 
 Three commands:
 
-    # local sweep (also what runs without a command): one subprocess per device count (CPU: virtual devices via XLA_FLAGS; GPU: the first
-    # N visible devices), then the analysis
+    # local sweep (also what runs without a command): one subprocess per device count (CPU: virtual
+    # devices via XLA_FLAGS; GPU: the first N visible devices), then the analysis
     python benchmarks/bench_scaling.py sweep [--devices 1,2,4] [--modes strong,weak] [--out-dir DIR]
 
     # one measurement in this process (or in each process of a jax.distributed job: srun, or
@@ -50,7 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import RESULTS, machine, print_table, write_results  # noqa: E402
+from _common import RESULTS, print_table, write_results  # noqa: E402
 
 RUN_KIND = "bench_scaling_run"
 CPU_NOTE = ("CPU: the virtual devices share the same cores, so these numbers prove only the machinery "
@@ -182,8 +182,6 @@ def hlo_collectives(hlo_text: str) -> dict[str, Any]:
         base = op[: -len("-start")] if op.endswith("-start") else op
         if base in _COLLECTIVES:
             tot, scal = _shape_bytes(shape)
-            if base == "all-reduce" and op.endswith("-start") and shape.startswith("("):
-                pass  # async all-reduce-start returns its operands' shapes (no extra context tuple on GPU)
             ops[base] = ops.get(base, 0) + 1
             nbytes[base] = nbytes.get(base, 0) + tot
             if base == "all-reduce":
@@ -404,7 +402,8 @@ def cmd_run(args) -> list[dict]:
         if jax.process_index() == 0:
             c = r["comm_check"]
             print(f"{mode:6s} N={r['devices']:3d} P={r['processes']}: {r['step_s'] * 1e3:8.2f} ms/step "
-                  f"{r['frames_per_s']:9.1f} frames/s  with a host read per step {r['step_s_host_sync'] * 1e3:.2f} ms  all-reduce alone {r['allreduce_s'] * 1e3:.3f} ms  "
+                  f"{r['frames_per_s']:9.1f} frames/s  with a host read per step {r['step_s_host_sync'] * 1e3:.2f} ms  "
+                  f"all-reduce alone {r['allreduce_s'] * 1e3:.3f} ms  "
                   f"compile {r['compile_s']:.1f} s  comm: {c['verdict']}", flush=True)  # fmt: skip
             write_results("", {**r, "note": CPU_NOTE if r["platform"] == "cpu" else None},
                           Path(args.out_dir) / _run_name(r))  # fmt: skip
@@ -508,7 +507,8 @@ def analyze(runs: list[dict]) -> dict[str, Any]:
         sig = [r["frames_per_s"] * max(r.get("step_s_std", 0.0) / r["step_s"], 0.01) for r in rs]
         x1 = statistics.mean([xi for ni, xi in zip(n, x) if ni == 1]) if 1 in n else None
         points = [{"devices": r["devices"], "processes": r["processes"], "frames_per_s": r["frames_per_s"],
-                   "step_s": r["step_s"], "step_s_host_sync": r.get("step_s_host_sync"), "allreduce_s": r["allreduce_s"], "compute_s": r["compute_s"],
+                   "step_s": r["step_s"], "step_s_host_sync": r.get("step_s_host_sync"),
+                   "allreduce_s": r["allreduce_s"], "compute_s": r["compute_s"],
                    "speedup": (r["frames_per_s"] / x1) if x1 else None,
                    "efficiency": (r["frames_per_s"] / x1 / r["devices"]) if x1 else None,
                    "comm_ok": r["comm_check"]["ok"], "file": r.get("_file")} for r in rs]  # fmt: skip
@@ -596,7 +596,8 @@ def cmd_analyze(args) -> dict:
                  p["efficiency"] if p["efficiency"] is not None else "-",
                  {True: "ok", False: "FAIL", None: "n/a"}[p["comm_ok"]]] for p in m["points"]]  # fmt: skip
         print_table(f"{mode} scaling ({'fixed global' if mode == 'strong' else 'fixed per-device'} batch)",
-                    ["devices", "procs", "ms/step", "synced ms/step", "all-reduce ms", "frames/s", "speed-up", "efficiency", "comm"],
+                    ["devices", "procs", "ms/step", "synced ms/step", "all-reduce ms", "frames/s", "speed-up",
+                     "efficiency", "comm"],
                     rows)  # fmt: skip
         f = m.get("fit")
         if f:

@@ -111,7 +111,7 @@ def test_run_on_2_virtual_devices_allreduce_equals_parameter_bytes(tmp_path):
     assert not c["other_collectives"] and not c["host_transfers"]
 
 
-@pytest.mark.slow  # ~75 s on 2 shared cores: three subprocesses, one compile each
+@pytest.mark.slow  # 75-130 s on 2 shared cores: three subprocesses, one compile each
 def test_sweep_on_1_2_4_virtual_devices(tmp_path):
     out = tmp_path / "sweep"
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scaling.py"), "sweep", "--devices", "1,2,4",
@@ -184,7 +184,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow  # ~30 s
+@pytest.mark.slow  # 30-90 s on 2 shared cores
 def test_run_as_two_local_processes(tmp_path):
     port = str(_free_port())
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_scaling.py"), "run", "--modes", "weak",
