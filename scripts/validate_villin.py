@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="frames per (protein, temperature, replica) to prepare (learning curve); None: all")
     p.add_argument("--model", type=Path, default=None,
                    help="simulate this model (e.g. a prior.yaml for the prior alone) instead of training")
+    p.add_argument("--analyze-only", action="store_true",
+                   help="skip the simulation and analyze <output>/trajectory.h5 as it is (e.g. a run cut short "
+                        "with Ctrl-C: rerunning without this flag resumes it)")
     a = p.parse_args(argv)
 
     files = [a.data / "mdcath_dataset_villinHP35.h5", a.data / "mdcath_dataset_cln025.h5"]
@@ -140,11 +143,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{n_steps * a.timestep_fs / 1e6:g} ns ({n_steps} steps of {a.timestep_fs:g} fs)")
     from cameo_eqx.simulate.langevin import simulate
 
-    sim = simulate(SimulateConfig(model=model, dataset=prepared, protein=protein, frame=0, output=out,
-                                  n_replicas=a.n_replicas, temperature=a.temperature, timestep_fs=a.timestep_fs,
-                                  n_steps=n_steps, save_every=save_every))  # fmt: skip
-    timings["simulate"] = time.perf_counter() - t
-    timings["simulate_s_per_ns"] = timings["simulate"] / (n_steps * a.timestep_fs / 1e6)
+    if a.analyze_only:
+        import h5py
+
+        sim = out / "trajectory.h5"
+        with h5py.File(sim, "r") as h:
+            n_saved, n_steps = int(h["step"].shape[0]), int(h["step"][-1])
+        print(f"--analyze-only: {sim} holds {n_saved} frames ({n_steps * a.timestep_fs / 1e6:g} ns); not simulating")
+    else:
+        sim = simulate(SimulateConfig(model=model, dataset=prepared, protein=protein, frame=0, output=out,
+                                      n_replicas=a.n_replicas, temperature=a.temperature, timestep_fs=a.timestep_fs,
+                                      n_steps=n_steps, save_every=save_every))  # fmt: skip
+        timings["simulate"] = time.perf_counter() - t
+        timings["simulate_s_per_ns"] = timings["simulate"] / (n_steps * a.timestep_fs / 1e6)
 
     t = stage("analyze against the reference frames")
     summary_path = analyze(AnalyzeConfig(trajectory=sim, dataset=prepared, output=out, reference_frame=0))
