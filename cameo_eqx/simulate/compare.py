@@ -16,6 +16,7 @@ from jaxtyping import Float, Int
 from .analysis import (
     bond_angles,
     bond_lengths,
+    contact_map,
     dihedral_angles,
     histogram,
     js_divergence,
@@ -32,15 +33,9 @@ def end_to_end(x: Float[np.ndarray, "... n 3"]) -> Float[np.ndarray, "..."]:
 def contact_frequencies(
     x: Float[np.ndarray, "k n 3"], cutoff: float = 8.0, min_sep: int = 3
 ) -> Float[np.ndarray, " m"]:
-    """Fraction of structures in which each pair i < j, j - i ≥ `min_sep`, is closer than `cutoff`."""
-    x = np.asarray(x, np.float64)
-    n = x.shape[-2]
-    i, j = np.triu_indices(n, min_sep)
-    out = np.zeros(len(i))
-    for a in range(0, len(x), 512):  # bounded memory
-        blk = x[a : a + 512]
-        out += np.sum(np.linalg.norm(blk[:, i] - blk[:, j], axis=-1) < cutoff, axis=0)
-    return out / max(len(x), 1)
+    """Fraction of structures in which each pair i < j, j - i ≥ `min_sep`, is closer than `cutoff`
+    (the upper triangle of `analysis.contact_map`)."""
+    return contact_map(x, cutoff)[np.triu_indices(np.shape(x)[-2], min_sep)]
 
 
 def free_energy_deviation(
