@@ -1,4 +1,5 @@
-"""Pieces shared by the backbones: radial basis, cutoff envelope, species embedding, safe geometry."""
+"""Pieces shared by the backbones: radial basis, cutoff envelope, species embedding (`safe_norm` comes from
+`cameo_eqx.geometry`)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-
-def safe_norm(
-    x: Float[Array, "... 3"], mask: Bool[Array, "..."] | None = None, eps: float = 1e-12
-) -> Float[Array, "..."]:
-    """|x| with a finite (zero) gradient at x = 0 and on masked entries."""
-    sq = jnp.sum(x * x, axis=-1)
-    ok = sq > eps if mask is None else (sq > eps) & mask
-    return jnp.where(ok, jnp.sqrt(jnp.where(ok, sq, 1.0)), 0.0)
+from ..geometry import safe_norm  # noqa: F401  (re-exported: the backbones take it from here)
 
 
 def bessel_basis(

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float, Int
 
+from .. import geometry
 from ..fileio import write_atomic
 from ..data.store import PreparedDataset, ProteinRecord
 from ..units import KB_KCAL_PER_MOL_K
@@ -77,25 +78,18 @@ class FitError(ValueError):
 
 
 def np_bond_lengths(R: Float[np.ndarray, "k N 3"], idx: Int[np.ndarray, "m 2"]) -> Float[np.ndarray, "k m"]:
-    """Bond lengths (Å) of every frame, float64."""
-    return np.linalg.norm(R[:, idx[:, 1]] - R[:, idx[:, 0]], axis=-1)
+    """Bond lengths (Å) of every frame, in R's precision (`geometry.bond_lengths`)."""
+    return geometry.bond_lengths(*geometry.tuple_positions(R, idx))
 
 
 def np_angles(R: Float[np.ndarray, "k N 3"], idx: Int[np.ndarray, "m 3"]) -> Float[np.ndarray, "k m"]:
-    """Angles (rad, [0, π]) at the middle bead, same convention as `terms.bond_angles`."""
-    u = R[:, idx[:, 0]] - R[:, idx[:, 1]]
-    v = R[:, idx[:, 2]] - R[:, idx[:, 1]]
-    return np.arctan2(np.linalg.norm(np.cross(u, v), axis=-1), np.sum(u * v, axis=-1))
+    """Angles (rad, [0, π]) at the middle bead of every frame (`geometry.bond_angles`, as the prior)."""
+    return geometry.bond_angles(*geometry.tuple_positions(R, idx))
 
 
 def np_dihedrals(R: Float[np.ndarray, "k N 3"], idx: Int[np.ndarray, "m 4"]) -> Float[np.ndarray, "k m"]:
-    """IUPAC dihedrals (rad, (-π, π]), same convention as `terms.dihedral_angles`."""
-    b1 = R[:, idx[:, 1]] - R[:, idx[:, 0]]
-    b2 = R[:, idx[:, 2]] - R[:, idx[:, 1]]
-    b3 = R[:, idx[:, 3]] - R[:, idx[:, 2]]
-    n1, n2 = np.cross(b1, b2), np.cross(b2, b3)
-    y = np.linalg.norm(b2, axis=-1) * np.sum(b1 * n2, axis=-1)
-    return np.arctan2(y, np.sum(n1 * n2, axis=-1))
+    """IUPAC dihedrals (rad, (-π, π]) of every frame (`geometry.dihedral_angles`, as the prior)."""
+    return geometry.dihedral_angles(*geometry.tuple_positions(R, idx))
 
 
 # ------------------------------------------------------------------------------ sparse histograms

@@ -23,8 +23,8 @@ Learnable parameters are array fields (a table with one row per parameter *type*
 **Padding.** Entries with a false mask (and the padding index `n_node`) contribute exactly zero energy
 and exactly zero gradient: their geometry is replaced by a fixed non-degenerate one before any
 arithmetic, so no NaN or inf can appear, and their energy is masked out. Real degenerate geometry
-(coincident beads, collinear triplets) stays finite: norms, angles and dihedrals use safe forms
-(`safe_norm`, `safe_atan2`) with finite (sub)gradients.
+(coincident beads, collinear triplets) stays finite: norms, angles and dihedrals use the safe forms of
+`cameo_eqx.geometry` (`safe_norm`, `safe_atan2`) with finite (sub)gradients.
 """
 
 from __future__ import annotations
@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from ..geometry import bond_angles, bond_lengths, dihedral_angles
 from ..graph import Batch
 from ..modules.base import AbstractEnergyModel
-from ..modules.radial import safe_norm
 
 # --------------------------------------------------------------------------------------- type indices
 
@@ -84,39 +84,6 @@ def n_types(kind: Literal["pair", "triplet", "quadruplet"], n_species: int) -> i
     if kind == "triplet":
         return n_species * n_pair_types(n_species)
     return n_species**4
-
-
-# ------------------------------------------------------------------------------------- safe geometry
-
-
-def safe_atan2(y: Float[Array, "..."], x: Float[Array, "..."]) -> Float[Array, "..."]:
-    """atan2(y, x), 0 with zero gradient at (0, 0) (where atan2's gradient is NaN)."""
-    ok = (x * x + y * y) > 1e-30
-    return jnp.where(ok, jnp.arctan2(jnp.where(ok, y, 0.0), jnp.where(ok, x, 1.0)), 0.0)
-
-
-def bond_lengths(p0: Float[Array, "n 3"], p1: Float[Array, "n 3"]) -> Float[Array, " n"]:
-    """|p1 - p0| (safe at coincident points)."""
-    return safe_norm(p1 - p0)
-
-
-def bond_angles(
-    p0: Float[Array, "n 3"], p1: Float[Array, "n 3"], p2: Float[Array, "n 3"]
-) -> Float[Array, " n"]:
-    """Angle at p1 in [0, π], as atan2(|u x v|, u·v) (accurate near 0 and π; finite when collinear)."""
-    u, v = p0 - p1, p2 - p1
-    return safe_atan2(safe_norm(jnp.cross(u, v)), jnp.sum(u * v, axis=-1))
-
-
-def dihedral_angles(
-    p0: Float[Array, "n 3"], p1: Float[Array, "n 3"], p2: Float[Array, "n 3"], p3: Float[Array, "n 3"]
-) -> Float[Array, " n"]:
-    """IUPAC dihedral in (-π, π] (trans = π): atan2(|b2| b1·(b2 x b3), (b1 x b2)·(b2 x b3))."""
-    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
-    n1, n2 = jnp.cross(b1, b2), jnp.cross(b2, b3)
-    y = safe_norm(b2) * jnp.sum(b1 * n2, axis=-1)
-    x = jnp.sum(n1 * n2, axis=-1)
-    return safe_atan2(y, x)
 
 
 # A fixed non-degenerate geometry that replaces masked entries (bond 1.0, angle 90°, dihedral -90°).

@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 from jaxtyping import Float, Int
 
+from .. import geometry
 from ..fileio import write_atomic
 from ..units import KB_KCAL_PER_MOL_K
 from .config import AnalyzeConfig
@@ -85,31 +86,19 @@ def fraction_native_contacts(
 
 
 def bond_lengths(x: Float[np.ndarray, "... n 3"], bonds: Int[np.ndarray, "m 2"]) -> Float[np.ndarray, "... m"]:
-    x = np.asarray(x, np.float64)
-    return np.linalg.norm(x[..., bonds[:, 1], :] - x[..., bonds[:, 0], :], axis=-1)
+    """Bond length (Å) of bead pairs, float64 (`geometry.bond_lengths`)."""
+    return geometry.bond_lengths(*geometry.tuple_positions(np.asarray(x, np.float64), bonds))
 
 
 def bond_angles(x: Float[np.ndarray, "... n 3"], angles: Int[np.ndarray, "m 3"]) -> Float[np.ndarray, "... m"]:
-    """Angle (rad, [0, π]) at the middle bead."""
-    x = np.asarray(x, np.float64)
-    a = x[..., angles[:, 0], :] - x[..., angles[:, 1], :]
-    b = x[..., angles[:, 2], :] - x[..., angles[:, 1], :]
-    c = np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
-    return np.arccos(np.clip(c, -1.0, 1.0))
+    """Angle (rad, [0, π]) at the middle bead, float64 (`geometry.bond_angles`, the prior's definition)."""
+    return geometry.bond_angles(*geometry.tuple_positions(np.asarray(x, np.float64), angles))
 
 
 def dihedral_angles(x: Float[np.ndarray, "... n 3"], dih: Int[np.ndarray, "m 4"]) -> Float[np.ndarray, "... m"]:
-    """Dihedral (rad, (-π, π]) of bead quadruplets (IUPAC sign convention)."""
-    x = np.asarray(x, np.float64)
-    b0 = x[..., dih[:, 0], :] - x[..., dih[:, 1], :]
-    b1 = x[..., dih[:, 2], :] - x[..., dih[:, 1], :]
-    b2 = x[..., dih[:, 3], :] - x[..., dih[:, 2], :]
-    b1n = b1 / np.linalg.norm(b1, axis=-1, keepdims=True)
-    v = b0 - np.sum(b0 * b1n, -1, keepdims=True) * b1n
-    w = b2 - np.sum(b2 * b1n, -1, keepdims=True) * b1n
-    xx = np.sum(v * w, -1)
-    yy = np.sum(np.cross(b1n, v) * w, -1)
-    return np.arctan2(yy, xx)
+    """Dihedral (rad, (-π, π]) of bead quadruplets, IUPAC sign convention, float64
+    (`geometry.dihedral_angles`, the prior's definition)."""
+    return geometry.dihedral_angles(*geometry.tuple_positions(np.asarray(x, np.float64), dih))
 
 
 def contact_map(x: Float[np.ndarray, "... n 3"], cutoff: float = 8.0) -> Float[np.ndarray, "n n"]:
