@@ -224,7 +224,14 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
 
 
 def load_yaml_defaults(cls: type, path: str | Path, command: str) -> Any:
-    """Defaults for `command` from a YAML file: its `<command>:` section if present, else the top level."""
+    """Defaults for `command` from a YAML file: its `<command>:` section, or the whole file when it is
+    flat (every top-level key an option of `cls`).
+
+    A file of per-command sections with none for `command` is a `ConfigError` naming the command and the
+    sections the file has: reading it as empty would silently run with the built-in defaults (e.g.
+    `train --config configs/mdcath.yaml`, whose only section is `prepare:`). A top-level key counts as a
+    section when it is not an option of `cls` and holds a mapping; options that hold mappings (`model:`,
+    `data:` of a flat training file) stay options."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"config file {p} not found")
@@ -234,8 +241,13 @@ def load_yaml_defaults(cls: type, path: str | Path, command: str) -> Any:
         raise ValueError(f"{p}: expected a mapping at the top level")
     if command in data:
         section = data[command]
-    elif any(isinstance(v, dict) for v in data.values()):
-        section = {}  # a file of per-command sections with none for this command
     else:
+        options = {f.name for f in dataclasses.fields(cls)}
+        sections = [str(k) for k, v in data.items() if k not in options and isinstance(v, dict)]
+        if sections:
+            raise ConfigError(
+                f"{p}: no '{command}:' section for the {command} command; the file's sections are "
+                f"{sections} (add a '{command}:' section, or use a config written for {command})"
+            )
         section = data  # a flat file for this one command
     return from_dict(cls, section or {}, f"{p}:{command}")

@@ -23,3 +23,20 @@ def test_preset_loads(path: Path):
         cfg = load_yaml_defaults(cls, path, command)
         if hasattr(cfg, "validate"):
             cfg.validate()
+
+
+def test_a_file_without_the_commands_section_is_an_error(tmp_path: Path):
+    """`train --config configs/mdcath.yaml` (sections, none for train) must not train with defaults."""
+    from cameo_eqx.config import ConfigError
+    from cameo_eqx.training.config import TrainConfig
+
+    mdcath = Path(__file__).resolve().parents[1] / "configs" / "mdcath.yaml"
+    with pytest.raises(ConfigError, match=r"no 'train:' section for the train command; the file's sections are \['prepare'\]"):
+        load_yaml_defaults(TrainConfig, mdcath, "train")
+    with pytest.raises(ConfigError, match="no 'train:' section"):  # the command line too
+        cli.main(["train", "--config", str(mdcath)])
+    # a flat file (no sections) still loads, also when options hold mappings
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("model: {backbone: painn, preset: small}\ndata: {cutoff: 9.0}\nmax_steps: 3\n")
+    cfg = load_yaml_defaults(TrainConfig, flat, "train")
+    assert cfg.data.cutoff == 9.0 and cfg.max_steps == 3 and cfg.model.preset == "small"

@@ -10,12 +10,15 @@ Each field's docstring is its `--help` text.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Literal
 
 from ..priors.config import RefineConfig
 
-OPTIMIZERS = ("adabelief", "yogi", "adam", "adamw", "lion", "polyak_sgd", "fromage")
+Optimizer = Literal["adabelief", "yogi", "adam", "adamw", "lion", "polyak_sgd", "fromage"]
+"""Optimiser names accepted by `StageConfig.optimizer` (the type; `OPTIMIZERS` is its values)."""
+OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 """Optimiser names accepted by `StageConfig.optimizer`."""
 
 
@@ -25,7 +28,7 @@ class StageConfig:
 
     name: str = "adabelief"
     """Stage name (logs and checkpoints)."""
-    optimizer: Literal["adabelief", "yogi", "adam", "adamw", "lion", "polyak_sgd", "fromage"] = "adabelief"
+    optimizer: Optimizer = "adabelief"
     """Optimiser of this stage."""
     epochs: int = 10
     """Epochs of this stage."""
