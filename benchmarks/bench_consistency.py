@@ -263,7 +263,7 @@ def print_setting(res: dict) -> None:
 def main(argv=None) -> dict:
     from cameo_eqx.data.store import PreparedDataset
     from cameo_eqx.synthetic.generate import SynthesizeConfig, synthesize
-    from cameo_eqx.synthetic.teacher import TeacherPotential
+    from cameo_eqx.priors.teacher import TeacherPotential
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the ≤ 15-minute CPU version")

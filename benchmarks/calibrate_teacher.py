@@ -30,7 +30,7 @@ def main(argv=None) -> dict:
     from cameo_eqx.simulate.analysis import radius_of_gyration
     from cameo_eqx.simulate.langevin import Simulator
     from cameo_eqx.synthetic.generate import chain_topology, compact_radius, extended_chain, random_sequence
-    from cameo_eqx.synthetic.teacher import TeacherPotential
+    from cameo_eqx.priors.teacher import TeacherPotential
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lengths", type=int, nargs="+", default=[20, 40, 80])

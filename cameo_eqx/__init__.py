@@ -25,7 +25,9 @@ _EXPORTS: dict[str, str] = {
     "save": "cameo_eqx.modules.forcefield",
     "trainable_filter": "cameo_eqx.modules.forcefield",
     "make_backbone": "cameo_eqx.modules",
-    "AbstractEnergyModel": "cameo_eqx.modules.base",
+    "AbstractEnergyModel": "cameo_eqx.energy",
+    "AbstractBackbone": "cameo_eqx.energy",
+    "AbstractPrior": "cameo_eqx.energy",
     "Prior": "cameo_eqx.priors.prior",
     # data
     "Batch": "cameo_eqx.graph",

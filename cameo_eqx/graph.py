@@ -99,6 +99,75 @@ class Batch(eqx.Module):
         return jax.tree.map(jnp.asarray, self)
 
 
+def make_batch(
+    positions: Float[Array, "n_node 3"],
+    species: Int[Array, " n_node"],
+    *,
+    senders: Int[Array, " n_edge"],
+    receivers: Int[Array, " n_edge"],
+    bonds: Int[Array, "n_bond 2"],
+    angles: Int[Array, "n_angle 3"],
+    dihedrals: Int[Array, "n_dih 4"],
+    pairs: Int[Array, "n_pair 2"],
+    pair_sep: Int[Array, " n_pair"],
+    node_mask: Bool[Array, " n_node"] | None = None,
+    edge_mask: Bool[Array, " n_edge"] | None = None,
+    bond_mask: Bool[Array, " n_bond"] | None = None,
+    angle_mask: Bool[Array, " n_angle"] | None = None,
+    dihedral_mask: Bool[Array, " n_dih"] | None = None,
+    pair_mask: Bool[Array, " n_pair"] | None = None,
+    graph_index: Int[Array, " n_node"] | None = None,
+    graph_mask: Bool[Array, " n_graph"] | None = None,
+    forces: Float[Array, "n_node 3"] | None = None,
+    energy: Float[Array, " n_graph"] | None = None,
+    temperature: Float[Array, " n_graph"] | None = None,
+    protein_index: Int[Array, " n_graph"] | None = None,
+    frame_index: Int[Array, " n_graph"] | None = None,
+) -> Batch:
+    """The one `Batch` factory: the host packer, the Simulator and the LAMMPS connector all build
+    batches here, so every field has one meaning and one default.
+
+    Works on NumPy (host) and JAX (also traced) arrays alike.
+
+    **Arguments:** the geometry (`positions`, `species`) and index arrays (padding index `n_node`);
+    optional masks (default: an entry is real when its first index is < `n_node`; `node_mask` all
+    real); `graph_mask` (default one frame) and `graph_index` (default: real beads in frame 0, padded
+    beads `n_graph`); labels (default: `forces`, `energy`, `temperature` NaN, so that any use of a
+    missing label as a target is loud; `protein_index`, `frame_index` 0).
+
+    **Returns:** the `Batch`.
+    """
+    xp = np if isinstance(positions, np.ndarray) else jnp
+    n = positions.shape[0]
+
+    def real(idx, mask):
+        if mask is not None:
+            return mask
+        return (idx if idx.ndim == 1 else idx[:, 0]) < n
+
+    node_mask = xp.ones((n,), bool) if node_mask is None else node_mask
+    graph_mask = xp.ones((1,), bool) if graph_mask is None else graph_mask
+    n_graph = graph_mask.shape[0]
+    if graph_index is None:
+        graph_index = xp.where(node_mask, 0, n_graph).astype(xp.int32)
+
+    def label(value, fill, dtype, shape):
+        return xp.full(shape, fill, dtype) if value is None else value
+
+    return Batch(
+        positions=positions, species=species, node_mask=node_mask, graph_index=graph_index,
+        senders=senders, receivers=receivers, edge_mask=real(senders, edge_mask),
+        bonds=bonds, bond_mask=real(bonds, bond_mask), angles=angles, angle_mask=real(angles, angle_mask),
+        dihedrals=dihedrals, dihedral_mask=real(dihedrals, dihedral_mask),
+        pairs=pairs, pair_sep=pair_sep, pair_mask=real(pairs, pair_mask),
+        forces=label(forces, np.nan, positions.dtype, (n, 3)), graph_mask=graph_mask,
+        energy=label(energy, np.nan, positions.dtype, (n_graph,)),
+        temperature=label(temperature, np.nan, positions.dtype, (n_graph,)),
+        protein_index=label(protein_index, 0, xp.int32, (n_graph,)),
+        frame_index=label(frame_index, 0, xp.int32, (n_graph,)),
+    )  # fmt: skip
+
+
 def graph_sum(
     values: Float[Array, " n_node"] | Float[Array, "n_node d"], batch: Batch
 ) -> Float[Array, " n_graph"] | Float[Array, "n_graph d"]:
@@ -263,8 +332,8 @@ def pack(frames: list[FrameGraph], capacity: Capacity) -> Batch:
 
     graph_mask = np.zeros(c.n_graph, bool)
     graph_mask[: len(frames)] = True
-    return Batch(
-        positions=pos, species=spc, node_mask=node_mask, graph_index=gidx,
+    return make_batch(
+        pos, spc, node_mask=node_mask, graph_index=gidx,
         senders=snd, receivers=rcv, edge_mask=edge_mask,
         bonds=bonds, bond_mask=bond_mask, angles=angles, angle_mask=angle_mask,
         dihedrals=dih, dihedral_mask=dih_mask, pairs=pairs, pair_sep=sep, pair_mask=pair_mask,

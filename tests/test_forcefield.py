@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,7 @@ from jaxtyping import Array, Float
 
 import cameo_eqx.modules as modules
 from cameo_eqx.graph import Batch, Capacity, frame_graph, pack
-from cameo_eqx.modules import AbstractEnergyModel, ForceField, load, make_backbone, save, trainable_filter
+from cameo_eqx.modules import AbstractEnergyModel, AbstractPrior, ForceField, load, make_backbone, save, trainable_filter
 from cameo_eqx.modules.forcefield import load_config, register_prior
 from cameo_eqx.topology import CGTopology
 
@@ -21,13 +23,16 @@ TINY = dict(num_layers=2, n_radial=6, n_tensor_features=4, latent_dim=16, two_bo
 
 
 @register_prior
-class StandInPrior(AbstractEnergyModel):
+class StandInPrior(AbstractPrior):
     """Harmonic bonds 0.5 k (r - r0)² + soft repulsion eps (sigma/r)^4 on pairs; half to each bead."""
 
     k: Float[Array, ""]
     r0: Float[Array, ""]
     eps: Float[Array, ""]
     sigma: float = eqx.field(static=True)
+    cutoff: ClassVar[None] = None
+    n_message_passing_layers: ClassVar[int] = 1
+    pair_min_sep: ClassVar[int] = 2
 
     def __init__(self, k=10.0, r0=3.8, eps=0.5, sigma=4.0):
         self.k, self.r0, self.eps = jnp.asarray(k), jnp.asarray(r0), jnp.asarray(eps)
@@ -60,11 +65,22 @@ class StandInPrior(AbstractEnergyModel):
         c = self.component_node_energies(batch)
         return jnp.where(batch.node_mask, c["bond"] + c["repulsion"], 0.0)
 
+    def term_forces(self, batch: Batch) -> dict[str, Float[Array, "n_node 3"]]:
+        out = {}
+        for name in ("bond", "repulsion"):
+            def total(pos, name=name):
+                return jnp.sum(self.component_node_energies(batch.with_positions(pos))[name] * batch.node_mask)
+            out[name] = jnp.where(batch.node_mask[:, None], -jax.grad(total)(batch.positions), 0.0)
+        return out
+
 
 class OpaquePrior(AbstractEnergyModel):
     """A prior with no components and no config (treated as one term; cannot be saved)."""
 
     k: Float[Array, ""]
+    cutoff: ClassVar[None] = None
+    n_message_passing_layers: ClassVar[int] = 1
+    pair_min_sep: ClassVar[int] = 2
 
     def node_energies(self, batch):
         return jnp.where(batch.node_mask, self.k * jnp.sum(batch.positions**2, -1), 0.0)
@@ -216,7 +232,7 @@ def test_forcefield_energy_uses_the_prior_fast_path_and_matches_autodiff():
     `energy`, so the real Prior's analytic-force VJP is used; it must agree with differentiating the
     per-bead energies, on a padded batch, for forces and for the parameter gradient of a force loss."""
     from cameo_eqx.graph import graph_sum
-    from cameo_eqx.modules.base import energy_and_forces
+    from cameo_eqx.energy import energy_and_forces
     from cameo_eqx.priors.config import PriorConfig
     from cameo_eqx.priors.prior import Prior
 

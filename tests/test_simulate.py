@@ -4,6 +4,8 @@ prior-only model."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import equinox as eqx
 import h5py
 import jax
@@ -12,8 +14,8 @@ import numpy as np
 import pytest
 
 from cameo_eqx.data.store import PreparedDataset
+from cameo_eqx.energy import AbstractEnergyModel
 from cameo_eqx.graph import single_frame_batch
-from cameo_eqx.modules.base import AbstractEnergyModel
 from cameo_eqx.simulate import BlowUpError, SimulateConfig, Simulator, simulate, system_batch
 from cameo_eqx.simulate import neighborlist as nbl
 from cameo_eqx.topology import CGTopology
@@ -50,6 +52,9 @@ class Harmonic(AbstractEnergyModel):
     """U = Σ_i ½ k |x_i|² (each bead in its own well)."""
 
     k: float = eqx.field(static=True)
+    cutoff: ClassVar[None] = None
+    n_message_passing_layers: ClassVar[int] = 1
+    pair_min_sep: ClassVar[int] = 2
 
     def node_energies(self, batch):
         return jnp.where(batch.node_mask, 0.5 * self.k * jnp.sum(batch.positions**2, axis=-1), 0.0)
@@ -59,6 +64,9 @@ class NaNAfter(AbstractEnergyModel):
     """Harmonic, but NaN once a bead leaves a ball of radius `r` (to trip the guard)."""
 
     r: float = eqx.field(static=True)
+    cutoff: ClassVar[None] = None
+    n_message_passing_layers: ClassVar[int] = 1
+    pair_min_sep: ClassVar[int] = 2
 
     def node_energies(self, batch):
         d2 = jnp.sum(batch.positions**2, axis=-1)

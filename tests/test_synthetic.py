@@ -11,7 +11,7 @@ import pytest
 
 from cameo_eqx.data.batching import compact_chain
 from cameo_eqx.graph import Capacity, frame_graph, pack
-from cameo_eqx.modules.base import energy_and_forces
+from cameo_eqx.energy import energy_and_forces
 from cameo_eqx.synthetic.generate import (
     SynthesizeConfig,
     chain_topology,
@@ -21,7 +21,7 @@ from cameo_eqx.synthetic.generate import (
     random_sequence,
     synthesize,
 )
-from cameo_eqx.synthetic.teacher import TeacherPotential, hydropathy01
+from cameo_eqx.priors.teacher import TeacherPotential, hydropathy01
 
 SEQ = "KILVAFLIEGK"
 

@@ -62,7 +62,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     ds = PreparedDataset(dpath)
     model = load(mfile)
     d = run_cfg.get("data", {})
-    cutoff = float(d.get("cutoff", getattr(model, "cutoff", 10.0)))
+    cutoff = float(d.get("cutoff", model.cutoff))
     sel = _frames(cfg, run_cfg, ds)
     loader = BatchLoader(ds, sel, cutoff=cutoff, target_nodes=cfg.target_nodes,
                          pair_min_sep=int(d.get("pair_min_sep", 2)), prefetch=2)  # fmt: skip

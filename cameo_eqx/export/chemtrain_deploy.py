@@ -46,8 +46,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Int
 
+from ..energy import AbstractEnergyModel
 from ..fileio import write_atomic
-from ..graph import Batch
+from ..graph import make_batch
 from ..topology import SEPARATION_NONBONDED, CGTopology
 from ..units import KCAL_PER_MOL_TO_EV
 from . import ptb
@@ -96,41 +97,24 @@ class BakedTopology:
         )
 
 
-def message_passing_hops(model) -> int | None:
-    """How many graph hops a bead's energy depends on, or None when the model does not say.
-
-    `n_message_passing_layers` when the model has it (Allegro, strictly local, says 1); a `ForceField`
-    takes the larger of its backbone and prior; a prior (`terms`) depends on its own edges only (1).
-    """
-    k = getattr(model, "n_message_passing_layers", None)
-    if k is not None:
-        return int(k)
-    if hasattr(model, "backbone") and hasattr(model, "prior"):
-        parts = [m for m in (model.backbone, model.prior) if m is not None]
-        hops = [message_passing_hops(m) for m in parts]
-        return None if any(h is None for h in hops) or not hops else max(hops)
-    if hasattr(model, "terms"):
-        return 1
-    return None
-
-
 def receptive_field(model, nbr_order: tuple[int, int] | None = None) -> tuple[int, int]:
-    """`nbr_order = [K, 2K]` for a model whose bead energies reach K hops (see `message_passing_hops`).
+    """`nbr_order = [K, 2K]` for a model whose bead energies reach K hops (its
+    `n_message_passing_layers`; a `ForceField` takes the larger of its backbone's and prior's).
 
-    A strictly local model (Allegro, priors) has K = 1, so `[1, 2]`. An explicit `nbr_order` wins; a
-    model that does not state its receptive field requires one.
+    A strictly local model (Allegro, priors) has K = 1, so `[1, 2]`. An explicit `nbr_order` wins; an
+    object that is not an `AbstractEnergyModel` does not state its receptive field and requires one.
     """
     if nbr_order is not None:
         order = tuple(int(v) for v in nbr_order)
         if len(order) != 2 or min(order) < 1:
             raise ValueError(f"nbr_order must be two positive ints [newton_on, newton_off], got {nbr_order}")
         return order  # type: ignore[return-value]
-    k = message_passing_hops(model)
-    if k is None:
+    if not isinstance(model, AbstractEnergyModel):
         raise ValueError(
-            f"{type(model).__name__} has no `n_message_passing_layers`: pass nbr_order=(K, 2K) for a "
-            "model whose per-bead energy depends on neighbours up to K hops away"
+            f"{type(model).__name__} is not an AbstractEnergyModel and states no `n_message_passing_layers`: "
+            "pass nbr_order=(K, 2K) for a model whose per-bead energy depends on neighbours up to K hops away"
         )
+    k = int(model.n_message_passing_layers)
     if k < 1:
         raise ValueError(f"{type(model).__name__}.n_message_passing_layers must be >= 1, got {k}")
     return (k, 2 * k)
@@ -501,25 +485,14 @@ def make_connector_function(
                 pair_mask = slot_ok & (sep >= pair_min_sep)
                 pairs = jnp.where(pair_mask[:, None], jnp.stack([lo, hi], axis=-1), n_model)
 
-                batch = Batch(
-                    positions=pos_model,
-                    species=species_model,
-                    node_mask=node_mask,
-                    graph_index=jnp.where(node_mask, 0, 1).astype(jnp.int32),
-                    senders=jnp.concatenate([a, b]),
-                    receivers=jnp.concatenate([b, a]),
+                batch = make_batch(
+                    pos_model, species_model, node_mask=node_mask,
+                    senders=jnp.concatenate([a, b]), receivers=jnp.concatenate([b, a]),
                     edge_mask=jnp.concatenate([slot_ok, slot_ok]),
-                    bonds=bonds, bond_mask=bond_mask,
-                    angles=angles, angle_mask=angle_mask,
+                    bonds=bonds, bond_mask=bond_mask, angles=angles, angle_mask=angle_mask,
                     dihedrals=dihedrals, dihedral_mask=dihedral_mask,
                     pairs=pairs.astype(jnp.int32), pair_mask=pair_mask,
                     pair_sep=jnp.where(pair_mask, sep, 0).astype(jnp.int32),
-                    forces=jnp.zeros_like(pos_model),
-                    graph_mask=jnp.ones((1,), bool),
-                    energy=jnp.full((1,), jnp.nan, jnp.float32),
-                    temperature=jnp.full((1,), jnp.nan, jnp.float32),
-                    protein_index=jnp.zeros((1,), jnp.int32),
-                    frame_index=jnp.zeros((1,), jnp.int32),
                 )  # fmt: skip
 
                 def energies(pos):
@@ -728,14 +701,14 @@ def export_model(
     """
     from jax import export as jax_export
 
-    if not hasattr(model, "node_energies"):
-        raise TypeError(f"{type(model).__name__} is not an energy model (no node_energies method)")
+    if not isinstance(model, AbstractEnergyModel):
+        raise TypeError(f"{type(model).__name__} is not an energy model (an AbstractEnergyModel)")
     if platform not in PLATFORMS:
         raise ValueError(f"platform must be one of {PLATFORMS} (exactly one), got {platform!r}")
     if cutoff is None:
-        cutoff = getattr(model, "cutoff", None)
+        cutoff = model.cutoff
         if cutoff is None:
-            raise ValueError(f"{type(model).__name__} has no `cutoff` attribute: pass cutoff= (Å)")
+            raise ValueError(f"{type(model).__name__} reads no radius graph (its `cutoff` is None): pass cutoff= (Å)")
     cutoff = float(cutoff)
     order = receptive_field(model, nbr_order)
     f = make_connector_function(model, cutoff=cutoff, nbr_order=order, topology=topology,
@@ -843,7 +816,7 @@ def export_files(
     positions = positions[0]
     topology = record.topology
     if pair_min_sep is None:
-        pair_min_sep = int(getattr(model, "pair_min_sep", 2))
+        pair_min_sep = int(model.pair_min_sep)
     n_types = int(n_types if n_types is not None else int(np.max(topology.species)) + 1)
     if int(np.max(topology.species)) >= n_types:
         raise ValueError(

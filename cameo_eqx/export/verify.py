@@ -18,7 +18,7 @@ import re
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from ..energy import AbstractEnergyModel
 from ..graph import Batch
-from ..modules.base import AbstractEnergyModel
 from ..modules.radial import safe_norm
 from . import ptb
 
@@ -348,6 +348,7 @@ class ToyEnergyModel(AbstractEnergyModel):
     r0: float = eqx.field(static=True)
     cutoff: float = eqx.field(static=True)
     n_message_passing_layers: int = eqx.field(static=True)
+    pair_min_sep: ClassVar[int] = 2
 
     def __init__(self, n_species: int = 4, cutoff: float = 8.0, layers: int = 2, *, seed: int = 0):
         rng = np.random.default_rng(seed)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import ClassVar
 
 import e3nn_jax as e3nn
 import equinox as eqx
@@ -42,8 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ..energy import AbstractBackbone, hyperparameter_dict
 from ..graph import Batch
-from .base import AbstractEnergyModel, hyperparameter_dict
 from .radial import SpeciesEmbedding, bessel_basis, polynomial_envelope, safe_norm
 
 Irrep = tuple[int, int]  # (l, parity ±1)
@@ -195,7 +196,7 @@ def _env_features(weights, y, n_sh_irreps_index, channels):
     return w * y[:, None, :]
 
 
-class Allegro(AbstractEnergyModel):
+class Allegro(AbstractBackbone):
     """Allegro pair-energy backbone (see the module docstring for the architecture and hyperparameters).
 
     **Arguments (constructor):**
@@ -233,7 +234,7 @@ class Allegro(AbstractEnergyModel):
     avg_num_neighbors: float = eqx.field(static=True)
     envelope_p: int = eqx.field(static=True)
 
-    PRESETS = PRESETS
+    PRESETS: ClassVar[dict[str, dict]] = PRESETS
 
     def __init__(
         self,

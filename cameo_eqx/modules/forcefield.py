@@ -8,9 +8,8 @@ One pytree holds every learnable parameter (backbone and prior); `trainable_filt
 - save/load: `to_config() -> dict` (JSON-serialisable, enough to rebuild a skeleton with the same array
   shapes) and a classmethod `from_config(config) -> prior`; the class is found again at load time through
   `register_prior(cls)` or, for classes inside `cameo_eqx`, by its module path;
-- per-term forces (optional, first match wins): `component_node_energies(batch) -> {name: (n_node,)}`
-  (each term is differentiated here), or `components(batch) -> {name: (energy, forces) | forces}`;
-  otherwise the whole prior is one term named "prior".
+- per-term forces: an `AbstractPrior` reports them (`term_forces`); any other energy model is one term
+  named "prior".
 
 **File format** (`save`/`load`): one UTF-8 JSON line (format tag, the skeleton description, the user's
 config, `sha256` and `size` of the parameter bytes), a newline, then `eqx.tree_serialise_leaves` bytes.
@@ -23,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
-import inspect
 import io
 import json
 import os
@@ -40,8 +38,9 @@ from jaxtyping import Array, Float, Int
 from ..fileio import write_atomic
 from ..graph import Batch, frame_graph, pack
 from ..topology import CGTopology
-from .base import AbstractEnergyModel
-from .base import energy_and_forces as _energy_and_forces
+from ..energy import AbstractBackbone, AbstractEnergyModel, AbstractPrior
+from ..energy import energy_and_forces as _energy_and_forces
+from .backbones import BACKBONES, make_backbone
 
 FORMAT = "cameo_eqx.forcefield/1"
 
@@ -58,14 +57,14 @@ class ForceField(AbstractEnergyModel):
     - `pair_min_sep`: minimum sequence separation of non-bonded pairs when building graphs.
     """
 
-    backbone: AbstractEnergyModel | None
+    backbone: AbstractBackbone | None
     prior: AbstractEnergyModel | None
     cutoff: float = eqx.field(static=True)
     pair_min_sep: int = eqx.field(static=True)
 
     def __init__(
         self,
-        backbone: AbstractEnergyModel | None,
+        backbone: AbstractBackbone | None,
         prior: AbstractEnergyModel | None = None,
         *,
         cutoff: float | None = None,
@@ -73,13 +72,18 @@ class ForceField(AbstractEnergyModel):
     ):
         if backbone is None and prior is None:
             raise ValueError("ForceField needs a backbone, a prior, or both; got neither")
-        for what, m in (("backbone", backbone), ("prior", prior)):
-            if m is not None and not isinstance(m, AbstractEnergyModel):
-                raise TypeError(f"ForceField {what} must be an AbstractEnergyModel, got {type(m)}")
+        for what, m, cls in (("backbone", backbone, AbstractBackbone), ("prior", prior, AbstractEnergyModel)):
+            if m is not None and not isinstance(m, cls):
+                raise TypeError(f"ForceField {what} must be an {cls.__name__}, got {type(m)}")
         if cutoff is None:
-            cutoff = getattr(backbone, "cutoff", None) or getattr(prior, "cutoff", None) or 10.0
+            cutoff = next((m.cutoff for m in (backbone, prior) if m is not None and m.cutoff), 10.0)
         self.backbone, self.prior = backbone, prior
         self.cutoff, self.pair_min_sep = float(cutoff), int(pair_min_sep)
+
+    @property
+    def n_message_passing_layers(self) -> int:
+        """Receptive field in graph hops: the larger of the backbone's and the prior's."""
+        return max(m.n_message_passing_layers for m in (self.backbone, self.prior) if m is not None)
 
     def node_energies(self, batch: Batch) -> Float[Array, " n_node"]:
         """Per-bead energies (kcal/mol), backbone + prior, zero on padded beads."""
@@ -105,26 +109,13 @@ class ForceField(AbstractEnergyModel):
 
         **Returns:** a dict name → `(n_node, 3)` forces, zero on padded beads.
         """
-        mask = batch.node_mask[:, None]
         out = {}
         if self.backbone is not None:
             out["ml"] = _energy_and_forces(self.backbone, batch)[1]
-        prior = self.prior
-        if prior is None:
-            return out
-        if hasattr(prior, "component_node_energies"):
-            names = list(prior.component_node_energies(batch).keys())
-            for name in names:
-                def total(pos, name=name):
-                    return jnp.sum(prior.component_node_energies(batch.with_positions(pos))[name] * batch.node_mask)
-                out[name] = jnp.where(mask, -jax.grad(total)(batch.positions), 0.0)
-        elif callable(getattr(prior, "components", None)):
-            for name, value in prior.components(batch).items():
-                f = value[1] if isinstance(value, (tuple, list)) else value
-                f = f["forces"] if isinstance(f, Mapping) else f
-                out[name] = jnp.where(mask, f, 0.0)
-        else:
-            out["prior"] = _energy_and_forces(prior, batch)[1]
+        if isinstance(self.prior, AbstractPrior):
+            out.update(self.prior.term_forces(batch))
+        elif self.prior is not None:
+            out["prior"] = _energy_and_forces(self.prior, batch)[1]
         return out
 
     def batch_for(
@@ -153,7 +144,7 @@ class ForceField(AbstractEnergyModel):
                 topology = dataclasses.replace(topology, species=species)
         if topology.n_beads != n:
             raise ValueError(f"topology has {topology.n_beads} beads but positions have {n}")
-        n_species = getattr(self.backbone, "n_species", None)
+        n_species = None if self.backbone is None else self.backbone.n_species
         if n_species is not None and len(topology.species) and int(np.max(topology.species)) >= n_species:
             raise ValueError(f"species index {int(np.max(topology.species))} out of range for a model "
                              f"with {n_species} species")  # fmt: skip
@@ -248,20 +239,12 @@ def _tuplify(v: Any) -> Any:
     return v
 
 
-def backbone_config(backbone: AbstractEnergyModel) -> dict:
+def backbone_config(backbone: AbstractBackbone) -> dict:
     """JSON description that rebuilds a registered backbone's skeleton through `make_backbone`."""
-    from . import BACKBONES
-
     names = [n for n, c in BACKBONES.items() if type(backbone) is c]
     if not names:
         raise ValueError(f"backbone class {type(backbone).__qualname__} is not in BACKBONES; cannot save it")
-    if hasattr(backbone, "hyperparameters"):
-        hp = dict(backbone.hyperparameters())
-    else:  # static fields that are constructor keywords
-        sig = inspect.signature(type(backbone).__init__).parameters
-        hp = {f.name: getattr(backbone, f.name) for f in dataclasses.fields(backbone)
-              if f.metadata.get("static", False) and f.name in sig}  # fmt: skip
-        hp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in hp.items()}
+    hp = dict(backbone.hyperparameters())
     hp = {k: v for k, v in hp.items() if k not in ("n_species", "cutoff", "key")}
     bad = [k for k, v in hp.items() if not _jsonable(v)]
     if bad:
@@ -336,8 +319,6 @@ def load_config(path: str | os.PathLike) -> dict:
 
 def load(path: str | os.PathLike) -> ForceField:
     """Rebuilds a `ForceField` saved by `save` (skeleton from the JSON header, then the parameters)."""
-    from . import make_backbone
-
     with open(path, "rb") as f:
         header = _read_header(f, path)
         model = header["model"]

@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import e3nn_jax as e3nn
 import equinox as eqx
@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from ..energy import AbstractBackbone, hyperparameter_dict
 from ..graph import Batch
-from .base import AbstractEnergyModel, hyperparameter_dict
 from .painn import MLP, Dense, edge_geometry, resolve_hyperparameters
 from .radial import SpeciesEmbedding, bessel_basis, polynomial_envelope
 
@@ -335,7 +335,7 @@ class _Layer(eqx.Module):
 # the model
 
 
-class MACE(AbstractEnergyModel):
+class MACE(AbstractBackbone):
     """MACE energy model: per-bead energies (kcal/mol) from higher-order equivariant features.
 
     **Arguments (constructor):**
@@ -351,6 +351,8 @@ class MACE(AbstractEnergyModel):
 
     embedding: SpeciesEmbedding
     layers: tuple[_Layer, ...]
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
+
     n_species: int = eqx.field(static=True)
     cutoff: float = eqx.field(static=True)
     hidden_irreps: str = eqx.field(static=True)

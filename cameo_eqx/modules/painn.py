@@ -21,7 +21,7 @@ features is one matmul; aggregations are `segment_sum` over edges (no dense n ×
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from ..energy import AbstractBackbone, hyperparameter_dict
 from ..graph import Batch
-from .base import AbstractEnergyModel, hyperparameter_dict
 from .radial import SpeciesEmbedding, bessel_basis, polynomial_envelope, safe_norm
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -175,7 +175,7 @@ class _Update(eqx.Module):
         self.mlp = MLP((2 * f, f, 3 * f), key=k3)
 
 
-class PaiNN(AbstractEnergyModel):
+class PaiNN(AbstractBackbone):
     """PaiNN energy model: per-bead energies (kcal/mol) from scalar and vector features.
 
     **Arguments (constructor):**
@@ -193,6 +193,8 @@ class PaiNN(AbstractEnergyModel):
     messages: tuple[_Message, ...]
     updates: tuple[_Update, ...]
     readout: MLP
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
+
     n_species: int = eqx.field(static=True)
     cutoff: float = eqx.field(static=True)
     n_features: int = eqx.field(static=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -20,8 +20,8 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ..fileio import write_atomic
+from ..energy import AbstractPrior, energy_and_forces
 from ..graph import Batch
-from ..modules.base import AbstractEnergyModel, energy_and_forces
 from .config import PriorConfig
 from .terms import (
     TERM_CLASSES,
@@ -51,8 +51,8 @@ DEFAULT_WEIGHTS: dict[str, float] = {"bond": 0.5, "angle": 0.25, "dihedral": 0.2
 """The old code's term weights."""
 
 
-class Prior(AbstractEnergyModel):
-    """Weighted sum of prior terms; an `AbstractEnergyModel` (per-bead energies sum to the total).
+class Prior(AbstractPrior):
+    """Weighted sum of prior terms; an `AbstractPrior` (per-bead energies sum to the total; forces per term).
 
     **Arguments:**
 
@@ -64,6 +64,8 @@ class Prior(AbstractEnergyModel):
     terms: tuple[AbstractPriorTerm, ...]
     weights: tuple[float, ...] = eqx.field(static=True)
     provenance_json: str = eqx.field(static=True)
+    n_message_passing_layers: ClassVar[int] = 1
+    pair_min_sep: ClassVar[int] = 2
 
     def __init__(self, terms, weights=None, provenance: dict[str, Any] | None = None):
         terms = tuple(terms)
@@ -83,6 +85,12 @@ class Prior(AbstractEnergyModel):
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.terms)
+
+    @property
+    def cutoff(self) -> float | None:
+        """The largest cutoff (Å) of the terms that read the radius graph (repulsion), or None."""
+        cutoffs = [t.cutoff for t in self.terms if t.cutoff is not None]
+        return max(cutoffs) if cutoffs else None
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -133,6 +141,10 @@ class Prior(AbstractEnergyModel):
         for w, t in zip(self.weights, self.terms):
             out[t.name] = energy_and_forces(Prior([t], [w]), batch)
         return out
+
+    def term_forces(self, batch: Batch) -> dict[str, Float[Array, "n_node 3"]]:
+        """Each term's weighted forces (kcal/mol/Å), by term name; they sum to the prior's forces."""
+        return {name: f for name, (_, f) in self.components(batch).items()}
 
     # ------------------------------------------------------------------------------- construction
     @classmethod

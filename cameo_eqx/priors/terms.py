@@ -27,8 +27,8 @@ arithmetic, so no NaN or inf can appear, and their energy is masked out. Real de
 `cameo_eqx.geometry` (`safe_norm`, `safe_atan2`) with finite (sub)gradients.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: equinox orders the fields of the terms correctly only when the
+# `AbstractVar` annotations of `AbstractPriorTerm` are real types, not strings.
 import abc
 import functools
 from typing import ClassVar, Literal
@@ -39,9 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from ..energy import AbstractEnergyModel
 from ..geometry import bond_angles, bond_lengths, dihedral_angles
 from ..graph import Batch
-from ..modules.base import AbstractEnergyModel
 
 # --------------------------------------------------------------------------------------- type indices
 
@@ -178,6 +178,10 @@ class AbstractPriorTerm(AbstractEnergyModel):
     name: eqx.AbstractClassVar[str]
     type_kind: eqx.AbstractClassVar[str]
     param_names: eqx.AbstractClassVar[tuple[str, ...]]
+    per_species: eqx.AbstractVar[bool]
+    n_species: eqx.AbstractVar[int]
+    n_message_passing_layers: ClassVar[int] = 1
+    pair_min_sep: ClassVar[int] = 2
 
     @abc.abstractmethod
     def indices(self, batch: Batch) -> Int[Array, "m k"]:
@@ -236,10 +240,10 @@ class AbstractPriorTerm(AbstractEnergyModel):
     def type_index(self, batch: Batch) -> Int[Array, " m"]:
         """Row of the parameter table used by every tuple (0 for global parameters)."""
         idx = self.indices(batch)
-        if not self.per_species:  # type: ignore[attr-defined]
+        if not self.per_species:
             return jnp.zeros(idx.shape[0], jnp.int32)
         s = [_species(batch, idx[:, c]) for c in range(idx.shape[-1])]
-        n = self.n_species  # type: ignore[attr-defined]
+        n = self.n_species
         if self.type_kind == "pair":
             return pair_type(s[0], s[1], n)
         if self.type_kind == "triplet":
@@ -259,6 +263,7 @@ class HarmonicBond(AbstractPriorTerm):
     n_species: int = eqx.field(static=True, default=1)
 
     name: ClassVar[str] = "bond"
+    cutoff: ClassVar[None] = None  # bonded: reads no radius graph
     type_kind: ClassVar[str] = "pair"
     param_names: ClassVar[tuple[str, ...]] = ("r0", "k")
 
@@ -312,6 +317,7 @@ class FourierAngle(AbstractPriorTerm):
     n_species: int = eqx.field(static=True, default=1)
 
     name: ClassVar[str] = "angle"
+    cutoff: ClassVar[None] = None  # bonded: reads no radius graph
     type_kind: ClassVar[str] = "triplet"
     param_names: ClassVar[tuple[str, ...]] = ("a", "b")
 
@@ -370,6 +376,7 @@ class PeriodicDihedral(AbstractPriorTerm):
     n_species: int = eqx.field(static=True, default=1)
 
     name: ClassVar[str] = "dihedral"
+    cutoff: ClassVar[None] = None  # bonded: reads no radius graph
     type_kind: ClassVar[str] = "quadruplet"
     param_names: ClassVar[tuple[str, ...]] = ("k", "gamma")
 

@@ -37,8 +37,12 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..fileio import check_free_space, reporting_no_space, write_atomic
-from ..graph import Batch
-from ..modules.base import AbstractEnergyModel
+from ..energy import AbstractBackbone, AbstractEnergyModel, graph_cutoff
+from ..graph import Batch, make_batch
+from ..modules.forcefield import ForceField
+from ..modules.forcefield import load as load_force_field
+from ..priors.prior import Prior
+from ..priors.teacher import TeacherPotential
 from ..topology import SEPARATION_NONBONDED, CGTopology
 from ..units import KB_KCAL_PER_MOL_K
 from . import neighborlist as nbl
@@ -127,18 +131,11 @@ def system_batch(system: System, positions: Float[Array, "n 3"], nl: nbl.Neighbo
     keep = emask & (s < r) & (sep >= system.pair_min_sep)
     n_pair = (nl.capacity + 1) // 2
     ps, pr, psep, pmask = nbl.compact(keep, (s, r, sep), n_pair, (n, n, 0))
-    ones = lambda k: jnp.ones((k,), bool)  # noqa: E731
-    return Batch(
-        positions=positions, species=system.species, node_mask=ones(n),
-        graph_index=jnp.zeros((n,), jnp.int32), senders=s, receivers=r, edge_mask=emask,
-        bonds=system.bonds, bond_mask=ones(system.bonds.shape[0]),
-        angles=system.angles, angle_mask=ones(system.angles.shape[0]),
-        dihedrals=system.dihedrals, dihedral_mask=ones(system.dihedrals.shape[0]),
+    return make_batch(
+        positions, system.species, senders=s, receivers=r, edge_mask=emask,
+        bonds=system.bonds, angles=system.angles, dihedrals=system.dihedrals,
         pairs=jnp.stack([ps, pr], axis=-1), pair_sep=psep, pair_mask=pmask,
-        forces=jnp.full((n, 3), jnp.nan, positions.dtype), graph_mask=ones(1),
-        energy=jnp.full((1,), jnp.nan, positions.dtype),
         temperature=jnp.broadcast_to(system.temperature, (1,)).astype(positions.dtype),
-        protein_index=jnp.zeros((1,), jnp.int32), frame_index=jnp.zeros((1,), jnp.int32),
     )  # fmt: skip
 
 
@@ -325,19 +322,11 @@ class RunResult:
     n_rebuilds_for_overflow: int = 0
 
 
-def model_cutoff(model: Any, default: float = 10.0) -> float:
-    """The radius-graph cutoff a model was trained with: its `cutoff`, its backbone's, its prior's
-    repulsion cutoff, else `default`."""
-    for m in (model, getattr(model, "backbone", None), getattr(model, "prior", None)):
-        c = getattr(m, "cutoff", None)
-        if isinstance(c, (int, float)):
-            return float(c)
-    prior = getattr(model, "prior", None) or model
-    for t in getattr(prior, "terms", ()):
-        c = getattr(t, "cutoff", None)
-        if isinstance(c, (int, float)):
-            return float(c)
-    return default
+def model_species(model: AbstractEnergyModel) -> int | None:
+    """How many species `model` embeds (a protein's species indices must be smaller): its backbone's
+    `n_species`, or None for a model without a backbone (priors take any index their tables cover)."""
+    backbone = model.backbone if isinstance(model, ForceField) else model
+    return backbone.n_species if isinstance(backbone, AbstractBackbone) else None
 
 
 class Simulator:
@@ -361,18 +350,18 @@ class Simulator:
         uniform_mass: float = 110.0, skin: float = 2.0, capacity: int | None = None,
         pair_min_sep: int | None = None, cutoff: float | None = None, max_bond_length: float = 8.0,
     ):  # fmt: skip
-        if not isinstance(model, AbstractEnergyModel) and not hasattr(model, "energy"):
-            raise TypeError(f"model must be an AbstractEnergyModel (with energy), got {type(model)}")
-        n_species = getattr(getattr(model, "backbone", None), "n_species", None) or getattr(model, "n_species", None)
-        if isinstance(n_species, int) and topology.n_beads and int(np.max(topology.species)) >= n_species:
+        if not isinstance(model, AbstractEnergyModel):
+            raise TypeError(f"model must be an AbstractEnergyModel, got {type(model)}")
+        n_species = model_species(model)
+        if n_species is not None and topology.n_beads and int(np.max(topology.species)) >= n_species:
             raise ValueError(f"species index {int(np.max(topology.species))} of the protein is out of range for "
                              f"a model with {n_species} species")  # fmt: skip
         self.model = model
         self.topology = topology
         if pair_min_sep is None:
-            pair_min_sep = int(getattr(model, "pair_min_sep", 2))
+            pair_min_sep = int(model.pair_min_sep)
         self.system = System.from_topology(
-            topology, cutoff=model_cutoff(model) if cutoff is None else float(cutoff),
+            topology, cutoff=graph_cutoff(model) if cutoff is None else float(cutoff),
             pair_min_sep=pair_min_sep, masses=masses, uniform_mass=uniform_mass,
             temperature=float(np.mean(temperature)),
         )  # fmt: skip
@@ -541,17 +530,10 @@ def load_model(path: str | os.PathLike) -> AbstractEnergyModel:
         raise FileNotFoundError(f"no model at {path}: expected a saved force field (model.eqx), a prior "
                                 "file (prior.yaml from fit-priors) or a teacher (teacher.json from synthesize)")  # fmt: skip
     if path.suffix == ".json" and '"cameo_eqx.teacher/' in path.read_text()[:200]:
-        # the teacher lives in cameo_eqx.synthetic, which itself drives the Simulator: imported here only
-        from ..synthetic.teacher import TeacherPotential
-
         return TeacherPotential.load(path)
     if path.suffix in (".yaml", ".yml", ".json"):
-        from ..priors.prior import Prior
-
         return Prior.load(path)
-    from ..modules import load
-
-    return load(path)
+    return load_force_field(path)
 
 
 _NOT_PHYSICS = {"n_steps", "progress", "resume", "chunk_frames", "output", "neighbor_capacity"}

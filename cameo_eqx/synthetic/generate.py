@@ -33,7 +33,7 @@ from ..fileio import write_atomic
 from ..simulate.analysis import radius_of_gyration
 from ..simulate.langevin import Simulator, refresh
 from ..topology import AMINO_ACIDS, SPECIES_MAPS, CGTopology
-from .teacher import TeacherPotential
+from ..priors.teacher import TeacherPotential
 
 NATURAL_FREQUENCIES: dict[str, float] = {
     "ALA": 8.25, "ARG": 5.53, "ASN": 4.06, "ASP": 5.45, "CYS": 1.37, "GLN": 3.93, "GLU": 6.75,

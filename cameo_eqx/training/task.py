@@ -21,8 +21,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from ..energy import AbstractEnergyModel, AbstractPrior, energy_and_forces
 from ..graph import Batch
-from ..modules.base import AbstractEnergyModel, energy_and_forces
+from ..modules.forcefield import ForceField
 
 
 class LossSums(NamedTuple):
@@ -63,9 +64,9 @@ def energy_mask(batch: Batch) -> jax.Array:
 
 
 def term_forces(model: AbstractEnergyModel, batch: Batch) -> dict[str, Float[Array, "n_node 3"]]:
-    """Forces of each term ("ml" and each prior term) when the model has `term_forces`; otherwise the
-    whole model as one term "total"."""
-    if hasattr(model, "term_forces"):
+    """Forces of each term ("ml" and each prior term) of a `ForceField` or an `AbstractPrior`; any other
+    model is one term "total"."""
+    if isinstance(model, (ForceField, AbstractPrior)):
         return dict(model.term_forces(batch))
     return {"total": predict(model, batch)[1]}
 

@@ -43,11 +43,11 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ..energy import AbstractEnergyModel
 from ..fileio import write_atomic
 from ..graph import Batch, graph_sum
-from ..modules.base import AbstractEnergyModel
-from ..priors.prior import Prior
-from ..priors.terms import smooth_switch
+from .prior import Prior
+from .terms import smooth_switch
 from ..topology import AMINO_ACIDS
 
 FORMAT = "cameo_eqx.teacher/1"
@@ -108,6 +108,7 @@ class TeacherPotential(AbstractEnergyModel):
     switch_on: float = eqx.field(static=True, default=8.0)
     cutoff: float = eqx.field(static=True, default=10.0)
     pair_min_sep: ClassVar[int] = 2
+    n_message_passing_layers: ClassVar[int] = 1  # a bead's burial reads its neighbours within the cutoff
 
     _SCALARS: ClassVar[tuple[str, ...]] = ("eps_apolar", "eps_polar", "burial_apolar", "burial_polar")
     _STATIC: ClassVar[tuple[str, ...]] = ("contact_r", "contact_width", "contact_min_sep", "burial_r",
