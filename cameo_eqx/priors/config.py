@@ -116,7 +116,8 @@ class PriorConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RefineConfig:
-    """Force matching of the prior parameters alone (LBFGS)."""
+    """Force matching of the prior parameters alone (quasi-Newton: dense BFGS up to 2,000 parameters, which
+    covers every global prior, LBFGS above)."""
 
     enabled: bool = False
     """Refine the Boltzmann-inverted prior by force matching (needs forces in the dataset)."""
@@ -125,11 +126,11 @@ class RefineConfig:
     frames_per_batch: int = 32
     """Frames packed into one batch."""
     max_steps: int = 200
-    """LBFGS iterations at most."""
+    """Quasi-Newton (BFGS/LBFGS) iterations at most."""
     rtol: float = 1e-6
-    """Relative tolerance of the LBFGS stopping test."""
+    """Relative tolerance of the BFGS/LBFGS stopping test."""
     atol: float = 1e-6
-    """Absolute tolerance of the LBFGS stopping test."""
+    """Absolute tolerance of the BFGS/LBFGS stopping test."""
     refine_sigma: bool = False
     """Also refine the repulsion σ (degenerate with ε: only ε·σ^p matters, so off by default)."""
     seed: int = 0

@@ -805,12 +805,12 @@ def summary_text(prior: Prior) -> str:
     if "refine" in prov:
         r = prov["refine"]
         lines.append(f"  refined by force matching: RMSE {r['rmse_before']:.4f} -> {r['rmse_after']:.4f} "
-                     f"kcal/mol/Å ({r['steps']} LBFGS steps, {r['result']})")  # fmt: skip
+                     f"kcal/mol/Å ({r['steps']} {r.get('solver', 'lbfgs').upper()} steps, {r['result']})")  # fmt: skip
     return "\n".join(lines)
 
 
 def fit_priors(cfg: FitPriorsConfig) -> Path:
-    """The `fit-priors` command: Boltzmann inversion (and optional LBFGS refinement) on a prepared
+    """The `fit-priors` command: Boltzmann inversion (and optional quasi-Newton force-matching refinement) on a prepared
     dataset; writes `<output>/prior.yaml`, `<output>/fit_priors_config.json` and `<output>/plots/*.png`.
 
     **Returns:** the path of `prior.yaml`.

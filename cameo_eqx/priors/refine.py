@@ -1,10 +1,12 @@
-"""Force matching of prior parameters with `optimistix.LBFGS` (the trainer's optional first stage).
+"""Force matching of prior parameters by a quasi-Newton method (the trainer's optional first stage):
+dense `optimistix.BFGS` for up to `max_dense` (2,000) parameters, which covers every global prior,
+`optimistix.LBFGS` above; the report says which ran.
 
-`lbfgs_force_match` works for any `AbstractEnergyModel` pytree and a filter spec saying which leaves
-train (everything else, e.g. a network, stays frozen); `refine_prior` applies it to a `Prior`'s
+`quasi_newton_force_match` works for any `AbstractEnergyModel` pytree and a filter spec saying which
+leaves train (everything else, e.g. a network, stays frozen); `refine_prior` applies it to a `Prior`'s
 parameters. The loss is the mean squared force error per Cartesian component over the real beads of
 all given batches (a small host-built subsample, see `make_batches`), so the whole subsample is one
-deterministic objective, as LBFGS needs.
+deterministic objective, as BFGS and LBFGS need.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import optimistix as optx
 from jaxtyping import PyTree
 
 from ..data.store import ProteinRecord
-from ..energy import AbstractEnergyModel
 from ..graph import Batch, Capacity, frame_graph, pack
+from ..modules.base import AbstractEnergyModel
 from .prior import Prior
 
 
@@ -107,13 +109,14 @@ def gauss_newton_scales(
     return jax.tree.map(scale, acc)
 
 
-def lbfgs_force_match(
+def quasi_newton_force_match(
     model: PyTree, filter_spec: PyTree, batches: Sequence[Batch], *, max_steps: int = 200,
     rtol: float = 1e-6, atol: float = 1e-6, history_length: int = 10, float64: bool = True,
     precondition: bool = True, solver: str = "auto", max_dense: int = 2000, proximal: float = 1e-4,
 ) -> tuple[PyTree, dict[str, Any]]:  # fmt: skip
-    """Minimises the force MSE over the leaves selected by `filter_spec` with `optimistix.LBFGS`
-    (or dense `optimistix.BFGS` for small problems, see `solver`).
+    """Minimises the force MSE over the leaves selected by `filter_spec` with dense `optimistix.BFGS`
+    (at most `max_dense` parameters: every global prior) or `optimistix.LBFGS` (larger problems), see
+    `solver`; `info["solver"]` says which ran.
 
     The optimisation is well conditioned by construction: it runs in float64 (`float64=True`; the
     model and batches are cast for this stage only and the result is cast back), and over rescaled
@@ -143,12 +146,13 @@ def lbfgs_force_match(
     - `model`: an `AbstractEnergyModel` (any pytree with a per-frame `energy(batch)`).
     - `filter_spec`: a pytree of bools (as for `eqx.partition`): True leaves are optimised.
     - `batches`: packed batches with target forces (device or host arrays).
-    - `max_steps`, `rtol`, `atol`, `history_length`: LBFGS settings.
+    - `max_steps`, `rtol`, `atol`: solver settings; `history_length`: LBFGS only.
     - `float64`, `precondition`, `solver` ("auto" | "bfgs" | "lbfgs"), `max_dense`, `proximal`: see
       above.
 
-    **Returns:** `(model, info)`; info has the force RMSE before/after, steps, the solver result and the
-    gradient norms. Running out of steps is not an error (the point reached is returned and reported).
+    **Returns:** `(model, info)`; info has the force RMSE before/after, steps, the solver that ran
+    (`"bfgs"` or `"lbfgs"`) and its result, and the gradient norms. Running out of steps is not an error
+    (the point reached is returned and reported).
     """
     batches = [b.to_device() if not isinstance(b.positions, jax.Array) else b for b in batches]
     for i, b in enumerate(batches):
@@ -182,7 +186,7 @@ def lbfgs_force_match(
         l0, g0 = gnorm(z0)
         n_par = sum(x.size for x in jax.tree.leaves(z0))
         if solver not in ("auto", "bfgs", "lbfgs"):
-            raise ValueError(f"lbfgs_force_match: solver must be auto|bfgs|lbfgs, got {solver!r}")
+            raise ValueError(f"quasi_newton_force_match: solver must be auto|bfgs|lbfgs, got {solver!r}")
         use = solver if solver != "auto" else ("bfgs" if n_par <= max_dense else "lbfgs")
         opt = (optx.BFGS(rtol=rtol, atol=atol) if use == "bfgs"
                else optx.LBFGS(rtol=rtol, atol=atol, history_length=history_length))  # fmt: skip
@@ -220,9 +224,9 @@ def refine_prior(
     **Returns:** `(refined prior, report)`; the report (force RMSE before/after, steps) is also added
     to the prior's provenance under `"refine"`.
     """
-    new, info = lbfgs_force_match(prior, prior_filter_spec(prior, refine_sigma), batches,
-                                  max_steps=max_steps, rtol=rtol, atol=atol, float64=float64,
-                                  precondition=precondition)  # fmt: skip
+    new, info = quasi_newton_force_match(prior, prior_filter_spec(prior, refine_sigma), batches,
+                                         max_steps=max_steps, rtol=rtol, atol=atol, float64=float64,
+                                         precondition=precondition)  # fmt: skip
     prov = prior.provenance
     prov["refine"] = info
     return new.with_provenance(prov), info

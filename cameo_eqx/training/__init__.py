@@ -1,4 +1,4 @@
-"""Training: the force-matching `Task`, the `DataModule`, the staged `Trainer` (LBFGS prior refinement,
+"""Training: the force-matching `Task`, the `DataModule`, the staged `Trainer` (quasi-Newton prior refinement,
 optimiser stages, EMA, early stopping), data parallelism over a device mesh, checkpoints, callbacks.
 
 Entry point for the CLI: `train(cfg: TrainConfig) -> Path` (the run directory).

@@ -1,8 +1,9 @@
 """Frozen configs of the `train` and `evaluate` commands.
 
 `TrainConfig` holds everything a run needs; the resolved config is written to `<run>/config.json` and
-into every checkpoint. Stages run in order: an optional LBFGS refinement of the prior parameters (network
-frozen), then one or more optimiser stages (default AdaBelief, then Yogi, as in the old code).
+into every checkpoint. Stages run in order: an optional quasi-Newton (BFGS/LBFGS) refinement of the prior
+parameters (network frozen), then one or more optimiser stages (default `DEFAULT_STAGES`: AdaBelief, then
+Yogi).
 
 Each field's docstring is its `--help` text.
 """
@@ -95,7 +96,7 @@ DEFAULT_STAGES: tuple[StageConfig, ...] = (
     StageConfig(name="adabelief", optimizer="adabelief", epochs=10, lr=1e-3),
     StageConfig(name="yogi", optimizer="yogi", epochs=5, lr=2e-4),
 )
-"""The old code's schedule: AdaBelief, then Yogi at a lower learning rate."""
+"""The default schedule: 10 epochs of AdaBelief at 1e-3, then 5 of Yogi at the lower 2e-4 to settle."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,7 +268,8 @@ class TrainConfig:
     model: ModelConfig = ModelConfig()
     """The force field."""
     refine: RefineConfig = RefineConfig()
-    """Optional first stage: LBFGS force matching of the prior parameters with the network frozen."""
+    """Optional first stage: quasi-Newton (BFGS/LBFGS) force matching of the prior parameters with the
+    network frozen."""
     stages: tuple[StageConfig, ...] = DEFAULT_STAGES
     """Optimiser stages, run in order."""
     gamma_f: float = 1.0

@@ -1,6 +1,7 @@
-"""The optional first stage: LBFGS force matching of the prior parameters with the network frozen.
+"""The optional first stage: quasi-Newton (BFGS or LBFGS) force matching of the prior parameters with the
+network frozen.
 
-Reuses `cameo_eqx.priors.refine` (optimistix LBFGS) on the whole force field with a filter spec that
+Reuses `cameo_eqx.priors.refine.quasi_newton_force_match` (optimistix BFGS or LBFGS) on the whole force field with a filter spec that
 selects only the prior's parameters (the repulsion σ stays fixed unless `refine_sigma`), on a
 subsample of TRAINING frames only.
 """
@@ -43,12 +44,12 @@ def _train_subsample(dm, n_frames: int, seed: int) -> list:
 
 
 def refine_prior_stage(trainer: Any, model: Any) -> Any:
-    """Refines `model.prior` by LBFGS force matching of the full model's forces (network frozen).
+    """Refines `model.prior` by quasi-Newton force matching of the full model's forces (network frozen).
 
     **Returns:** the model with refined prior parameters; the report goes to `<run>/refine.json`.
     """
     from ..modules import trainable_filter
-    from ..priors.refine import lbfgs_force_match, make_batches, prior_filter_spec
+    from ..priors.refine import make_batches, prior_filter_spec, quasi_newton_force_match
 
     cfg = trainer.cfg
     rc = cfg.refine
@@ -59,8 +60,9 @@ def refine_prior_stage(trainer: Any, model: Any) -> Any:
                            cutoff=cfg.data.cutoff, min_sep=cfg.data.pair_min_sep, seed=rc.seed)  # fmt: skip
     spec = trainable_filter(model, train_backbone=False, train_prior=True)
     spec = eqx.tree_at(lambda s: s.prior, spec, prior_filter_spec(model.prior, rc.refine_sigma))
-    new, info = lbfgs_force_match(model, spec, batches, max_steps=rc.max_steps, rtol=rc.rtol, atol=rc.atol)
-    print(f"prior refinement (LBFGS, network frozen): force RMSE {info['rmse_before']:.4g} -> "
+    new, info = quasi_newton_force_match(model, spec, batches, max_steps=rc.max_steps, rtol=rc.rtol,
+                                         atol=rc.atol)  # fmt: skip
+    print(f"prior refinement ({info['solver'].upper()}, network frozen): force RMSE {info['rmse_before']:.4g} -> "
           f"{info['rmse_after']:.4g} kcal/mol/Å in {info['steps']} steps", flush=True)  # fmt: skip
     if trainer.is_main:
         write_atomic(trainer.run_dir / "refine.json", json.dumps(info, indent=1))
