@@ -22,8 +22,8 @@ import optimistix as optx
 from jaxtyping import PyTree
 
 from ..data.store import ProteinRecord
+from ..energy import AbstractEnergyModel
 from ..graph import Batch, Capacity, frame_graph, pack
-from ..modules.base import AbstractEnergyModel
 from .prior import Prior
 
 
