@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", type=Path, default=Path("validation/villin"))
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "validate_villin.yaml")
     p.add_argument("--force-map", choices=("basic", "optimal"), default="basic")
+    p.add_argument("--repulsion-exponent", type=int, default=12,
+                   help="exponent p of the prior's repulsion (σ/r)^p (σ: the 1st percentile of non-bonded distances)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="training seed (parameters and data order; default the config's): repeats measure the "
+                        "seed-to-seed spread of the outcome")
     p.add_argument("--ns", type=float, default=1.0, help="simulated time per replica (ns)")
     p.add_argument("--timestep-fs", type=float, default=2.0)
     p.add_argument("--n-replicas", type=int, default=4)
@@ -110,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     priors = out / "priors"
     if not (priors / "prior.yaml").exists():
         fit_priors(FitPriorsConfig(dataset=prepared, output=priors,
-                                   prior=PriorConfig(weight_bond=1.0, weight_angle=1.0, weight_dihedral=1.0)))
+                                   prior=PriorConfig(weight_bond=1.0, weight_angle=1.0, weight_dihedral=1.0,
+                                                     repulsion_exponent=a.repulsion_exponent)))
     else:
         print(f"{priors / 'prior.yaml'} exists; skipping")
     timings["fit-priors"] = time.perf_counter() - t
@@ -128,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             model=dataclasses.replace(tcfg.model, prior=priors / "prior.yaml"),
             sim_validation=dataclasses.replace(tcfg.sim_validation, proteins=(protein,)),
         )
+        if a.seed is not None:
+            tcfg = dataclasses.replace(tcfg, seed=a.seed)
         run = Path(tcfg.output) / tcfg.name
         if (run / "summary.json").exists() and json.loads((run / "summary.json").read_text()).get("finished", True):
             print(f"{run} finished; skipping")
@@ -163,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads(Path(summary_path).read_text())
 
     res = check(summary)
-    res.update({"model": str(model), "force_map": a.force_map, "ns": n_steps * a.timestep_fs / 1e6,
+    res.update({"model": str(model), "force_map": a.force_map, "repulsion_exponent": a.repulsion_exponent,
+                "seed": a.seed, "ns": n_steps * a.timestep_fs / 1e6,
                 "simulation_status": summary["simulation"]["status"], "timings_s": timings,
                 "trajectory": str(sim), "summary": str(summary_path)})  # fmt: skip
     (out / "result.json").write_text(json.dumps(res, indent=1))
