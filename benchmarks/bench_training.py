@@ -1,10 +1,11 @@
 """Training benchmarks.
 
-1. Throughput (frames/s) of the jitted training step with packed batches vs the old padding of every
-   frame to N_max, same model, same frames (mdCATH-like mixed sizes), same node budget per batch.
+1. Throughput (frames/s) of the jitted training step with packed batches vs padding every frame to
+   N_max (one graph per frame), same model, same frames (mdCATH-like mixed sizes), same node budget per
+   batch.
    Host batch building is excluded (it runs in the prefetch thread); compile time is reported apart.
-   The padded variant keeps sparse edges (padded to the largest frame's count): the old code's dense
-   N_max x N_max neighbour lists would be slower still.
+   The padded variant keeps sparse edges (padded to the largest frame's count): dense N_max x N_max
+   neighbour lists would be slower still.
 2. `--villin`: validation force RMSE on villin (../shared/data, split by frame) of the prior alone,
    the trained hybrid model, and the noise floor (prepare → fit priors → train → evaluate).
 

@@ -39,7 +39,7 @@ CHARGE4_GROUPS: dict[str, int] = {
     **{aa: 2 for aa in ("ARG", "LYS", "HIS")},  # positive
     **{aa: 3 for aa in ("ASP", "GLU")},  # negative
 }
-"""The old code's 4-group charge-based grouping: 0 apolar, 1 polar, 2 positive, 3 negative."""
+"""The `charge4` species map: 4 groups by side-chain charge, 0 apolar, 1 polar, 2 positive, 3 negative."""
 
 SPECIES_MAPS: dict[str, dict[str, int]] = {
     "aa20": {aa: i for i, aa in enumerate(AMINO_ACIDS)},

@@ -446,12 +446,12 @@ def _golden_batch(positions, segment=None):
 
 
 def test_old_defaults_golden_energies():
-    """Hand-computed: beads (0,0,0), (4,0,0), (4,3,0) with the old defaults.
+    """Hand-computed: beads (0,0,0), (4,0,0), (4,3,0) with the unfitted defaults (`PriorConfig()`).
 
     bonds r = 4 and 3: 0.5·154.5·0.16² = 1.9776 and 0.5·154.5·0.84² = 54.5076, weight 0.5 → 28.2426;
     pair (0,2) at r = 5, separation 2: 1·(3/5)⁴ = 0.1296 (inside the switch-on radius, weight 1);
-    angle and dihedral coefficients are zero. Total 28.3722 kcal/mol. The old code (separation ≥ 6)
-    gives no repulsion here: 28.2426.
+    angle and dihedral coefficients are zero. Total 28.3722 kcal/mol. With `old_min_sep_6` (repulsion
+    only from separation 6) there is no repulsion here: 28.2426.
     """
     b = _golden_batch([[0, 0, 0], [4, 0, 0], [4, 3, 0]])
     prior = Prior.from_prior_config(PriorConfig())

@@ -54,7 +54,7 @@ PRESETS: dict[str, dict] = {
     "large": dict(num_layers=4, n_radial=36),
     "med": dict(num_layers=3, n_radial=18),
 }
-"""Size presets of the old code (layers, radial basis functions); other hyperparameters keep defaults."""
+"""Size presets (layers, radial basis functions); other hyperparameters keep their defaults."""
 
 
 def _dim(ir: Irrep) -> int:

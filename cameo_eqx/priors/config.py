@@ -10,17 +10,20 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
-# The old code's defaults (see DESIGN.md, "What the old code did").
+# Fixed parameters of a prior that is not fitted (`Prior.from_prior_config`, `HarmonicBond.init`); fitting
+# replaces them with Boltzmann-inverted values.
 OLD_BOND_R0: float = 3.84
-"""Å, harmonic bond rest length of the old code."""
+"""Å, harmonic bond rest length of an unfitted prior: the C-alpha-C-alpha distance of a trans peptide."""
 OLD_BOND_K: float = 154.5
-"""kcal/mol/Å², harmonic bond force constant of the old code (energy 0.5·k·(r - r0)²)."""
+"""kcal/mol/Å², harmonic bond force constant of an unfitted prior (energy 0.5·k·(r - r0)²; thermal
+fluctuation sqrt(kT/k) ≈ 0.06 Å at 300 K)."""
 OLD_REPULSION_EPSILON: float = 1.0
-"""kcal/mol, soft-sphere repulsion strength of the old code."""
+"""kcal/mol, soft-sphere repulsion strength of an unfitted prior."""
 OLD_REPULSION_SIGMA: float = 3.0
-"""Å, soft-sphere repulsion radius of the old code."""
+"""Å, soft-sphere repulsion radius of an unfitted prior (fitting sets σ from the non-bonded distances)."""
 OLD_REPULSION_MIN_SEP: int = 6
-"""The old code applied repulsion only at sequence separation ≥ 6 (beads at 2..5 could overlap)."""
+"""Sequence separation from which repulsion acts with `old_min_sep_6`: ≥ 6, so beads 2..5 apart are not
+repelled and can overlap (the default, `repulsion_min_sep` 2, repels them)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +31,8 @@ class PriorConfig:
     """The terms of the physics prior, their parametrisation and their weights.
 
     Weights multiply each term's energy. The defaults (bond 0.5, angle 0.25, dihedral 0.25, repulsion
-    1.0) are the old code's: fitting stores the Boltzmann-inverted potentials themselves, and the prior
-    keeps this fraction of each (inverted bonded terms double-count their correlations; the network
+    1.0) keep a fraction of each Boltzmann-inverted bonded term: fitting stores the inverted potentials
+    themselves, and the prior keeps this fraction of each (inverted bonded terms double-count their correlations; the network
     learns the rest). Set all weights to 1 for the full Boltzmann-inverted prior.
     """
 
@@ -58,16 +61,17 @@ class PriorConfig:
     repulsion_exponent: int = 4
     """p of ε (σ/r)^p."""
     repulsion_min_sep: int = 2
-    """Minimum sequence separation of a repelled pair (2 closes the old gap at 2..5; pairs in other
-    segments or chains always count)."""
+    """Minimum sequence separation of a repelled pair (2: every pair that is not bonded, so no two beads
+    can overlap; pairs in other segments or chains always count)."""
     old_min_sep_6: bool = False
-    """Reproduce the old code's repulsion (sequence separation ≥ 6 only); overrides repulsion_min_sep."""
+    """Repel only pairs at sequence separation ≥ 6 (beads 2..5 apart may then overlap), for comparison
+    with priors built that way; overrides repulsion_min_sep."""
     repulsion_cutoff: float = 10.0
     """Å; the radius-graph cutoff the pairs come from (repulsion is truncated there)."""
     repulsion_switch: Literal["smooth", "shift", "none"] = "smooth"
     """How the truncated repulsion goes to zero at the cutoff: 'smooth' multiplies by a C² switch from
     switch_on to the cutoff (energy and force continuous, so MD conserves energy; default), 'shift'
-    subtracts U(cutoff) (energy continuous, force jumps by p·U(rc)/rc), 'none' truncates (old code)."""
+    subtracts U(cutoff) (energy continuous, force jumps by p·U(rc)/rc), 'none' truncates (U jumps at the cutoff)."""
     switch_on: float = 8.0
     """Å; where the smooth switch starts (with σ = 3 Å the switch changes U by < 0.02 kcal/mol)."""
     weight_bond: float = 0.5

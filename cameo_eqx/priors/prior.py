@@ -1,7 +1,7 @@
 """The physics prior: a weighted sum of prior terms, saved and loaded as YAML or JSON.
 
-Weights multiply each term's energy. The defaults (bond 0.5, angle 0.25, dihedral 0.25, repulsion 1.0)
-are the old code's: Boltzmann-inverted terms double-count correlations between bonds, angles and
+Weights multiply each term's energy. The defaults (bond 0.5, angle 0.25, dihedral 0.25, repulsion 1.0):
+Boltzmann-inverted terms double-count correlations between bonds, angles and
 dihedrals, so the prior keeps only a fraction of each (the network learns the rest), while the
 repulsion, which only keeps beads apart, counts fully. `fit_priors` stores the Boltzmann-inverted
 parameters themselves, so a fitted prior's bond energy is `weight_bond · U_BI(r)`.
@@ -48,7 +48,7 @@ _STATIC: dict[str, tuple[str, ...]] = {
     "repulsion": ("exponent", "min_sep", "cutoff", "switch", "switch_on", "r_floor"),
 }
 DEFAULT_WEIGHTS: dict[str, float] = {"bond": 0.5, "angle": 0.25, "dihedral": 0.25, "repulsion": 1.0}
-"""The old code's term weights."""
+"""Default term weights (module docstring: why the bonded terms keep only a fraction)."""
 
 
 class Prior(AbstractPrior):

@@ -270,7 +270,7 @@ class HarmonicBond(AbstractPriorTerm):
     @classmethod
     def init(cls, r0: float = 3.84, k: float = 154.5, *, per_species: bool = False,
              n_species: int = 20) -> "HarmonicBond":  # fmt: skip
-        """Every type starts at the same (default: the old code's) parameters."""
+        """Every type starts at the same parameters (default: `priors.config.OLD_BOND_R0`, `OLD_BOND_K`)."""
         n = n_types("pair", n_species) if per_species else 1
         return cls(_table(r0, n), _table(k, n), per_species, n_species)
 
@@ -450,7 +450,7 @@ class SoftSphereRepulsion(AbstractPriorTerm):
       continuous, so NVE dynamics conserve energy and no force spike appears when a pair enters the
       list. With σ = 3 Å and switch_on = 8 Å it changes U by < 0.02 kcal/mol per pair.
     - `"shift"`: U(r) - U(cutoff); continuous energy, force jumps by p·U(rc)/rc at the cutoff.
-    - `"none"`: plain truncation (the old code): U jumps by ε(σ/rc)^p (0.0081 kcal/mol at the defaults).
+    - `"none"`: plain truncation: U jumps by ε(σ/rc)^p (0.0081 kcal/mol at the defaults).
 
     r is floored at `r_floor` (Å) so coincident beads give a large finite energy instead of inf.
     **Fields:** `epsilon` (kcal/mol), `sigma` (Å), shape `(n_types,)`.

@@ -1,6 +1,7 @@
 """Optimisers and learning-rate schedules of the optimiser stages (optax).
 
-Every stage is `clip_by_global_norm → add_decayed_weights → optimiser(schedule)`, as in the old code.
+Every stage is `clip_by_global_norm → add_decayed_weights → optimiser(schedule)`: the raw gradient is
+clipped first, so a single bad batch cannot produce a large update.
 """
 
 from __future__ import annotations
