@@ -19,6 +19,10 @@ from .painn import PaiNN
 BACKBONES: dict[str, type[AbstractBackbone]] = {"allegro": Allegro, "painn": PaiNN, "mace": MACE}
 """Registered backbones: name → class."""
 
+DEFAULT_PRESETS: dict[str, str] = {"allegro": "default", "painn": "small", "mace": "small"}
+"""Each backbone's default size preset, what `make_backbone(preset=None)` (and so `ModelConfig.preset`'s
+default, None) builds: one every backbone has, since Allegro has no 'small'."""
+
 
 def backbone_presets(cls: type[AbstractBackbone]) -> dict[str, dict[str, Any]]:
     """A backbone class's presets (its `PRESETS`): preset name → hyperparameter values."""
@@ -29,7 +33,7 @@ def make_backbone(
     name: str,
     n_species: int,
     cutoff: float = 10.0,
-    preset: str = "default",
+    preset: str | None = None,
     *,
     key: PRNGKeyArray | None = None,
     **overrides: Any,
@@ -41,7 +45,8 @@ def make_backbone(
     - `name`: backbone name, one of `BACKBONES` ("allegro", "painn", "mace").
     - `n_species`: number of bead species.
     - `cutoff`: radius-graph cutoff in Å.
-    - `preset`: a name in the class's `PRESETS` ("default", ...).
+    - `preset`: a name in the class's `PRESETS` ("default", ...); None: the backbone's
+      `DEFAULT_PRESETS` entry.
     - `key`: PRNG key for the initial parameters (default `jax.random.PRNGKey(0)`).
     - `overrides`: hyperparameters that replace the preset's values.
 
@@ -52,6 +57,8 @@ def make_backbone(
     except KeyError:
         raise ValueError(f"unknown backbone {name!r}; registered: {sorted(BACKBONES)}") from None
     presets = backbone_presets(cls)
+    if preset is None:
+        preset = DEFAULT_PRESETS[name.lower()]
     if preset not in presets:
         raise ValueError(f"unknown {name} preset {preset!r}; choose one of {sorted(presets)}")
     params = {**presets[preset], **overrides}

@@ -105,8 +105,9 @@ class ModelConfig:
 
     backbone: Literal["allegro", "painn", "mace", "none"] = "painn"
     """Network backbone; 'none' trains the prior alone."""
-    preset: str = "small"
-    """Backbone size preset (see the backbone's PRESETS)."""
+    preset: str | None = None
+    """Backbone size preset (see the backbone's PRESETS); None: the backbone's default
+    (`modules.backbones.DEFAULT_PRESETS`: allegro 'default', painn and mace 'small')."""
     hyperparameters: tuple[str, ...] = ()
     """Backbone overrides KEY=VALUE (values parsed as YAML), e.g. n_features=16 n_layers=2."""
     prior: Path | None = None
