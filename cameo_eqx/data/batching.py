@@ -153,6 +153,21 @@ SPLITS = ("protein", "trajectory", "time_block", "frame")
 """The `split_frames` modes, most to least strict."""
 
 
+def subsample_frames(frames: dict[str, np.ndarray], cap: int | None) -> dict[str, np.ndarray]:
+    """At most `cap` frames in total (None: all), evenly spaced within every protein, each protein
+    keeping a share proportional to its frames (at least one). Used for the validation set of training
+    (`max_val_frames`) and the frames `evaluate` reads (`max_frames`)."""
+    total = sum(len(v) for v in frames.values())
+    if cap is None or total <= cap:
+        return frames
+    out = {}
+    for n, idx in frames.items():
+        k = max(1, int(round(cap * len(idx) / total)))
+        pos = np.unique(np.linspace(0, len(idx) - 1, k).round().astype(np.int64))
+        out[n] = idx[pos]
+    return out
+
+
 def _trajectories(rec: ProteinRecord, idx: np.ndarray) -> list[np.ndarray]:
     """The selected frames `idx` of one protein grouped by (temperature, replica), each group in stored
     (time) order."""
@@ -860,7 +875,8 @@ class EpochStats:
     build_seconds: float = 0.0
     per_bucket: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
 
-    def _add(self, bucket: int, cap: Capacity, b: Batch) -> None:
+    def add_batch(self, bucket: int, cap: Capacity, b: Batch) -> None:
+        """Counts one real batch packed into `bucket` (capacity `cap`): its real nodes, edges, pairs, graphs."""
         zero = {"batches": 0, "nodes": 0, "edges": 0, "pairs": 0, "graphs": 0}
         d = self.per_bucket.setdefault(bucket, zero | {"capacity": cap._asdict()})
         d["batches"] += 1
@@ -1070,7 +1086,7 @@ class BatchLoader:
                 if fgs:
                     stats.batches += 1
                     stats.frames += len(fgs)
-                    stats._add(bucket, cap, b)
+                    stats.add_batch(bucket, cap, b)
                 else:
                     stats.empty_batches += 1
         if self.n_devices is None:

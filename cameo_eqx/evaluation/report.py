@@ -20,8 +20,7 @@ from . import plots
 
 
 def _frames(cfg: EvaluateConfig, run_cfg: dict[str, Any], ds) -> dict[str, np.ndarray]:
-    from ..data.batching import select_frames, split_frames
-    from ..training.datamodule import _subsample
+    from ..data.batching import select_frames, split_frames, subsample_frames
 
     d = run_cfg.get("data", {})
     temps = d.get("temperatures")
@@ -36,7 +35,7 @@ def _frames(cfg: EvaluateConfig, run_cfg: dict[str, Any], ds) -> dict[str, np.nd
         if not sel:
             raise ValueError(f"run {cfg.run}: the {cfg.split!r} split is empty (val_fraction "
                              f"{d.get('val_fraction')}); use --split all")  # fmt: skip
-    return _subsample(sel, cfg.max_frames)
+    return subsample_frames(sel, cfg.max_frames)
 
 
 def evaluate(cfg: EvaluateConfig) -> Path:

@@ -14,23 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..data.batching import BatchLoader, Split, split_frames
+from ..data.batching import BatchLoader, Split, split_frames, subsample_frames
 from ..data.store import PreparedDataset
 from ..graph import Batch
 from .config import DataConfig
-
-
-def _subsample(frames: dict[str, np.ndarray], cap: int | None) -> dict[str, np.ndarray]:
-    """At most `cap` frames in total, evenly spaced within every protein (proportional shares)."""
-    total = sum(len(v) for v in frames.values())
-    if cap is None or total <= cap:
-        return frames
-    out = {}
-    for n, idx in frames.items():
-        k = max(1, int(round(cap * len(idx) / total)))
-        pos = np.unique(np.linspace(0, len(idx) - 1, k).round().astype(np.int64))
-        out[n] = idx[pos]
-    return out
 
 
 class DataModule:
@@ -58,7 +45,7 @@ class DataModule:
                       n_devices=n_devices, process_index=process_index, process_count=process_count,
                       prefetch=int(cfg.prefetch))  # fmt: skip
         self.train = BatchLoader(self.dataset, self.split.train, seed=seed, shuffle=cfg.shuffle, **common)
-        val = _subsample(self.split.val, cfg.max_val_frames)
+        val = subsample_frames(self.split.val, cfg.max_val_frames)
         self.val = BatchLoader(self.dataset, val, seed=0, **common) if val else None
 
     @property
