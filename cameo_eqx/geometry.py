@@ -17,8 +17,8 @@ rather than arccos: atan2(|u x v|, u·v) is accurate near 0 and π, where arccos
 half of the significant digits and has an infinite derivative.
 
 **Conventions.** `bond_angles` is the angle at the middle bead, in [0, π]. `dihedral_angles` is the IUPAC
-dihedral in (-π, π]: trans (anti) = ±π, cis = 0, and positive for a clockwise rotation of the far bond
-seen along the axis from p1 to p2.
+dihedral in (-π, π]: trans (anti) = ±π, cis = 0, and positive when, seen along the axis from p1 to
+p2, the near bond p1→p0 turns clockwise by less than π onto the far bond p2→p3.
 """
 
 from __future__ import annotations
