@@ -2,7 +2,11 @@
 ETA, and the NaN/inf guard. Checkpointing is driven by the trainer (it owns the state) through
 `Checkpointer`'s schedule.
 
-Hooks get the trainer and a dict of host floats; only process 0 logs. Simulation-based validation
+Hooks get the trainer and a dict of host floats; only process 0 logs. `on_step_end`'s dict always has the
+position (`step`, `stage`, `epoch`, `step_in_epoch`, `batch_desc`); the device values (`loss`, `force_rmse`,
+`grad_norm`, `finite`, `lr`, and `frames_per_s` over the steps since the previous log step) only on log
+steps (`step % log_every == 0`): the trainer does not wait for the device on the others. A non-finite
+step is caught on the device and reported through `NaNGuard` at the next log step, checkpoint or epoch end. Simulation-based validation
 (`sim_validation.SimValidation`) is a callback too; the trainer calls its `evaluate` on the due epochs and
 merges its `sim_*` metrics into the validation metrics these loggers write.
 """
@@ -136,7 +140,7 @@ class ProgressBar(Callback):
     def on_step_end(self, trainer: Any, info: dict[str, Any]) -> None:
         if self.bar is not None:
             self.bar.update(1)
-            if info["step"] % 5 == 0:
+            if "loss" in info:  # a log step (the trainer reads the device only there)
                 self.bar.set_postfix(loss=f"{info['loss']:.3g}", rmse=f"{info['force_rmse']:.3g}",
                                      fps=f"{info.get('frames_per_s', 0):.0f}", refresh=False)  # fmt: skip
 

@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as P
 from ..fileio import DirLock, write_atomic
 from ..graph import Batch
 from . import checkpoint as ckpt
-from .callbacks import Callback, JsonlLogger, NaNGuard, ProgressBar, TensorBoardLogger
+from .callbacks import Callback, JsonlLogger, NaNGuard, NonFiniteError, ProgressBar, TensorBoardLogger
 from .config import StageConfig, TrainConfig
 from .distributed import (
     AXIS,
@@ -51,12 +51,26 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------ the steps
 
 
+def read_device(tree):
+    """The training loop's host read of device values (the guard and a log step's metrics): it waits for
+    the queued steps. Called at log steps, checkpoints and epoch ends only, never every step."""
+    return to_host(tree)
+
+
 def _sum0(tree):
     return jax.tree.map(lambda x: jnp.sum(x, axis=0), tree)
 
 
+def new_guard(step: int = 0) -> dict[str, jax.Array]:
+    """The device-side NaN guard `make_train_step(..., guard=True)` carries: the global step count
+    (`step`), the first non-finite step (`bad_step`, -1 while none) and its loss and gradient norm."""
+    return {"step": jnp.asarray(step, jnp.int32), "bad_step": jnp.asarray(-1, jnp.int32),
+            "bad_loss": jnp.asarray(0.0, jnp.float32), "bad_grad_norm": jnp.asarray(0.0, jnp.float32)}  # fmt: skip
+
+
 def make_train_step(task: Task, optimizer: optax.GradientTransformation, mesh, *, use_value: bool = False,
-                    ema_decay: float | None = None, max_traces: int | None = None):  # fmt: skip
+                    ema_decay: float | None = None, max_traces: int | None = None, guard: bool = False,
+                    donate: bool = False):  # fmt: skip
     """The jitted data-parallel training step.
 
     **Arguments:**
@@ -67,6 +81,12 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation, mesh, *
     - `use_value`: pass the loss to `optimizer.update` (Polyak SGD).
     - `ema_decay`: update an EMA of the parameters with this decay (None: no EMA; `ema` passes through).
     - `max_traces`: fail if the step is traced more often (`eqx.debug.assert_max_traces`).
+    - `guard`: carry a device-side NaN guard (`new_guard`) so that the host need not read `finite` every
+      step: the signature becomes `step(params, static, opt_state, ema, guard, batch) -> (params,
+      opt_state, ema, guard, out)`. The guard counts steps and records the first non-finite one; from then
+      on no update is applied, so the state stays the last good one until the host reads the guard.
+    - `donate`: donate the `params`, `opt_state`, `ema` (and `guard`) buffers to the step (the caller
+      must not use the passed ones again; `ema` must not alias `params`).
 
     **Returns:** `step(params, static, opt_state, ema, batch) -> (params, opt_state, ema, out)` where
     `batch` has a leading axis of `mesh.size * k` (sharded over the mesh), `params`/`static` partition the
@@ -74,7 +94,8 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation, mesh, *
     loss or gradient leaves params, optimiser state and EMA unchanged (`finite` is False).
     """
 
-    def local(params, static, opt_state, ema, batch):
+    def local(params, static, opt_state, ema, *rest):
+        g_in, batch = rest if guard else (None, rest[0])
         counts = jax.vmap(task.counts)(batch)
         n_f = jax.lax.psum(jnp.sum(counts[0]), AXIS)
         n_e = jax.lax.psum(jnp.sum(counts[1]), AXIS)
@@ -90,6 +111,15 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation, mesh, *
         s = jax.lax.psum(s, AXIS)
         gnorm = optax.tree.norm(g)
         finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        ok = finite
+        if guard:  # the first non-finite step is kept; no update after it (the state stays the last good one)
+            clean = g_in["bad_step"] < 0
+            first = clean & ~finite
+            step_no = g_in["step"] + 1
+            g_out = {"step": step_no, "bad_step": jnp.where(first, step_no, g_in["bad_step"]),
+                     "bad_loss": jnp.where(first, loss.astype(jnp.float32), g_in["bad_loss"]),
+                     "bad_grad_norm": jnp.where(first, gnorm.astype(jnp.float32), g_in["bad_grad_norm"])}  # fmt: skip
+            ok = finite & clean
         g = jax.tree.map(lambda x: jnp.where(finite, x, 0.0), g)
         kw = {"value": loss} if use_value else {}
         updates, new_opt = optimizer.update(g, opt_state, params, **kw)
@@ -99,14 +129,29 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation, mesh, *
             new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, new_params)
 
         def keep(new, old):
-            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+            return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
         out = {"loss": loss, "grad_norm": gnorm, "finite": finite, **s._asdict()}
-        return keep(new_params, params), keep(new_opt, opt_state), keep(new_ema, ema), out
+        res = (keep(new_params, params), keep(new_opt, opt_state), keep(new_ema, ema))
+        return (*res, g_out, out) if guard else (*res, out)
 
-    sharded = filter_shard_map(local, mesh, (P(), P(), P(), P(), P(AXIS)))
+    specs = (P(), P(), P(), P(), P(), P(AXIS)) if guard else (P(), P(), P(), P(), P(AXIS))
+    sharded = filter_shard_map(local, mesh, specs)
     fn = sharded if max_traces is None else eqx.debug.assert_max_traces(sharded, max_traces=max_traces)
-    return eqx.filter_jit(fn)
+    if not donate:
+        return eqx.filter_jit(fn)
+
+    # donate the carried state, never `static` (reused every step) nor the batch: both ride in the first argument
+    def carried(kept, state):
+        static, batch = kept
+        return fn(state[0], static, *state[1:], batch)
+
+    jitted = eqx.filter_jit(carried, donate="all-except-first")
+
+    def step(params, static, opt_state, ema, *rest):
+        return jitted((static, rest[-1]), (params, opt_state, ema, *rest[:-1]))
+
+    return step
 
 
 def make_eval_step(task: Task, mesh, *, terms: bool = True):
@@ -173,10 +218,12 @@ class Trainer:
     - `datamodule`: optional ready `DataModule` (tests); default built from `cfg.data`.
     - `callbacks`: extra callbacks, called after the built-in ones.
     - `max_traces`: assert the train step compiles at most this often per stage (tests).
+    - `donate`: donate the parameter, optimiser-state and EMA buffers to the compiled step.
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, datamodule=None,
-                 callbacks: list[Callback] | None = None, max_traces: int | None = None):  # fmt: skip
+                 callbacks: list[Callback] | None = None, max_traces: int | None = None,
+                 donate: bool = True):  # fmt: skip
         from .datamodule import DataModule
 
         cfg.validate()
@@ -201,6 +248,7 @@ class Trainer:
             cbs.append(self.sim_validation)
         self.callbacks = cbs + list(callbacks or [])
         self.max_traces = max_traces
+        self.donate = donate
         self.eval_step = make_eval_step(self.task, self.mesh)
         # position (restored from checkpoints)
         self.global_step = 0
@@ -460,6 +508,23 @@ class Trainer:
             return model, None
         return model, state
 
+    def _check_guard(self, guard, pending: list[dict[str, Any]], out=None):
+        """Reads the device-side NaN guard (and `out`, the last step's metrics, in the same host read) and
+        raises `NonFiniteError` (through the `NaNGuard` callbacks) naming the first non-finite step among
+        `pending` (the steps run since the last read, which it empties). Returns `out` as host floats."""
+        g, host = read_device((guard, out))
+        bad = int(g["bad_step"])
+        if bad >= 0:
+            info = next((i for i in pending if i["step"] == bad), {"step": bad, "stage": self.stage_name,
+                                                                   "epoch": "?", "step_in_epoch": "?"})  # fmt: skip
+            info = {**info, "loss": float(g["bad_loss"]), "grad_norm": float(g["bad_grad_norm"]), "finite": False}
+            for cb in self.callbacks:
+                if isinstance(cb, NaNGuard):
+                    cb.on_step_end(self, info)
+            raise NonFiniteError(f"non-finite loss or gradient norm at global step {bad}")  # no NaNGuard given
+        pending.clear()
+        return None if host is None else {kk: float(np.asarray(v)) for kk, v in host.items()}
+
     def _refine(self, model):
         """First stage: LBFGS force matching of the prior parameters, network frozen."""
         from .refine_stage import refine_prior_stage
@@ -479,40 +544,49 @@ class Trainer:
             state = {"params": params, "opt_state": opt.init(params),
                      "ema": params if st.ema_decay is not None else None}  # fmt: skip
         step_fn = make_train_step(self.task, opt, self.mesh, use_value=needs_value(st), ema_decay=st.ema_decay,
-                                  max_traces=self.max_traces)  # fmt: skip
+                                  max_traces=self.max_traces, guard=True, donate=self.donate)  # fmt: skip
+        if self.donate:  # the step consumes its state buffers: own copies (the EMA starts as the params)
+            state = jax.tree.map(lambda x: jnp.array(x, copy=True) if eqx.is_array(x) else x, state)
         dev = replicate(state, self.mesh)
         dev_static = replicate(static, self.mesh)
         self._call("on_stage_start", st, total)
+        log_every = max(1, cfg.log_every)
+        guard = replicate(new_guard(self.global_step), self.mesh)
+        pending: list[dict[str, Any]] = []  # the steps run since the guard was last read on the host
         while self.epoch < st.epochs:
             dep = self._data_epoch(k, self.epoch)
-            t_last = time.perf_counter()
+            t_last, frames = time.perf_counter(), 0
             for batch, desc in self.dm.train_batches(dep, self.step_in_epoch):
-                n_frames = int(np.sum(batch.graph_mask))
+                frames += int(np.sum(batch.graph_mask))
                 gb = shard_leading(batch, self.mesh)
-                p, o, e, out = step_fn(dev["params"], dev_static, dev["opt_state"], dev["ema"], gb)
-                out = {kk: float(np.asarray(v)) for kk, v in to_host(out).items()}
-                now = time.perf_counter()
-                info = {
-                    "step": self.global_step + 1, "stage": st.name, "epoch": self.epoch,
-                    "step_in_epoch": self.step_in_epoch, "loss": out["loss"],
-                    "force_rmse": math.sqrt(max(out["sse_f"], 0.0) / max(out["n_f"], 1.0)),
-                    "grad_norm": out["grad_norm"], "finite": bool(out["finite"]),
-                    "lr": float(sched(self.step_in_stage)),
-                    "frames_per_s": n_frames * jax.process_count() / max(now - t_last, 1e-9),
-                    "batch_desc": desc,
-                }  # fmt: skip
-                t_last = now
-                self._call("on_step_end", info)  # NaNGuard raises before the state is replaced
-                dev = {"params": p, "opt_state": o, "ema": e}
+                p, o, e, guard, out = step_fn(dev["params"], dev_static, dev["opt_state"], dev["ema"], guard, gb)
+                dev = {"params": p, "opt_state": o, "ema": e}  # the guard keeps the last good state after a NaN
+                info = {"step": self.global_step + 1, "stage": st.name, "epoch": self.epoch,
+                        "step_in_epoch": self.step_in_epoch, "batch_desc": desc}  # fmt: skip
+                pending.append(info)
+                if info["step"] % log_every == 0:  # the one host read of a log step: the guard and the metrics
+                    out = self._check_guard(guard, pending, out)
+                    now = time.perf_counter()
+                    info.update({
+                        "loss": out["loss"], "force_rmse": math.sqrt(max(out["sse_f"], 0.0) / max(out["n_f"], 1.0)),
+                        "grad_norm": out["grad_norm"], "finite": bool(out["finite"]),
+                        "lr": float(sched(self.step_in_stage)),
+                        "frames_per_s": frames * jax.process_count() / max(now - t_last, 1e-9),
+                    })  # fmt: skip
+                    t_last, frames = now, 0
+                self._call("on_step_end", info)
                 self.global_step += 1
                 self.step_in_epoch += 1
                 self.step_in_stage += 1
                 if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                    self._check_guard(guard, pending)
                     self._save(dev, static)
                     self._call("on_stage_end", st)
                     return eqx.combine(to_host(dev["params"]), static), dev, False
                 if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+                    self._check_guard(guard, pending)
                     self._save(dev, static)
+            self._check_guard(guard, pending)
             # end of epoch
             self.epoch += 1
             self.step_in_epoch = 0
