@@ -6,9 +6,10 @@ Hooks get the trainer and a dict of host floats; only process 0 logs. `on_step_e
 position (`step`, `stage`, `epoch`, `step_in_epoch`, `batch_desc`); the device values (`loss`, `force_rmse`,
 `grad_norm`, `finite`, `lr`, and `frames_per_s` over the steps since the previous log step) only on log
 steps (`step % log_every == 0`): the trainer does not wait for the device on the others. A non-finite
-step is caught on the device and reported through `NaNGuard` at the next log step, checkpoint or epoch end. Simulation-based validation
-(`sim_validation.SimValidation`) is a callback too; the trainer calls its `evaluate` on the due epochs and
-merges its `sim_*` metrics into the validation metrics these loggers write.
+step is caught on the device and reported through `NaNGuard` at the next log step, checkpoint or epoch end.
+
+Simulation-based validation (`sim_validation.SimValidation`) is a callback too; the trainer calls its
+`evaluate` on the due epochs and merges its `sim_*` metrics into the validation metrics these loggers write.
 """
 
 from __future__ import annotations
