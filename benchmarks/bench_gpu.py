@@ -15,7 +15,7 @@ plus XLA's cost analysis (FLOPs and bytes) of energy + forces per backbone.
    bandwidth.
 
     python benchmarks/bench_gpu.py            # full: under 8 minutes on one H200 (cases stop at --budget)
-    python benchmarks/bench_gpu.py --quick    # 4 replicas, 512-node buckets, a few steps: CPU, ~3-5 min
+    python benchmarks/bench_gpu.py --quick    # 4 replicas, 512-node buckets, a few steps: CPU, minutes
     python benchmarks/bench_gpu.py --cost     # the cost analysis only (compiles, runs nothing)
 
 Writes benchmarks/results/gpu.json (or `--out`). On a GPU run it as
@@ -317,10 +317,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny replica counts and buckets, few steps (CPU)")
     ap.add_argument("--cost", action="store_true", help="only the XLA cost analysis")
     ap.add_argument("--only", choices=("all", "sim", "train"), default="all", help="run only these cases")
-    ap.add_argument("--budget", type=float, default=420.0, help="start no new case after this many seconds")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="start no new case after this many seconds (default 420; 1,200 with --quick)")
     ap.add_argument("--bucket-nodes", type=int, default=8192, help="training bucket size (nodes)")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/gpu.json)")
     args = ap.parse_args()
+    if args.budget is None:
+        args.budget = 1200.0 if args.quick else 420.0
 
     import jax
 
