@@ -26,7 +26,7 @@ from cameo_eqx.priors.fit import (
 )
 from cameo_eqx.priors.prior import Prior
 from cameo_eqx.priors.refine import force_rmse, make_batches, refine_prior
-from cameo_eqx.priors.terms import bond_angles, dihedral_angles
+from cameo_eqx.geometry import bond_angles, dihedral_angles
 from cameo_eqx.units import KB_KCAL_PER_MOL_K
 
 

@@ -14,13 +14,12 @@ import pytest
 from cameo_eqx.graph import Capacity, frame_graph, graph_sum, pack
 from cameo_eqx.priors.config import PriorConfig
 from cameo_eqx.priors.prior import Prior
+from cameo_eqx.geometry import bond_angles, dihedral_angles
 from cameo_eqx.priors.terms import (
     FourierAngle,
     HarmonicBond,
     PeriodicDihedral,
     SoftSphereRepulsion,
-    bond_angles,
-    dihedral_angles,
     n_types,
     pair_type,
     quadruplet_type,

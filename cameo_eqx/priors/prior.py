@@ -9,6 +9,7 @@ parameters themselves, so a fitted prior's bond energy is `weight_bond · U_BI(r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -19,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ..fileio import write_atomic
 from ..energy import AbstractPrior, energy_and_forces
+from ..fileio import write_atomic
 from ..graph import Batch
 from .config import PriorConfig
 from .terms import (
@@ -35,18 +36,14 @@ from .terms import (
 
 FORMAT = "cameo_eqx.prior/1"
 
-_PARAMS: dict[str, tuple[str, ...]] = {
-    "bond": ("r0", "k"),
-    "angle": ("a", "b"),
-    "dihedral": ("k", "gamma"),
-    "repulsion": ("epsilon", "sigma"),
-}
+_PARAMS: dict[str, tuple[str, ...]] = {name: cls.param_names for name, cls in TERM_CLASSES.items()}
+"""Each term's parameter tables (its `param_names`)."""
 _STATIC: dict[str, tuple[str, ...]] = {
-    "bond": (),
-    "angle": (),
-    "dihedral": (),
-    "repulsion": ("exponent", "min_sep", "cutoff", "switch", "switch_on", "r_floor"),
-}
+    name: tuple(f.name for f in dataclasses.fields(cls)
+                if f.metadata.get("static", False) and f.name not in ("per_species", "n_species"))
+    for name, cls in TERM_CLASSES.items()
+}  # fmt: skip
+"""Each term's static hyperparameters besides the species layout (written to and read from the file)."""
 DEFAULT_WEIGHTS: dict[str, float] = {"bond": 0.5, "angle": 0.25, "dihedral": 0.25, "repulsion": 1.0}
 """Default term weights (module docstring: why the bonded terms keep only a fraction)."""
 

@@ -40,7 +40,6 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from ..energy import AbstractEnergyModel
-from ..geometry import bond_angles, bond_lengths, dihedral_angles
 from ..graph import Batch
 
 # --------------------------------------------------------------------------------------- type indices
@@ -170,9 +169,11 @@ def _safe_div(a, b, ok):
 class AbstractPriorTerm(AbstractEnergyModel):
     """A prior term acting on one kind of index tuple of the packed batch.
 
-    Subclasses give the tuples (`indices`), their mask (`mask`) and the per-entry energies
-    (`entry_energies`, whose masked entries may hold anything finite). `node_energies` distributes the
-    masked entry energies equally to the entry's beads.
+    Subclasses give the tuples (`indices`), their mask (`mask`) and `local`: every tuple's energy with
+    its analytic derivatives, the one place where the term's energy is written. `energies` and
+    `node_energies` (its equal shares to the tuple's beads) take `local`'s energy and are differentiated
+    by autodiff; `prior_frame_energies` uses `local`'s analytic derivatives in a custom VJP instead (the
+    tests check the two against each other).
     """
 
     name: eqx.AbstractClassVar[str]
@@ -190,10 +191,6 @@ class AbstractPriorTerm(AbstractEnergyModel):
     @abc.abstractmethod
     def mask(self, batch: Batch) -> Bool[Array, " m"]:
         """Which tuples are real (and selected)."""
-
-    @abc.abstractmethod
-    def entry_energies(self, batch: Batch, mask: Bool[Array, " m"]) -> Float[Array, " m"]:
-        """Energy of every tuple in kcal/mol (masked entries: any finite value, gradient-safe)."""
 
     @abc.abstractmethod
     def local(
@@ -229,8 +226,13 @@ class AbstractPriorTerm(AbstractEnergyModel):
 
         **Returns:** an `(m,)` array (m = the capacity of this term's index array).
         """
-        m = self.mask(batch)
-        return jnp.where(m, self.entry_energies(batch, m), 0.0)
+        mask = self.mask(batch)
+        positions = _gather(batch.positions, self.indices(batch), mask)
+        return self.local(self.parameter_tables(), positions, self.type_index(batch), mask)[0]
+
+    def parameter_tables(self) -> tuple[Array, ...]:
+        """The parameter tables in the order of `param_names` (what `local` takes)."""
+        return tuple(getattr(self, name) for name in self.param_names)
 
     def node_energies(self, batch: Batch) -> Float[Array, " n_node"]:
         """Per-bead energies (equal shares of every tuple's energy), zero on padded beads."""
@@ -279,12 +281,6 @@ class HarmonicBond(AbstractPriorTerm):
 
     def mask(self, batch: Batch) -> Bool[Array, " m"]:
         return batch.bond_mask
-
-    def entry_energies(self, batch: Batch, mask: Bool[Array, " m"]) -> Float[Array, " m"]:
-        p0, p1 = _gather(batch.positions, batch.bonds, mask)
-        t = self.type_index(batch)
-        r = bond_lengths(p0, p1)
-        return 0.5 * self.k[t] * (r - self.r0[t]) ** 2
 
     def local(self, params, positions, t, mask):
         r0_tab, k_tab = params
@@ -338,12 +334,6 @@ class FourierAngle(AbstractPriorTerm):
     def mask(self, batch: Batch) -> Bool[Array, " m"]:
         return batch.angle_mask
 
-    def entry_energies(self, batch: Batch, mask: Bool[Array, " m"]) -> Float[Array, " m"]:
-        p = _gather(batch.positions, batch.angles, mask)
-        t = self.type_index(batch)
-        c, s = _fourier(bond_angles(*p), self.order)
-        return jnp.sum(self.a[t] * c + self.b[t] * s, axis=-1)
-
     def local(self, params, positions, t, mask):
         a_tab, b_tab = params
         p0, p1, p2 = positions
@@ -396,13 +386,6 @@ class PeriodicDihedral(AbstractPriorTerm):
 
     def mask(self, batch: Batch) -> Bool[Array, " m"]:
         return batch.dihedral_mask
-
-    def entry_energies(self, batch: Batch, mask: Bool[Array, " m"]) -> Float[Array, " m"]:
-        p = _gather(batch.positions, batch.dihedrals, mask)
-        t = self.type_index(batch)
-        phi = dihedral_angles(*p)
-        n = jnp.arange(1, self.order + 1, dtype=phi.dtype)
-        return jnp.sum(self.k[t] * (1.0 + jnp.cos(phi[:, None] * n - self.gamma[t])), axis=-1)
 
     def local(self, params, positions, t, mask):
         k_tab, g_tab = params
@@ -495,18 +478,10 @@ class SoftSphereRepulsion(AbstractPriorTerm):
         return batch.pair_mask & (batch.pair_sep >= self.min_sep)
 
     def pair_energy(self, r: Float[Array, " m"], t: Int[Array, " m"]) -> Float[Array, " m"]:
-        """U(r) of pairs of types t, including the cutoff treatment."""
-        p = self.exponent
-        u = self.epsilon[t] * (self.sigma[t] / jnp.maximum(r, self.r_floor)) ** p
-        if self.switch == "smooth":
-            u = u * smooth_switch(r, self.switch_on, self.cutoff)
-        elif self.switch == "shift":
-            u = u - self.epsilon[t] * (self.sigma[t] / self.cutoff) ** p
-        return jnp.where(r < self.cutoff, u, 0.0)
-
-    def entry_energies(self, batch: Batch, mask: Bool[Array, " m"]) -> Float[Array, " m"]:
-        p0, p1 = _gather(batch.positions, batch.pairs, mask)
-        return self.pair_energy(bond_lengths(p0, p1), self.type_index(batch))
+        """U(r) of pairs of types t at distances r, including the cutoff treatment (`local`'s energy)."""
+        zero = jnp.zeros_like(r)
+        p1 = jnp.stack([r, zero, zero], axis=-1)
+        return self.local(self.parameter_tables(), [jnp.zeros_like(p1), p1], t, jnp.ones(r.shape, bool))[0]
 
     def local(self, params, positions, t, mask):
         eps_tab, sig_tab = params
@@ -562,7 +537,7 @@ def prior_frame_energies(
     **Returns:** an `(n_graph,)` array, zero for padded frames.
     """
     skeletons = tuple((eqx.partition(t, eqx.is_array)[1], float(w)) for t, w in zip(terms, weights))
-    params = tuple(tuple(getattr(t, n) for n in t.param_names) for t in terms)
+    params = tuple(t.parameter_tables() for t in terms)
     aux = tuple((t.indices(batch), t.type_index(batch), t.mask(batch)) for t in terms)
     return _fused_energies((skeletons, batch.n_graph), batch.positions, params, (aux, batch.graph_index))
 
