@@ -373,7 +373,9 @@ class Simulator:
         self.capacity = capacity
 
     # --------------------------------------------------------------------------------------- state
-    def _capacity_for(self, positions: np.ndarray) -> int:
+    def capacity_for(self, positions: Float[np.ndarray, "k n 3"]) -> int:
+        """Candidate-pair slots for structures `positions` (the largest pair count at cutoff + skin,
+        with headroom): what `init` sizes the neighbour list with."""
         counts = [len(nbl.brute_force_pairs(p, self.system.cutoff + self.skin)) for p in positions]
         return nbl.grow_capacity(max(counts))
 
@@ -408,7 +410,7 @@ class Simulator:
             sd = jnp.sqrt(self.integrator.kT * ACCELERATION / self.system.masses[None, :, None])
             velocities = sd * jax.random.normal(sub, x.shape, jnp.float32)
         if self.capacity is None:
-            self.capacity = self._capacity_for(x)
+            self.capacity = self.capacity_for(x)
         return _host_state(jnp.asarray(x), jnp.asarray(velocities, jnp.float32), key, step, self.capacity,
                            self.system.cutoff, self.skin)  # fmt: skip
 

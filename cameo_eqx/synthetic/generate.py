@@ -216,7 +216,7 @@ def model_forces(
     k = len(positions)
     sim = Simulator(model, topology, capacity=full_capacity(topology.n_beads))
     if sim.capacity is None:
-        sim.capacity = sim._capacity_for(positions[:: max(1, k // 64)])
+        sim.capacity = sim.capacity_for(positions[:: max(1, k // 64)])
     go = eqx.filter_jit(refresh)
     forces, energies = np.empty_like(positions), np.empty(k, np.float32)
     for a in range(0, k, chunk):
