@@ -406,8 +406,9 @@ def main() -> None:
             row.append("skipped" if c is None else c.get("timestep_mol_per_s", "failed"))
         row += [ISSUE_SIM.get(name, {}).get(128, "-"), TARGET_SIM.get(name, "-")]
         rows.append(row)
-    print_table(f"simulation: {N_CHAIN}-bead chain, BAOAB 2 fs, default presets + prior, timestep*mol/s",
-                ["model"] + [f"{r} replicas" for r in replicas] + ["issue (128, H200)", "target (128)"], rows)
+    if args.only != "train":
+        print_table(f"simulation: {N_CHAIN}-bead chain, BAOAB 2 fs, default presets + prior, timestep*mol/s",
+                    ["model"] + [f"{r} replicas" for r in replicas] + ["issue (128, H200)", "target (128)"], rows)
     rows = []
     for name in BACKBONES:
         t = train.get(name)
@@ -416,9 +417,10 @@ def main() -> None:
             continue
         rows.append([name, t["packed"]["frames_per_s"], t["padded"]["frames_per_s"], t["ratio"], ISSUE_TRAIN[name],
                      TARGET_TRAIN[name]])  # fmt: skip
-    print_table(f"training step: mdCATH-like sizes (mean {train['mean_beads']:.0f} beads, N_max {nmax}), "
-                f"{nodes}-node buckets, frames/s",
-                ["backbone", "packed", "padded", "ratio", "issue packed (H200)", "target"], rows)  # fmt: skip
+    if args.only != "sim":
+        print_table(f"training step: mdCATH-like sizes (mean {train['mean_beads']:.0f} beads, N_max {nmax}), "
+                    f"{nodes}-node buckets, frames/s",
+                    ["backbone", "packed", "padded", "ratio", "issue packed (H200)", "target"], rows)  # fmt: skip
     if "cost" in res:
         print_cost(res["cost"])
     print(f"\ntotal {res['seconds']:.0f} s", flush=True)
