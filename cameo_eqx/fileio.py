@@ -6,8 +6,10 @@ left on device: <path>")."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
+import shutil
 import socket
 import tempfile
 from contextlib import contextmanager
@@ -60,8 +62,6 @@ def reporting_no_space(path: str | os.PathLike, hint: str = ""):
 def check_free_space(path: str | os.PathLike, need_bytes: int, hint: str = "") -> None:
     """Raises `NoSpaceError` before a write of about `need_bytes` into `path`'s file system when less is
     free (HDF5 can crash the process, not raise, when the disk fills during a write)."""
-    import shutil
-
     p = Path(path)
     d = p if p.is_dir() else p.parent
     free = shutil.disk_usage(d).free
@@ -131,8 +131,6 @@ class DirLock:
         return f"{info.get('command', 'another command')} (pid {info.get('pid')} on {info.get('host')})"
 
     def acquire(self) -> "DirLock":
-        import fcntl
-
         self.directory.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)

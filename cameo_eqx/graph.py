@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
+from .neighbors import radius_graph
 from .topology import SEPARATION_NONBONDED  # noqa: F401  (`pair_sep` of pairs across segments)
 
 
@@ -244,8 +245,6 @@ def frame_graph(
 
     **Returns:** a `FrameGraph`.
     """
-    from .neighbors import radius_graph
-
     s, r = radius_graph(positions, cutoff)
     upper = s < r
     pi, pj = s[upper], r[upper]

@@ -52,6 +52,7 @@ from jaxtyping import Int
 
 from ..fileio import write_atomic
 from ..graph import Batch, Capacity, FrameGraph, frame_graph, pack, stack_batches
+from ..topology import AMINO_ACIDS, CGTopology
 from .store import PreparedDataset, ProteinRecord
 
 log = logging.getLogger(__name__)
@@ -1231,8 +1232,6 @@ def synthetic_records(
     `noise` Å, randomly rotated; temperatures cycle through `temperatures` in blocks; forces are
     standard-normal placeholders (kcal/mol/Å).
     """
-    from ..topology import AMINO_ACIDS, CGTopology
-
     rng = np.random.default_rng(seed)
     counts = [n_frames] * len(sizes) if isinstance(n_frames, int) else list(n_frames)
     recs = []

@@ -11,8 +11,8 @@ import h5py
 import numpy as np
 
 from ..config import InspectConfig, PrepareConfig
-from . import forcemap as fm
-from . import mdcath
+from . import forcemap as fm, mdcath
+from .prepare import build_force_map
 from .store import FORMAT, PreparedDataset, dataset_file
 
 
@@ -29,8 +29,6 @@ def _kind(path: Path) -> str:
 
 def summarise_raw(path: Path, noise: bool = True, max_frames: int = 2000) -> dict[str, Any]:
     """Summary of one mdCATH file: atoms, beads, trajectories, force RMS, mapped-force noise."""
-    from .prepare import build_force_map
-
     with mdcath.MDCATHFile(path) as f:
         beads = f.beads()
         out: dict[str, Any] = {

@@ -272,7 +272,7 @@ def prepare(cfg: PrepareConfig) -> Path:
 
 
 def _prepare(cfg: PrepareConfig, paths: list[Path], out: Path) -> Path:
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: only for the progress bar (tqdm.auto probes for Jupyter)
 
     final = out / DATASET_FILE
     ident = _identity(cfg)

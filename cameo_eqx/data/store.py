@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -235,7 +236,7 @@ def write_record(
     g["replica"] = np.asarray(rec.replica, np.int32)
     g["frame"] = np.asarray(frame, np.int32)
     if force_map is not None:
-        import scipy.sparse as sp
+        import scipy.sparse as sp  # lazy: force maps only; `import cameo_eqx.data.store` stays scipy-free (~0.2 s)
 
         coo = sp.coo_matrix(force_map)
         fm = g.create_group("force_map")
@@ -251,7 +252,7 @@ def write_record(
 
 def read_force_map(g: h5py.Group) -> Any:
     """The stored force map of one protein group as a scipy sparse CSR matrix."""
-    import scipy.sparse as sp
+    import scipy.sparse as sp  # lazy: force maps only; `import cameo_eqx.data.store` stays scipy-free (~0.2 s)
 
     fm = g["force_map"]
     return sp.coo_matrix(
@@ -283,7 +284,6 @@ def open_for_writing(
             tmp.unlink()
     if not tmp.exists() and final.exists():
         # start from the finished dataset so unchanged proteins are kept, not recomputed
-        import shutil
 
         try:
             with h5py.File(final, "r") as h:

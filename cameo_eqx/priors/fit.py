@@ -48,11 +48,12 @@ import numpy as np
 from jaxtyping import Float, Int
 
 from .. import geometry
-from ..fileio import write_atomic
 from ..data.store import PreparedDataset, ProteinRecord
+from ..fileio import write_atomic
 from ..units import KB_KCAL_PER_MOL_K
 from .config import FitPriorsConfig
 from .prior import Prior
+from .refine import make_batches, refine_prior
 from .terms import (
     FourierAngle,
     HarmonicBond,
@@ -403,7 +404,7 @@ def sampled_support(
 def _lsq_inequality(A, y, G):
     """min ||A c - y||² subject to G c ≥ 0 (A full column rank), by reduction to a least-distance
     problem solved with non-negative least squares (Lawson & Hanson, ch. 23). Returns (c, n_active)."""
-    from scipy.optimize import nnls
+    from scipy.optimize import nnls  # lazy: scipy.optimize (~0.4 s) only for this fit
 
     Q, R = np.linalg.qr(A)
     f = Q.T @ y
@@ -702,7 +703,7 @@ def plot_diagnostics(prior: Prior, h: PriorHistograms, out_dir: str | os.PathLik
 
     **Returns:** the written files.
     """
-    import matplotlib
+    import matplotlib  # lazy: only for the plots (matplotlib.pyplot imports in ~1 s)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -827,8 +828,6 @@ def fit_priors(cfg: FitPriorsConfig) -> Path:
         prov = prior.provenance
         prov["species_map"] = ds.species_map_name
         if cfg.refine.enabled:
-            from .refine import make_batches, refine_prior
-
             records = [ds.record(n) for n in h.proteins]
             rc = cfg.refine
             batches = make_batches(records, n_frames=rc.n_frames, frames_per_batch=rc.frames_per_batch,

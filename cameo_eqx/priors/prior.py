@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+import yaml
 from jaxtyping import Array, Float
 
 from ..energy import AbstractPrior, energy_and_forces
@@ -31,6 +32,7 @@ from .terms import (
     HarmonicBond,
     PeriodicDihedral,
     SoftSphereRepulsion,
+    n_types,
     prior_frame_energies,
 )
 
@@ -207,7 +209,6 @@ class Prior(AbstractPrior):
                 raise ValueError(f"{where}: unknown term {name!r} (known: {sorted(TERM_CLASSES)})")
             cls_t = TERM_CLASSES[name]
             per, s = bool(d["per_species"]), int(d["n_species"])
-            from .terms import n_types
 
             rows = n_types(cls_t.type_kind, s) if per else 1  # type: ignore[arg-type]
             width = d.get("order")
@@ -232,8 +233,6 @@ class Prior(AbstractPrior):
         path = Path(path)
         cfg = self.to_config()
         if path.suffix in (".yaml", ".yml"):
-            import yaml
-
             text = yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None, width=120)
         else:
             text = json.dumps(cfg, indent=1)
@@ -247,8 +246,6 @@ class Prior(AbstractPrior):
             raise FileNotFoundError(f"no prior file at {path} (run `cli.py fit-priors` first)")
         with open(path) as fh:
             if path.suffix in (".yaml", ".yml"):
-                import yaml
-
                 cfg = yaml.safe_load(fh)
             else:
                 cfg = json.load(fh)
