@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import print_table, write_results  # noqa: E402
+from _common import print_table, time_train_epochs, write_results  # noqa: E402
 
 BACKBONES = ("painn", "mace", "allegro")
 CUTOFF = 10.0
@@ -153,28 +153,8 @@ def train_case(name: str, batches, repeats: int) -> dict:
     opt = optax.adabelief(1e-3)
     mesh = make_mesh(jax.devices()[:1])
     P, S, O = replicate(params, mesh), replicate(static, mesh), replicate(opt.init(params), mesh)
-    step = make_train_step(Task(), opt, mesh)
-    dev = [shard_leading(b, mesh) for b in batches]
-    t0 = time.perf_counter()
-    seen = set()
-    for b, h in zip(dev, batches):
-        if h.capacity not in seen:
-            seen.add(h.capacity)
-            jax.block_until_ready(step(P, S, O, None, b))
-    compile_s = time.perf_counter() - t0
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        p, o = P, O
-        for b in dev:
-            p, o, _, out = step(p, S, o, None, b)
-        jax.block_until_ready(p)
-        ts.append(time.perf_counter() - t)
-    med = statistics.median(ts)
-    frames = int(sum(int(np.sum(h.graph_mask)) for h in batches))
-    util = sum(int(np.sum(h.node_mask)) for h in batches) / sum(h.capacity.n_node for h in batches)
-    return {"frames": frames, "batches": len(batches), "buckets": len(seen), "epoch_s": med,
-            "frames_per_s": frames / med, "compile_s": compile_s, "node_util": util}  # fmt: skip
+    return time_train_epochs(P, S, O, lambda: (make_train_step(Task(), opt, mesh), lambda b: shard_leading(b, mesh)),
+                             batches, repeats)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ cost analysis

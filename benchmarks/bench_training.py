@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import SHARED_DATA, machine, print_table, write_results  # noqa: E402
+from _common import SHARED_DATA, machine, print_table, time_train_epochs, write_results  # noqa: E402
 
 
 def throughput(n_frames: int, target_nodes: int, repeats: int) -> dict:
@@ -55,32 +54,9 @@ def throughput(n_frames: int, target_nodes: int, repeats: int) -> dict:
     P, S, O = replicate(params, mesh), replicate(static, mesh), replicate(opt.init(params), mesh)
 
     def run(batches, label):
-        step = make_train_step(Task(), opt, mesh)
-        dev = [shard_leading(b, mesh) for b in batches]
-        t0 = time.perf_counter()
-        seen = set()
-        for b, h in zip(dev, batches):  # compile every capacity once
-            cap = h.capacity
-            if cap not in seen:
-                seen.add(cap)
-                out = step(P, S, O, None, b)
-                jax.block_until_ready(out)
-        compile_s = time.perf_counter() - t0
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            p, o = P, O
-            for b in dev:
-                p, o, _, out = step(p, S, o, None, b)
-            jax.block_until_ready(p)
-            times.append(time.perf_counter() - t)
-        frames = int(sum(int(np.sum(h.graph_mask)) for h in batches))
-        med = statistics.median(times)
-        slots = sum(h.capacity.n_node for h in batches)
-        real = sum(int(np.sum(h.node_mask)) for h in batches)
-        return {"label": label, "frames": frames, "batches": len(batches), "buckets": len(seen),
-                "epoch_s": med, "frames_per_s": frames / med, "compile_s": compile_s,
-                "node_util": real / slots}  # fmt: skip
+        res = time_train_epochs(P, S, O, lambda: (make_train_step(Task(), opt, mesh), lambda b: shard_leading(b, mesh)),
+                                batches, repeats)  # fmt: skip
+        return {"label": label, **res}
 
     # packed
     loader = BatchLoader(recs, cutoff=cutoff, target_nodes=target_nodes, n_devices=1, prefetch=0)
