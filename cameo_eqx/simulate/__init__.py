@@ -1,6 +1,7 @@
 """Langevin dynamics of trained force fields in JAX, and analysis of the simulated ensemble against
 the reference data (see `langevin.py`, `neighborlist.py`, `analysis.py`)."""
 
+from .analysis import analyze
 from .config import AnalyzeConfig, SimulateConfig
 from .langevin import (
     ACCELERATION,
@@ -23,10 +24,3 @@ __all__ = [
     "SimulateConfig", "Simulator", "System", "analyze", "energy_and_forces", "load_model", "model_species",
     "simulate", "system_batch",
 ]  # fmt: skip
-
-
-def analyze(cfg: AnalyzeConfig):
-    """The `analyze` command (see `analysis.analyze`); imported lazily (matplotlib)."""
-    from .analysis import analyze as _analyze
-
-    return _analyze(cfg)

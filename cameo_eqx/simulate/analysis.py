@@ -20,13 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import jax
 import numpy as np
 from jaxtyping import Float, Int
 
 from .. import geometry
+from ..data.store import PreparedDataset
 from ..fileio import write_atomic
 from ..units import KB_KCAL_PER_MOL_K
 from .config import AnalyzeConfig
+from .langevin import load_model
+from .stationarity import configurational_temperature, configurational_terms, replica_stationarity
 
 # ------------------------------------------------------------------------------------- geometry
 
@@ -201,8 +205,6 @@ def analyze(cfg: AnalyzeConfig) -> Path:
 
     **Returns:** the path of `summary.json`.
     """
-    from ..data.store import PreparedDataset
-
     cfg.validate()
     tr = _read_trajectory(Path(cfg.trajectory))
     attrs = tr["attrs"]
@@ -330,11 +332,6 @@ def verdict_lines(s: dict[str, Any]) -> list[str]:
 
 def _configurational_temperatures(cfg: AnalyzeConfig, tr: dict[str, Any], topo, start: int) -> tuple[list | None, str]:
     """Per-replica (T_conf, sem) from the trajectory's model, or (None, reason) when it cannot be had."""
-    import jax
-
-    from .langevin import load_model
-    from .stationarity import configurational_temperature, configurational_terms
-
     if not cfg.configurational_temperature:
         return None, "disabled (configurational_temperature = false)"
     attrs = tr["attrs"]
@@ -366,8 +363,6 @@ def _configurational_temperatures(cfg: AnalyzeConfig, tr: dict[str, Any], topo, 
 def _stationarity(cfg: AnalyzeConfig, tr: dict[str, Any], topo, obs_all: dict[str, np.ndarray], start: int,
                   temp: float) -> dict[str, Any]:  # fmt: skip
     """The summary's "stationarity" section (see `stationarity.replica_stationarity` for the checks)."""
-    from .stationarity import replica_stationarity
-
     tconf, why = _configurational_temperatures(cfg, tr, topo, start)
     replicas, reasons, notes = [], [], []
     status = str(tr["attrs"].get("status", ""))
@@ -396,7 +391,7 @@ def _stationarity(cfg: AnalyzeConfig, tr: dict[str, Any], topo, obs_all: dict[st
 
 
 def _plots(out, tr, obs_all, dists, cm_sim, cm_ref, fes_sim, fes_ref, q_edges, r_edges, temp, t_ref, jsd):
-    import matplotlib
+    import matplotlib  # lazy: only for the plots (matplotlib.pyplot imports in ~1 s)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -36,11 +36,12 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ..fileio import check_free_space, reporting_no_space, write_atomic
+from ..config import to_dict
+from ..data.store import PreparedDataset
 from ..energy import AbstractBackbone, AbstractEnergyModel, graph_cutoff
+from ..fileio import check_free_space, reporting_no_space, write_atomic
 from ..graph import Batch, make_batch
-from ..modules.forcefield import ForceField
-from ..modules.forcefield import load as load_force_field
+from ..modules.forcefield import ForceField, load as load_force_field
 from ..priors.prior import Prior
 from ..priors.teacher import TeacherPotential
 from ..topology import SEPARATION_NONBONDED, CGTopology
@@ -455,7 +456,7 @@ class Simulator:
         **Returns:** a `RunResult`; `blowup` is a message when the guard stopped the run (the frames
         before the bad step are kept and passed to the callback).
         """
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # lazy: only for the progress bar (tqdm.auto probes for Jupyter)
 
         parts: list[Frames] = []
         done = 0
@@ -542,8 +543,6 @@ _NOT_PHYSICS = {"n_steps", "progress", "resume", "chunk_frames", "output", "neig
 
 
 def _config_json(cfg: SimulateConfig) -> str:
-    from ..config import to_dict
-
     return json.dumps(to_dict(cfg), sort_keys=True)
 
 
@@ -665,8 +664,6 @@ def simulate(cfg: SimulateConfig) -> Path:
 
     **Returns:** the trajectory path. **Raises:** `BlowUpError` (after saving the good frames).
     """
-    from ..data.store import PreparedDataset
-
     cfg.validate()
     model = load_model(cfg.model)
     with PreparedDataset(cfg.dataset) as ds:

@@ -25,7 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ..graph import graph_sum
 from ..units import KB_KCAL_PER_MOL_K
+from . import neighborlist as nbl
+from .langevin import System, system_batch
 
 # ------------------------------------------------------------------------------------ time series
 
@@ -205,10 +208,6 @@ def configurational_terms(
 
     **Returns:** `(grad_sq (f,), laplacian (f,))` in (kcal/mol/Å)² and kcal/mol/Å².
     """
-    from ..graph import graph_sum
-    from . import neighborlist as nbl
-    from .langevin import System, system_batch
-
     x = np.asarray(positions, np.float32)
     if x.ndim != 3 or x.shape[1:] != (topology.n_beads, 3):
         raise ValueError(f"positions must have shape (frames, {topology.n_beads}, 3), got {x.shape}")

@@ -22,18 +22,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float, Int
 
+from ..config import check, to_dict
 from ..data.batching import compact_chain
 from ..data.store import PreparedDataset, ProteinRecord, finalise, open_for_writing, write_record
 from ..fileio import write_atomic
-from ..simulate.analysis import radius_of_gyration
-from ..simulate.langevin import Simulator, refresh
-from ..topology import AMINO_ACIDS, SPECIES_MAPS, CGTopology
 from ..priors.teacher import TeacherPotential
+from ..simulate.analysis import radius_of_gyration
+from ..simulate.langevin import BlowUpError, Simulator, refresh
+from ..simulate.neighborlist import grow_capacity
+from ..topology import AMINO_ACIDS, SPECIES_MAPS, CGTopology
 
 NATURAL_FREQUENCIES: dict[str, float] = {
     "ALA": 8.25, "ARG": 5.53, "ASN": 4.06, "ASP": 5.45, "CYS": 1.37, "GLN": 3.93, "GLU": 6.75,
@@ -88,8 +91,6 @@ class SynthesizeConfig:
 
     def check_fields(self, where: str = "synthesize") -> None:
         """Range checks; errors name `where.key` (also run when the config is read from YAML)."""
-        from ..config import check
-
         check(where, [
             ("n_random", self.n_random >= 0, ">= 0", self.n_random),
             ("min_length", 4 <= self.min_length <= self.max_length, "in [4, max_length]", self.min_length),
@@ -146,8 +147,6 @@ def extended_chain(n: int, rng: np.random.Generator, *, bond: float = 3.8, persi
 def full_capacity(n: int, up_to: int = 64) -> int | None:
     """A neighbour-list capacity holding every pair of an `n`-bead chain when n ≤ `up_to` (then every
     protein of that length compiles once, whatever its shape), else None (sized from the structure)."""
-    from ..simulate.neighborlist import grow_capacity
-
     return grow_capacity(n * (n - 1), factor=1.0) if n <= up_to else None
 
 
@@ -184,8 +183,6 @@ def sample(
 
     **Returns:** `Samples`. **Raises:** `BlowUpError` if the dynamics blow up.
     """
-    from ..simulate.langevin import BlowUpError
-
     temps = np.repeat(np.asarray(temperatures, np.float32), n_replicas)
     sim = Simulator(model, topology, temperature=temps, timestep_fs=timestep_fs, friction_per_ps=friction_per_ps,
                     capacity=full_capacity(topology.n_beads))  # fmt: skip
@@ -210,8 +207,6 @@ def model_forces(
 ) -> tuple[Float[np.ndarray, "k n 3"], Float[np.ndarray, " k"]]:
     """Forces (kcal/mol/Å) and energies (kcal/mol) of `model` at many structures of one protein, through
     the Simulator's own batch layout (the radius graph, bonded terms and pairs a model sees in MD)."""
-    import equinox as eqx
-
     positions = np.asarray(positions, np.float32)
     k = len(positions)
     sim = Simulator(model, topology, capacity=full_capacity(topology.n_beads))
@@ -287,7 +282,6 @@ def synthesize(cfg: SynthesizeConfig) -> Path:
     per_traj = math.ceil(cfg.frames / n_traj)
     save_every = max(1, int(round(cfg.save_every_ps * 1e3 / cfg.timestep_fs)))
     equil = int(round(cfg.equilibrate_ps * 1e3 / cfg.timestep_fs))
-    from ..config import to_dict
 
     config = to_dict(cfg)
     h5, tmp, final = open_for_writing(cfg.output, species_map_name="aa20", species_map=SPECIES_MAPS["aa20"],
