@@ -44,14 +44,17 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import export as jax_export
 from jaxtyping import Array, Bool, Int
 
+from ..data.store import PreparedDataset
 from ..energy import AbstractEnergyModel
 from ..fileio import write_atomic
 from ..graph import make_batch
+from ..modules import load
 from ..topology import SEPARATION_NONBONDED, CGTopology
 from ..units import KCAL_PER_MOL_TO_EV
-from . import ptb
+from . import lammps, ptb
 from .lammps import RunSettings
 
 UNIT_STYLES: dict[str, float] = {"real": 1.0, "metal": KCAL_PER_MOL_TO_EV}
@@ -613,6 +616,7 @@ def legacy_stablehlo_text(module_text: str) -> str:
 
     **Returns:** the rewritten module text.
     """
+    # lazy: private JAX internals (jax._src, no stable API), kept to the one function that edits the MLIR
     from jax._src.interpreters import mlir as jax_mlir
     from jax._src.lib.mlir import ir
     from jax._src.lib.mlir.dialects import func as func_dialect
@@ -663,8 +667,6 @@ class Artifact:
 def connector_arg_specs() -> tuple[jax.ShapeDtypeStruct, ...]:
     """The 8 connector arguments as shape-polymorphic specs (n_atoms, max_buffers, max_edges), in
     the contract's order and dtypes."""
-    from jax import export as jax_export
-
     n, b, m = jax_export.symbolic_shape(SYMBOLIC_SHAPES, constraints=SHAPE_CONSTRAINTS)
     sds = jax.ShapeDtypeStruct
     return (
@@ -699,8 +701,6 @@ def export_model(
 
     **Returns:** an `Artifact`; `.write(path)` saves the `.ptb`.
     """
-    from jax import export as jax_export
-
     if not isinstance(model, AbstractEnergyModel):
         raise TypeError(f"{type(model).__name__} is not an energy model (an AbstractEnergyModel)")
     if platform not in PLATFORMS:
@@ -768,10 +768,6 @@ class ExportConfig:
 
 
 def _load_model(path: str):
-    try:
-        from ..modules import load
-    except ImportError as err:  # pragma: no cover - the modules package is always there once merged
-        raise RuntimeError(f"cannot import cameo_eqx.modules.load to read {path}: {err}") from err
     if not Path(path).exists():
         raise FileNotFoundError(f"export: no saved model at {path} (train one first)")
     return load(path)
@@ -806,8 +802,6 @@ def export_files(
 
     **Returns:** the output directory. Every file is written atomically.
     """
-    from . import lammps
-
     out = Path(out_dir)
     n_frames = record.n_frames
     if not -n_frames <= frame < n_frames:
@@ -865,8 +859,6 @@ def export(cfg: ExportConfig) -> Path:
 
     **Returns:** the output directory.
     """
-    from ..data.store import PreparedDataset
-
     if not cfg.protein:
         raise ValueError("export: name the protein to export (--protein NAME from the prepared dataset)")
     platforms = (cfg.platform,) if isinstance(cfg.platform, str) else tuple(dict.fromkeys(cfg.platform))

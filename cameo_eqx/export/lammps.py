@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 from jaxtyping import Float, Int
 
+from ..topology import RESIDUE_MASSES, SPECIES_MAPS
 from ..units import KB_KCAL_PER_MOL_K  # noqa: F401  (units documented: real = Å, kcal/mol, fs)
 
 
@@ -66,8 +67,6 @@ def type_masses(
     agrees with `resname` -> `species` on every bead; without `resname`, or when no map agrees, the mean
     bead mass of the protein.
     """
-    from ..topology import RESIDUE_MASSES, SPECIES_MAPS
-
     species = np.asarray(species)
     masses = np.asarray(masses, np.float64)
     out = np.full(n_types, masses.mean() if len(masses) else 100.0)

@@ -11,6 +11,7 @@ does, compiles for CPU and executes with connector-style buffers, including the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,12 +25,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import export as jax_export
 from jaxtyping import Array, Float, Int
 
 from ..energy import AbstractEnergyModel
 from ..graph import Batch
 from ..modules.radial import safe_norm
 from . import ptb
+from .chemtrain_deploy import connector_arg_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 LEGACY_VENV = ROOT / ".venv-xla0435"
@@ -57,6 +60,7 @@ ALLOWED_CUSTOM_CALLS = frozenset(
 
 def _ops_and_custom_calls(text: str) -> tuple[set[str], set[str]]:
     """Names of all ops in a module and the targets of its custom calls (parsed with jax's MLIR)."""
+    # lazy: private JAX internals (jax._src, no stable API), kept to the functions that parse the MLIR
     from jax._src.interpreters import mlir as jax_mlir
     from jax._src.lib.mlir import ir
 
@@ -241,13 +245,10 @@ def exported_from_ptb(data: bytes):
 
     **Returns:** the `Exported`.
     """
-    import dataclasses
-
-    from jax import export as jax_export
+    # lazy: private JAX internals (jax._src, no stable API), kept to the functions that parse the MLIR
     from jax._src.interpreters import mlir as jax_mlir
     from jax._src.lib.mlir import ir
 
-    from .chemtrain_deploy import connector_arg_specs
 
     def signature(pos, spc, n_local, n_ghost, newton, snd, rcv, cap):
         z = (jnp.sum(spc) + n_local + n_ghost + newton.astype(jnp.int32) + jnp.sum(snd) + jnp.sum(rcv)
