@@ -11,7 +11,7 @@ from .metrics import Predictions
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # lazy: only for the plots (matplotlib.pyplot imports in ~1 s)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from ..data.batching import BatchLoader, select_frames, split_frames, subsample_frames
+from ..data.store import PreparedDataset
 from ..fileio import write_atomic
+from ..modules import load
 from ..training.config import EvaluateConfig
-from . import metrics as M
-from . import plots
+from . import metrics as M, plots
 
 
 def _frames(cfg: EvaluateConfig, run_cfg: dict[str, Any], ds) -> dict[str, np.ndarray]:
-    from ..data.batching import select_frames, split_frames, subsample_frames
-
     d = run_cfg.get("data", {})
     temps = d.get("temperatures")
     if cfg.split == "all":
@@ -47,10 +47,6 @@ def evaluate(cfg: EvaluateConfig) -> Path:
 
     **Returns:** the report directory.
     """
-    from ..data.batching import BatchLoader
-    from ..data.store import PreparedDataset
-    from ..modules import load
-
     run = Path(cfg.run)
     mfile = run / cfg.model_file
     if not mfile.exists():

@@ -15,7 +15,7 @@ __all__ = [
 
 def __getattr__(name):  # lazy: the trainer imports the models
     if name in ("Trainer", "train", "train_ensemble"):
-        from . import trainer
+        from . import trainer  # lazy: the trainer imports optax and the models
 
         return getattr(trainer, name)
     raise AttributeError(name)

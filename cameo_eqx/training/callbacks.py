@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..fileio import reporting_no_space
+
 
 class NonFiniteError(RuntimeError):
     """The loss or gradient became NaN/inf; training stopped without applying the bad update."""
@@ -63,7 +65,7 @@ class TensorBoardLogger(Callback):
 
     def on_fit_start(self, trainer: Any) -> None:
         if trainer.is_main:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter  # lazy: only the main process logs (protobuf import)
 
             self.writer = SummaryWriter(str(trainer.run_dir / "tb"))
 
@@ -103,8 +105,6 @@ class JsonlLogger(Callback):
 
     def _write(self, rec: dict[str, Any]) -> None:
         if self.fh is not None:
-            from ..fileio import reporting_no_space
-
             with reporting_no_space(self.path, "the checkpoints are kept; free some space and rerun with "
                                                "--resume auto"):  # fmt: skip
                 self.fh.write(json.dumps(rec) + "\n")
@@ -133,7 +133,7 @@ class ProgressBar(Callback):
 
     def on_stage_start(self, trainer: Any, stage: Any, total_steps: int) -> None:
         if trainer.is_main:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # lazy: only for the progress bar (tqdm.auto probes for Jupyter)
 
             self.bar = tqdm(total=total_steps, desc=f"{stage.name}", unit="step", dynamic_ncols=True,
                             initial=trainer.step_in_stage, mininterval=1.0)  # fmt: skip

@@ -15,6 +15,9 @@ import typing
 from pathlib import Path
 from typing import Literal
 
+import yaml
+
+from ..config import ConfigError, check
 from ..priors.config import RefineConfig
 
 Optimizer = Literal["adabelief", "yogi", "adam", "adamw", "lion", "polyak_sgd", "fromage"]
@@ -59,8 +62,6 @@ class StageConfig:
 
     def check_fields(self, where: str = "stage") -> None:
         """Range checks (types are checked when the config is read); errors name `where.key`."""
-        from ..config import check
-
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"{where}.optimizer: unknown {self.optimizer!r}; choose one of {OPTIMIZERS}")
         _int("epochs", self.epochs, where)
@@ -116,8 +117,6 @@ class ModelConfig:
     """Also train the prior parameters with the network in the optimiser stages."""
 
     def overrides(self) -> dict:
-        import yaml
-
         out = {}
         for kv in self.hyperparameters:
             if "=" not in kv:
@@ -162,8 +161,6 @@ class DataConfig:
 
     def check_fields(self, where: str = "data") -> None:
         """Range checks (types are checked when the config is read); errors name `where.key`."""
-        from ..config import check
-
         check(where, [
             ("val_fraction", 0.0 <= self.val_fraction < 1.0, "in [0, 1)", self.val_fraction),
             ("cutoff", self.cutoff > 0, "> 0 Å", self.cutoff),
@@ -228,8 +225,6 @@ class SimValidationConfig:
 
     def check_fields(self, where: str = "sim_validation") -> None:
         """Range checks; errors name `where.key`."""
-        from ..config import check
-
         for key in ("every", "max_proteins", "n_replicas", "n_steps", "save_every", "max_reference_frames", "bins"):
             _int(key, getattr(self, key), where)
         check(where, [
@@ -312,8 +307,6 @@ class TrainConfig:
     def check_fields(self, where: str = "train") -> None:
         """Range checks of single fields (types are checked when the config is read); errors name
         `where.key`. The cross-field checks are in `validate`."""
-        from ..config import check
-
         for key in ("seed", "ensemble", "checkpoint_every", "keep_checkpoints", "log_every", "max_steps",
                     "val_every"):  # fmt: skip
             _int(key, getattr(self, key), where)
@@ -332,8 +325,6 @@ class TrainConfig:
         ])  # fmt: skip
 
     def validate(self) -> None:
-        from ..config import ConfigError
-
         self.check_fields("train")
         self.data.check_fields("train.data")
         if not self.stages and not self.refine.enabled:

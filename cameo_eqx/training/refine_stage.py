@@ -17,6 +17,8 @@ import jax
 import numpy as np
 
 from ..fileio import write_atomic
+from ..modules import trainable_filter
+from ..priors.refine import make_batches, prior_filter_spec, quasi_newton_force_match
 
 
 def _train_subsample(dm, n_frames: int, seed: int) -> list:
@@ -48,9 +50,6 @@ def refine_prior_stage(trainer: Any, model: Any) -> Any:
 
     **Returns:** the model with refined prior parameters; the report goes to `<run>/refine.json`.
     """
-    from ..modules import trainable_filter
-    from ..priors.refine import make_batches, prior_filter_spec, quasi_newton_force_match
-
     cfg = trainer.cfg
     rc = cfg.refine
     if model.prior is None:

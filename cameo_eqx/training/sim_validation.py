@@ -30,6 +30,11 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float, Int
 
+from ..config import ConfigError
+from ..data.store import PreparedDataset
+from ..simulate.analysis import fraction_native_contacts, histogram, js_divergence, kabsch_rmsd, native_contacts
+from ..simulate.compare import compare_ensembles
+from ..simulate.langevin import BlowUpError, Simulator
 from .callbacks import Callback
 from .config import SimValidationConfig, TrainConfig
 
@@ -72,14 +77,10 @@ def _evenly(n: int, k: int) -> np.ndarray:
 
 
 def _names(dataset: Any) -> list[str]:
-    from ..data.store import PreparedDataset
-
     return list(dataset.names) if isinstance(dataset, PreparedDataset) else [r.name for r in dataset]
 
 
 def _record(dataset: Any, name: str) -> Any:
-    from ..data.store import PreparedDataset
-
     if isinstance(dataset, PreparedDataset):
         return dataset.record(name)
     return next(r for r in dataset if r.name == name)
@@ -92,8 +93,6 @@ def choose_proteins(cfg: TrainConfig, names: list[str], val_proteins: list[str])
 
     **Raises:** `ConfigError` naming unknown proteins.
     """
-    from ..config import ConfigError
-
     sv = cfg.sim_validation
     if sv.proteins is not None:
         unknown = [p for p in sv.proteins if p not in names]
@@ -122,9 +121,6 @@ def prepare_targets(cfg: TrainConfig, dataset: Any, val_proteins: list[str]) -> 
     **Returns:** one `ProteinTargets` per protein with at least one usable temperature.
     **Raises:** `ConfigError` when no protein has reference frames at any requested temperature.
     """
-    from ..config import ConfigError
-    from ..simulate.analysis import native_contacts
-
     sv = cfg.sim_validation
     out: list[ProteinTargets] = []
     missing: list[str] = []
@@ -172,9 +168,6 @@ def score_target(
     **Returns:** `{"js_<key>" for JS_KEYS, "rg_dF_kT", "score"}`; `score` is the mean of the finite
     divergences in `SCORE_KEYS` (1 when none is finite).
     """
-    from ..simulate.analysis import fraction_native_contacts, histogram, js_divergence, kabsch_rmsd
-    from ..simulate.compare import compare_ensembles
-
     topo = pt.topology
     ref = np.asarray(target.reference, np.float64)
     x = np.asarray(x, np.float64)
@@ -262,8 +255,6 @@ class SimValidation(Callback):
 
         **Returns:** `(positions (F, R_total, n, 3) or None, blow-up message or None)`.
         """
-        from ..simulate.langevin import BlowUpError, Simulator
-
         sv = self.sv
         temps = np.repeat([t.temperature for t in pt.targets], sv.n_replicas).astype(np.float32)
         start = np.concatenate([t.start for t in pt.targets])

@@ -14,6 +14,7 @@ the sharded loss and gradient then equal the single-device ones on the same glob
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import equinox as eqx
@@ -140,8 +141,6 @@ class Task(eqx.Module):
 def metrics_from_sums(s: LossSums, task: Task, extra: dict[str, float] | None = None) -> dict[str, float]:
     """Host-side metrics from (global) sums: loss, force MSE/RMSE, energy MSE, relative force error,
     and per-term RMS / alone-RMSE from `Task.term_sums` values."""
-    import math
-
     n_f = max(float(s.n_f), 1.0)
     out = {
         "loss": float(task.loss_from_sums(s, s.n_f, s.n_e)),
