@@ -9,10 +9,19 @@ files). Every stage is the same function the CLI runs; re-running skips stages w
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
 from .config import FitPriorsConfig, PrepareConfig, load_yaml_defaults
+from .data.prepare import prepare
+from .evaluation.report import evaluate
+from .export.chemtrain_deploy import ExportConfig, export
+from .simulate import analyze
+from .simulate.analysis import verdict_lines
+from .simulate.config import AnalyzeConfig, SimulateConfig
+from .simulate.langevin import simulate
+from .training.config import EvaluateConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,21 +54,18 @@ def _stage(name: str) -> float:
 
 def demo(cfg: DemoConfig) -> Path:
     """Runs the demo; returns the output directory."""
-    from .training.config import EvaluateConfig, TrainConfig
-
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
 
     t = _stage("prepare the bundled all-atom data (basic force map)")
-    from .data.prepare import prepare
-
     prepared = out / "prepared"
     prepare(PrepareConfig(inputs=cfg.inputs, output=prepared))
     timings["prepare"] = time.perf_counter() - t
 
     t = _stage("fit the physics prior (Boltzmann inversion)")
+    # lazy: cli.py --help loads DemoConfig, and fit (like the trainer) imports optimistix (~0.35 s)
     from .priors.fit import fit_priors
 
     priors = out / "priors"
@@ -70,7 +76,7 @@ def demo(cfg: DemoConfig) -> Path:
     timings["fit-priors"] = time.perf_counter() - t
 
     t = _stage("train a small Allegro + prior force field")
-    from .training.trainer import train
+    from .training.trainer import train  # lazy: likewise (the trainer imports optax)
 
     tcfg = load_yaml_defaults(TrainConfig, cfg.train_config, "train")
     tcfg = dataclasses.replace(
@@ -84,15 +90,10 @@ def demo(cfg: DemoConfig) -> Path:
     timings["train"] = time.perf_counter() - t
 
     t = _stage("evaluate on the validation frames")
-    from .evaluation.report import evaluate
-
     report = evaluate(EvaluateConfig(run=run))
     timings["evaluate"] = time.perf_counter() - t
 
     t = _stage(f"simulate {cfg.protein} with the trained model (Langevin, 2 fs)")
-    from .simulate import analyze
-    from .simulate.config import AnalyzeConfig, SimulateConfig
-    from .simulate.langevin import simulate
 
     sim = simulate(SimulateConfig(model=run / "model.eqx", dataset=prepared, protein=cfg.protein,
                                   output=out / "simulation", n_replicas=2, temperature=320.0,
@@ -105,7 +106,6 @@ def demo(cfg: DemoConfig) -> Path:
     exported = None
     if cfg.export:
         t = _stage("export to LAMMPS (chemtrain-deploy artifact)")
-        from .export.chemtrain_deploy import ExportConfig, export
 
         exported = export(ExportConfig(model=str(run / "model.eqx"), dataset=str(prepared),
                                        protein=cfg.protein, output=str(out / "lammps"),
@@ -124,9 +124,7 @@ def demo(cfg: DemoConfig) -> Path:
     print(f"  analysis report    {analysis}")
     if exported is not None:
         print(f"  LAMMPS files       {exported}")
-    import json
 
-    from .simulate.analysis import verdict_lines
 
     for line in force_summary(report) + verdict_lines(json.loads(Path(analysis).read_text())):
         print(line)
@@ -141,8 +139,6 @@ def force_summary(report_dir: Path) -> list[str]:
 
     **Returns:** printable lines.
     """
-    import json
-
     r = json.loads((Path(report_dir) / "report.json").read_text())
     nz, ov = r["noise"], r["overall"]
 
