@@ -84,10 +84,7 @@ def _imports() -> dict[str, list[tuple[str, bool]]]:
     return out
 
 
-UNCOMMENTED_LAZY: set[str] = {
-    # being reworked in parallel (issue 13); its lazy imports get moved up or commented there, then this goes
-    "cameo_eqx.training.trainer",
-}
+UNCOMMENTED_LAZY: set[str] = set()
 """Modules whose function-level project imports need no comment for now; each one is a known debt."""
 
 

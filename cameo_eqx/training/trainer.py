@@ -27,11 +27,15 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
+from ..config import to_dict, to_json
 from ..fileio import DirLock, write_atomic
 from ..graph import Batch
+from ..modules import ForceField, make_backbone, save, trainable_filter
+from ..priors.prior import Prior
 from . import checkpoint as ckpt
 from .callbacks import Callback, JsonlLogger, NaNGuard, NonFiniteError, ProgressBar, TensorBoardLogger
 from .config import StageConfig, TrainConfig
+from .datamodule import DataModule
 from .distributed import (
     AXIS,
     filter_shard_map,
@@ -43,6 +47,8 @@ from .distributed import (
     to_host,
 )
 from .optim import make_optimizer, make_schedule, needs_value
+from .refine_stage import refine_prior_stage
+from .sim_validation import SimValidation
 from .task import LossSums, Task, metrics_from_sums
 
 log = logging.getLogger(__name__)
@@ -176,16 +182,12 @@ def make_eval_step(task: Task, mesh, *, terms: bool = True):
 
 def build_model(cfg: TrainConfig, n_species: int, key: jax.Array):
     """The `ForceField` of a config: backbone from `make_backbone`, prior from its file."""
-    from ..modules import ForceField, make_backbone
-
     backbone = None
     if cfg.model.backbone != "none":
         backbone = make_backbone(cfg.model.backbone, n_species, cfg.data.cutoff, cfg.model.preset, key=key,
                                  **cfg.model.overrides())  # fmt: skip
     prior = None
     if cfg.model.prior is not None:
-        from ..priors.prior import Prior
-
         prior = Prior.load(cfg.model.prior)
     return ForceField(backbone, prior, cutoff=cfg.data.cutoff, pair_min_sep=cfg.data.pair_min_sep)
 
@@ -193,9 +195,7 @@ def build_model(cfg: TrainConfig, n_species: int, key: jax.Array):
 def trainable_spec(model, cfg: TrainConfig):
     """Which arrays train in the optimiser stages: the backbone, plus the prior when `train_prior` is set
     or there is no backbone."""
-    from ..modules import trainable_filter
-
-    train_prior = cfg.model.train_prior or getattr(model, "backbone", None) is None
+    train_prior = cfg.model.train_prior or model.backbone is None
     return trainable_filter(model, train_backbone=True, train_prior=train_prior)
 
 
@@ -203,8 +203,6 @@ def trainable_spec(model, cfg: TrainConfig):
 
 
 def _jsonable(x):
-    from ..config import to_dict
-
     return json.loads(json.dumps(to_dict(x), default=str))
 
 
@@ -224,8 +222,6 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, datamodule=None,
                  callbacks: list[Callback] | None = None, max_traces: int | None = None,
                  donate: bool = True):  # fmt: skip
-        from .datamodule import DataModule
-
         cfg.validate()
         self.cfg = cfg
         self.run_dir = Path(run_dir)
@@ -242,8 +238,6 @@ class Trainer:
             cbs.append(ProgressBar())
         self.sim_validation = None
         if cfg.sim_validation.enabled:
-            from .sim_validation import SimValidation
-
             self.sim_validation = SimValidation(cfg)
             cbs.append(self.sim_validation)
         self.callbacks = cbs + list(callbacks or [])
@@ -318,8 +312,6 @@ class Trainer:
     def _save_model(self, model, name: str, extra: dict[str, Any] | None = None) -> None:
         if not self.is_main:
             return
-        from ..modules import save
-
         save(self.run_dir / name, model, {"train_config": _jsonable(self.cfg), "global_step": self.global_step,
                                           "best_val": self.best_val if math.isfinite(self.best_val) else None,
                                           "best_sim_score": self.best_sim if math.isfinite(self.best_sim) else None,
@@ -377,8 +369,6 @@ class Trainer:
             self._claim_run_dir()
         resume = self._find_resume()
         if self.is_main:
-            from ..config import to_json
-
             write_atomic(self.run_dir / "config.json", to_json(cfg))
         key = jax.random.PRNGKey(cfg.seed)
         model = build_model(cfg, self.dm.n_species, key)
@@ -453,8 +443,6 @@ class Trainer:
                              "to discard it and start over, or choose another --name")  # fmt: skip
         old_path = rd / "config.json"
         if cfg.resume == "auto" and old_path.exists():
-            from ..config import to_json
-
             try:
                 old = json.loads(old_path.read_text())
             except (OSError, ValueError) as e:
@@ -527,8 +515,6 @@ class Trainer:
 
     def _refine(self, model):
         """First stage: LBFGS force matching of the prior parameters, network frozen."""
-        from .refine_stage import refine_prior_stage
-
         return refine_prior_stage(self, model)
 
     def _run_stage(self, model, spec, state):
