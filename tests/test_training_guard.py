@@ -12,22 +12,16 @@ import jax
 import numpy as np
 import pytest
 
-from cameo_eqx.data.batching import synthetic_records
 from cameo_eqx.training import checkpoint as ckpt
 from cameo_eqx.training import trainer as T
 from cameo_eqx.training.callbacks import NonFiniteError
-from cameo_eqx.training.config import DataConfig, ModelConfig, StageConfig, TrainConfig
+from cameo_eqx.training.config import DataConfig, StageConfig, TrainConfig
 from cameo_eqx.training.datamodule import DataModule
 from cameo_eqx.training.distributed import make_mesh, replicate, shard_leading
 from cameo_eqx.training.optim import make_optimizer
 from cameo_eqx.training.task import Task
 
-TINY = ModelConfig(backbone="painn", preset="small", hyperparameters=("n_features=8", "n_layers=1", "n_radial_basis=4"))
-
-
-@pytest.fixture(scope="module")
-def records():
-    return synthetic_records([9, 14, 21], 10, seed=3, temperatures=(300.0, 350.0))
+from tests.test_training import TINY, records  # noqa: F401  (the same tiny model and synthetic frames)
 
 
 def _cfg(tmp_path: Path, **kw) -> TrainConfig:
