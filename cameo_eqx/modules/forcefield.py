@@ -144,10 +144,7 @@ class ForceField(AbstractEnergyModel):
                 topology = dataclasses.replace(topology, species=species)
         if topology.n_beads != n:
             raise ValueError(f"topology has {topology.n_beads} beads but positions have {n}")
-        n_species = None if self.backbone is None else self.backbone.n_species
-        if n_species is not None and len(topology.species) and int(np.max(topology.species)) >= n_species:
-            raise ValueError(f"species index {int(np.max(topology.species))} out of range for a model "
-                             f"with {n_species} species")  # fmt: skip
+        check_species(self, topology.species)
         frames = [frame_graph(p, topology, self.cutoff, pair_min_sep=self.pair_min_sep) for p in pos]
         sizes = [f.sizes for f in frames]
         cap = type(sizes[0])(*(sum(s[k] for s in sizes) for k in range(len(sizes[0]))))
@@ -176,6 +173,20 @@ class ForceField(AbstractEnergyModel):
 
 
 _jit_energy_and_forces = eqx.filter_jit(_energy_and_forces)
+
+
+def check_species(model: AbstractEnergyModel, species: Int[np.ndarray, " n"]) -> None:
+    """Raises ValueError when a species index is too large for the embedding of `model`'s backbone (a
+    `ForceField`'s, or the model itself when it is one); models without a backbone take any index.
+
+    **Arguments:** the model and the protein's bead species.
+    """
+    backbone = model.backbone if isinstance(model, ForceField) else model
+    if isinstance(backbone, AbstractBackbone) and len(species) and int(np.max(species)) >= backbone.n_species:
+        raise ValueError(f"species index {int(np.max(species))} of the protein is out of range for a model "
+                         f"with {backbone.n_species} species")  # fmt: skip
+
+
 
 
 def trainable_filter(ff: ForceField, train_backbone: bool = True, train_prior: bool = True) -> Any:

@@ -14,13 +14,12 @@ from .langevin import (
     System,
     energy_and_forces,
     load_model,
-    model_species,
     simulate,
     system_batch,
 )
 
 __all__ = [
     "ACCELERATION", "AnalyzeConfig", "BAOAB", "BlowUpError", "Frames", "LangevinState", "RunResult",
-    "SimulateConfig", "Simulator", "System", "analyze", "energy_and_forces", "load_model", "model_species",
+    "SimulateConfig", "Simulator", "System", "analyze", "energy_and_forces", "load_model",
     "simulate", "system_batch",
 ]  # fmt: skip

@@ -38,10 +38,11 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..config import to_dict
 from ..data.store import PreparedDataset
-from ..energy import AbstractBackbone, AbstractEnergyModel, graph_cutoff
+from ..energy import AbstractEnergyModel, graph_cutoff
 from ..fileio import check_free_space, reporting_no_space, write_atomic
 from ..graph import Batch, make_batch
-from ..modules.forcefield import ForceField, load as load_force_field
+from ..modules.forcefield import check_species
+from ..modules.forcefield import load as load_force_field
 from ..priors.prior import Prior
 from ..priors.teacher import TeacherPotential
 from ..topology import SEPARATION_NONBONDED, CGTopology
@@ -323,13 +324,6 @@ class RunResult:
     n_rebuilds_for_overflow: int = 0
 
 
-def model_species(model: AbstractEnergyModel) -> int | None:
-    """How many species `model` embeds (a protein's species indices must be smaller): its backbone's
-    `n_species`, or None for a model without a backbone (priors take any index their tables cover)."""
-    backbone = model.backbone if isinstance(model, ForceField) else model
-    return backbone.n_species if isinstance(backbone, AbstractBackbone) else None
-
-
 class Simulator:
     """Host-side driver: a model, a protein and an integrator; `init` a state, `run` it in chunks.
 
@@ -353,10 +347,7 @@ class Simulator:
     ):  # fmt: skip
         if not isinstance(model, AbstractEnergyModel):
             raise TypeError(f"model must be an AbstractEnergyModel, got {type(model)}")
-        n_species = model_species(model)
-        if n_species is not None and topology.n_beads and int(np.max(topology.species)) >= n_species:
-            raise ValueError(f"species index {int(np.max(topology.species))} of the protein is out of range for "
-                             f"a model with {n_species} species")  # fmt: skip
+        check_species(model, topology.species)
         self.model = model
         self.topology = topology
         if pair_min_sep is None:
