@@ -356,6 +356,213 @@ def _capacity_rationals(fractions) -> list[tuple[int, int]]:
     return [(max(1, round(1000 * v)), 1000) for v in vals]
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _ConnectorSpec:
+    """What `make_connector_function` fixes before tracing: the model, the baked protein and constants."""
+
+    model: object
+    baked: BakedTopology | None
+    energy_factor: float
+    cutoff2: float
+    k_on: int
+    k_off: int
+    pair_min_sep: int
+    fractions: list[tuple[int, int]]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _InputEdges:
+    """The listed edges: raw and clipped atoms, the in-range and valid-within-cutoff masks, their count."""
+
+    s: Array
+    r: Array
+    in_range: Array
+    sc: Array
+    rc: Array
+    ok: Array
+    n_in_cutoff: Array
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _ModelFrame:
+    """The beads the model sees (positions, species, node and local masks) and the baked bonded terms."""
+
+    n_model: int
+    positions: Array
+    species: Array
+    node_mask: Array
+    local_mask: Array
+    bonds: Array
+    bond_mask: Array
+    angles: Array
+    angle_mask: Array
+    dihedrals: Array
+    dihedral_mask: Array
+
+
+def _input_edges(positions, valid, senders, receivers, cutoff2: float) -> _InputEdges:
+    """Drops padding, invalid atoms, self and over-cutoff edges and counts the edges left."""
+    n = positions.shape[0]
+    s = senders.astype(jnp.int32)
+    r = receivers.astype(jnp.int32)
+    in_range = (s >= 0) & (s < n) & (r >= 0) & (r < n)
+    sc = jnp.clip(s, 0, n - 1)
+    rc = jnp.clip(r, 0, n - 1)
+    d2 = jnp.sum((positions[sc] - positions[rc]) ** 2, axis=-1)
+    ok = in_range & valid[sc] & valid[rc] & (s != r) & (d2 < cutoff2)
+    n_in_cutoff = jnp.sum(ok, dtype=jnp.int32)
+    return _InputEdges(s, r, in_range, sc, rc, ok, n_in_cutoff)
+
+
+def _kept_pairs(spec: _ConnectorSpec, und, edges: _InputEdges, valid, local, n_ghost, newton) -> Array:
+    """The undirected pairs within `nbr_order` hops of local atoms (all of them without ghosts)."""
+    # a pair can change a local energy (newton on: E = sum over local atoms) if one end is
+    # within K-1 hops of a local atom; with newton off every valid atom's energy enters the
+    # gradient and ghost energies reach K more hops, hence 2K. Without ghosts every valid atom
+    # is local and nothing is pruned (the usual single-rank case skips the hops at run time).
+    n = valid.shape[0]
+    sc, rc = edges.sc, edges.rc
+
+    def hops(k: int):
+        def run():
+            cs = jnp.concatenate([jnp.where(und, sc, n), jnp.where(und, rc, n)])
+            cr = jnp.concatenate([jnp.where(und, rc, n), jnp.where(und, sc, n)])
+            return _reach(local, cs, cr, jnp.concatenate([und, und]), k - 1)
+
+        return run
+
+    branch = jnp.where(n_ghost == 0, 0, jnp.where(newton, 1, 2)).astype(jnp.int32)
+    reach = jax.lax.switch(branch, [lambda: valid, hops(spec.k_on), hops(spec.k_off)])
+    return und & (reach[sc] | reach[rc])
+
+
+def _baked_bonded(arr: np.ndarray | None, width: int) -> tuple[Array, Array]:
+    """Baked bonded index rows and their all-true mask as constants (empty without a baked protein)."""
+    if arr is None:
+        return jnp.zeros((0, width), jnp.int32), jnp.zeros((0,), bool)
+    return jnp.asarray(arr, jnp.int32), jnp.ones((arr.shape[0],), bool)
+
+
+def _model_frame(baked: BakedTopology | None, positions, species_v, n_local, valid, local) -> _ModelFrame:
+    """The model's beads: the baked protein's n0 rows (a static size), else the N buffer rows, masked."""
+    # with a baked topology the guard makes any other call NaN, so the model does no work on the
+    # connector's padding rows (its atom buffer is ~1.2x the atom count)
+    if baked is not None:
+        n_model = baked.n_beads
+        pos_model = _rows(positions, n_model)
+        species_model = _rows(species_v, n_model)
+        node_mask = jnp.arange(n_model, dtype=jnp.int32) < n_local
+        local_model = node_mask
+    else:
+        n_model, pos_model, species_model, node_mask, local_model = (
+            positions.shape[0], positions, species_v, valid, local
+        )  # fmt: skip
+    # bonded terms baked from the exported protein (constants, the same for every slot count)
+    bonds, bond_mask = _baked_bonded(None if baked is None else baked.bonds, 2)
+    angles, angle_mask = _baked_bonded(None if baked is None else baked.angles, 3)
+    dihedrals, dihedral_mask = _baked_bonded(None if baked is None else baked.dihedrals, 4)
+    return _ModelFrame(n_model, pos_model, species_model, node_mask, local_model,
+                       bonds, bond_mask, angles, angle_mask, dihedrals, dihedral_mask)  # fmt: skip
+
+
+def _slot_batch(spec: _ConnectorSpec, frame: _ModelFrame, edges: _InputEdges, keep, inclusive, n_pairs, slots):
+    """The packed one-frame `Batch` of the first `slots` compacted pairs (both orientations as edges)."""
+    n_model, baked = frame.n_model, spec.baked
+    src = jnp.minimum(compaction_sources(inclusive, slots), keep.shape[0] - 1)
+    slot_ok = jnp.arange(slots, dtype=jnp.int32) < n_pairs
+    a = jnp.where(slot_ok, edges.sc[src], n_model)
+    b = jnp.where(slot_ok, edges.rc[src], n_model)
+
+    # non-bonded pairs (i < j): the compacted pairs themselves
+    lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
+    if baked is not None:
+        seg = jnp.asarray(baked.segment)
+        last = baked.n_beads - 1
+        same = seg[jnp.clip(lo, 0, last)] == seg[jnp.clip(hi, 0, last)]
+        sep = jnp.where(same, hi - lo, SEPARATION_NONBONDED)
+    else:
+        sep = jnp.full((slots,), SEPARATION_NONBONDED, jnp.int32)
+    pair_mask = slot_ok & (sep >= spec.pair_min_sep)
+    pairs = jnp.where(pair_mask[:, None], jnp.stack([lo, hi], axis=-1), n_model)
+
+    return make_batch(
+        frame.positions, frame.species, node_mask=frame.node_mask,
+        senders=jnp.concatenate([a, b]), receivers=jnp.concatenate([b, a]),
+        edge_mask=jnp.concatenate([slot_ok, slot_ok]),
+        bonds=frame.bonds, bond_mask=frame.bond_mask, angles=frame.angles, angle_mask=frame.angle_mask,
+        dihedrals=frame.dihedrals, dihedral_mask=frame.dihedral_mask,
+        pairs=pairs.astype(jnp.int32), pair_mask=pair_mask,
+        pair_sep=jnp.where(pair_mask, sep, 0).astype(jnp.int32),
+    )  # fmt: skip
+
+
+def _slot_energies(spec: _ConnectorSpec, frame: _ModelFrame, batch, newton, pos):
+    """(the energy to differentiate, the local energy) of `batch` at positions `pos`, in the unit style."""
+    if spec.baked is not None:
+        # a baked topology runs without ghosts (else NaN, in `_guard_baked`): every valid atom is
+        # local and the energy is the frame's total, `model.energy`, which takes the
+        # model's faster per-frame path (the prior's analytic-force VJP)
+        e = spec.model.energy(batch.with_positions(pos))[0].astype(jnp.float32) * spec.energy_factor
+        return e, e
+    e = spec.model.node_energies(batch.with_positions(pos))
+    e = jnp.where(frame.node_mask, e, 0.0).astype(jnp.float32) * spec.energy_factor
+    e_local = jnp.sum(jnp.where(frame.local_mask, e, 0.0))
+    # newton on: ghost forces are returned and summed back by LAMMPS
+    e_grad = jnp.where(newton, e_local, jnp.sum(e))
+    return e_grad, e_local
+
+
+def _slot_evaluator(spec: _ConnectorSpec, frame: _ModelFrame, edges: _InputEdges, keep, inclusive, n_pairs,
+                    newton, n, slots):  # fmt: skip
+    """A thunk (one `switch` branch): the forces on the N rows and the local energy on `slots` pair slots."""
+
+    def run():
+        batch = _slot_batch(spec, frame, edges, keep, inclusive, n_pairs, slots)
+
+        def energies(pos):
+            return _slot_energies(spec, frame, batch, newton, pos)
+
+        grad, e_local = jax.grad(energies, has_aux=True)(frame.positions)
+        return _rows(-grad, n), e_local
+
+    return run
+
+
+def _evaluate_model(spec: _ConnectorSpec, frame: _ModelFrame, edges: _InputEdges, keep, inclusive, n_pairs,
+                    newton, n, m):  # fmt: skip
+    """The forces and local energy on at most ceil(M / 2) slots, or the smallest capacity fraction that fits."""
+    # Pairs beyond ceil(M / 2) are dropped and the count (> M) makes the connector rerun (ceil keeps
+    # one slot at the first call's M = 1: zero-size arrays crash the connector's XLA). With several
+    # `capacity_fractions` the model runs on the smallest fraction of those slots that holds every
+    # kept pair (one `switch` branch per fraction; see `CAPACITY_FRACTIONS` for why the default is one).
+    h = (m + 1) // 2
+
+    def evaluate(slots):
+        return _slot_evaluator(spec, frame, edges, keep, inclusive, n_pairs, newton, n, slots)
+
+    if len(spec.fractions) == 1:
+        return evaluate(h)()
+    sizes = [(h * num + den - 1) // den for num, den in spec.fractions[:-1]] + [h]  # ceil: >= 1 slot
+    level = sum((n_pairs > size).astype(jnp.int32) for size in sizes[:-1])
+    return jax.lax.switch(level, [evaluate(z) for z in sizes])
+
+
+def _guard_baked(spec: _ConnectorSpec, frame: _ModelFrame, edges: _InputEdges, valid, species, n_local, n_ghost,
+                 forces, e_local):  # fmt: skip
+    """NaN forces and energy unless the call is the exported protein as exported (see the module docstring)."""
+    baked = spec.baked
+    bad = (n_ghost != 0) | (n_local != baked.n_beads)
+    bad = bad | jnp.any(_rows(species, frame.n_model) != jnp.asarray(baked.species))
+    if len(baked.bonds):
+        bonds, pos_model = frame.bonds, frame.positions
+        bl2 = jnp.sum((pos_model[bonds[:, 0]] - pos_model[bonds[:, 1]]) ** 2, axis=-1)
+        bad = bad | ~jnp.all(bl2 < MAX_BAKED_BOND_LENGTH**2)
+    sc, rc = edges.sc, edges.rc
+    listed = edges.in_range & valid[sc] & valid[rc] & (edges.s != edges.r)
+    bad = bad | ~list_consistent(listed, sc, rc, frame.positions, spec.cutoff2)
+    return jnp.where(bad, jnp.nan, forces), jnp.where(bad, jnp.nan, e_local)
+
+
 def make_connector_function(
     model,
     *,
@@ -386,11 +593,12 @@ def make_connector_function(
     """
     if unit_style not in UNIT_STYLES:
         raise ValueError(f"unit_style must be one of {sorted(UNIT_STYLES)}, got {unit_style!r}")
-    energy_factor = UNIT_STYLES[unit_style]
-    baked = BakedTopology.from_topology(topology)
     k_on, k_off = (int(v) for v in nbr_order)
-    cutoff2 = float(cutoff) ** 2
-    fractions = _capacity_rationals(capacity_fractions)
+    spec = _ConnectorSpec(
+        model=model, baked=BakedTopology.from_topology(topology), energy_factor=UNIT_STYLES[unit_style],
+        cutoff2=float(cutoff) ** 2, k_on=k_on, k_off=k_off, pair_min_sep=pair_min_sep,
+        fractions=_capacity_rationals(capacity_fractions),
+    )  # fmt: skip
 
     def f(positions, species, n_local, n_ghost, newton, senders, receivers, capacity):
         n = positions.shape[0]
@@ -400,146 +608,27 @@ def make_connector_function(
         idx = jnp.arange(n, dtype=jnp.int32)
         valid = idx < n_local + n_ghost
         local = idx < n_local
-
-        # --- input edges: drop padding, invalid atoms, self and over-cutoff edges -----------
-        s = senders.astype(jnp.int32)
-        r = receivers.astype(jnp.int32)
-        in_range = (s >= 0) & (s < n) & (r >= 0) & (r < n)
-        sc = jnp.clip(s, 0, n - 1)
-        rc = jnp.clip(r, 0, n - 1)
-        d2 = jnp.sum((positions[sc] - positions[rc]) ** 2, axis=-1)
-        ok = in_range & valid[sc] & valid[rc] & (s != r) & (d2 < cutoff2)
-        n_in_cutoff = jnp.sum(ok, dtype=jnp.int32)
-
-        # --- symmetrise: each undirected pair once, without sorting ------------------------
-        # (see `undirected_mask`): a half list as listed, a full list by its (s < r) half plus the
-        # edges into atoms without a row (ghosts without a ghost list); the model's directed edges
-        # are then both orientations of each pair, by construction (concatenation, no scatter)
-        und = undirected_mask(ok, sc, rc, n_local)
-
-        # --- keep pairs within nbr_order hops of local atoms ------------------------------
-        # a pair can change a local energy (newton on: E = sum over local atoms) if one end is
-        # within K-1 hops of a local atom; with newton off every valid atom's energy enters the
-        # gradient and ghost energies reach K more hops, hence 2K. Without ghosts every valid atom
-        # is local and nothing is pruned (the usual single-rank case skips the hops at run time).
-        def hops(k: int):
-            def run():
-                cs = jnp.concatenate([jnp.where(und, sc, n), jnp.where(und, rc, n)])
-                cr = jnp.concatenate([jnp.where(und, rc, n), jnp.where(und, sc, n)])
-                return _reach(local, cs, cr, jnp.concatenate([und, und]), k - 1)
-
-            return run
-
-        branch = jnp.where(n_ghost == 0, 0, jnp.where(newton, 1, 2)).astype(jnp.int32)
-        reach = jax.lax.switch(branch, [lambda: valid, hops(k_on), hops(k_off)])
-        keep = und & (reach[sc] | reach[rc])
+        edges = _input_edges(positions, valid, senders, receivers, spec.cutoff2)
+        # each undirected pair once, without sorting (see `undirected_mask`): a half list as listed, a
+        # full list by its (s < r) half plus the edges into atoms without a row (ghosts without a ghost
+        # list); the model's directed edges are then both orientations of each pair, by construction
+        und = undirected_mask(edges.ok, edges.sc, edges.rc, n_local)
+        keep = _kept_pairs(spec, und, edges, valid, local, n_ghost, newton)
         n_pairs = jnp.sum(keep, dtype=jnp.int32)
         n_valid = 2 * n_pairs  # directed edges the model sees
-
-        # --- compact to the capacity M: the kept pairs fill the first n_pairs slots, found by a
-        # binary search in their prefix sum (gathers only; the scatter it replaces cost ~50 ns per
-        # listed edge in the connector's XLA). At most ceil(M / 2) slots: pairs beyond are dropped
-        # and the count (> M) makes the connector rerun (ceil keeps one slot at the first call's
-        # M = 1: zero-size arrays crash the connector's XLA). With several `capacity_fractions`
-        # the model runs on the smallest fraction of those slots that holds every kept pair (one
-        # `switch` branch per fraction; see `CAPACITY_FRACTIONS` for why the default is one).
-        h = (m + 1) // 2
+        # compaction: the kept pairs fill the first n_pairs slots, found by a binary search in their
+        # prefix sum (gathers only; the scatter it replaces cost ~50 ns per listed edge in the connector's XLA)
         inclusive = prefix_sum(keep.astype(jnp.int32))
         species_v = jnp.where(valid, species, 0)
-
-        # --- the model's beads: with a baked topology the protein's n0 beads, a static size (the
-        # guard below makes any other call NaN), so the model does no work on the connector's
-        # padding rows (its atom buffer is ~1.2x the atom count); else the N buffer rows, masked
-        if baked is not None:
-            n_model = baked.n_beads
-            pos_model = _rows(positions, n_model)
-            species_model = _rows(species_v, n_model)
-            node_mask = jnp.arange(n_model, dtype=jnp.int32) < n_local
-            local_model = node_mask
-        else:
-            n_model, pos_model, species_model, node_mask, local_model = n, positions, species_v, valid, local
-
-        # --- bonded terms baked from the exported protein (constants, the same for every slot count)
-        def bonded(arr: np.ndarray | None, width: int):
-            if arr is None:
-                return jnp.zeros((0, width), jnp.int32), jnp.zeros((0,), bool)
-            return jnp.asarray(arr, jnp.int32), jnp.ones((arr.shape[0],), bool)
-
-        bonds, bond_mask = bonded(None if baked is None else baked.bonds, 2)
-        angles, angle_mask = bonded(None if baked is None else baked.angles, 3)
-        dihedrals, dihedral_mask = bonded(None if baked is None else baked.dihedrals, 4)
-
-        def evaluate(slots):
-            def run():
-                src = jnp.minimum(compaction_sources(inclusive, slots), keep.shape[0] - 1)
-                slot_ok = jnp.arange(slots, dtype=jnp.int32) < n_pairs
-                a = jnp.where(slot_ok, sc[src], n_model)
-                b = jnp.where(slot_ok, rc[src], n_model)
-
-                # non-bonded pairs (i < j): the compacted pairs themselves
-                lo, hi = jnp.minimum(a, b), jnp.maximum(a, b)
-                if baked is not None:
-                    seg = jnp.asarray(baked.segment)
-                    last = baked.n_beads - 1
-                    same = seg[jnp.clip(lo, 0, last)] == seg[jnp.clip(hi, 0, last)]
-                    sep = jnp.where(same, hi - lo, SEPARATION_NONBONDED)
-                else:
-                    sep = jnp.full((slots,), SEPARATION_NONBONDED, jnp.int32)
-                pair_mask = slot_ok & (sep >= pair_min_sep)
-                pairs = jnp.where(pair_mask[:, None], jnp.stack([lo, hi], axis=-1), n_model)
-
-                batch = make_batch(
-                    pos_model, species_model, node_mask=node_mask,
-                    senders=jnp.concatenate([a, b]), receivers=jnp.concatenate([b, a]),
-                    edge_mask=jnp.concatenate([slot_ok, slot_ok]),
-                    bonds=bonds, bond_mask=bond_mask, angles=angles, angle_mask=angle_mask,
-                    dihedrals=dihedrals, dihedral_mask=dihedral_mask,
-                    pairs=pairs.astype(jnp.int32), pair_mask=pair_mask,
-                    pair_sep=jnp.where(pair_mask, sep, 0).astype(jnp.int32),
-                )  # fmt: skip
-
-                def energies(pos):
-                    if baked is not None:
-                        # a baked topology runs without ghosts (else NaN, below): every valid atom is
-                        # local and the energy is the frame's total, `model.energy`, which takes the
-                        # model's faster per-frame path (the prior's analytic-force VJP)
-                        e = model.energy(batch.with_positions(pos))[0].astype(jnp.float32) * energy_factor
-                        return e, e
-                    e = model.node_energies(batch.with_positions(pos))
-                    e = jnp.where(node_mask, e, 0.0).astype(jnp.float32) * energy_factor
-                    e_local = jnp.sum(jnp.where(local_model, e, 0.0))
-                    # newton on: ghost forces are returned and summed back by LAMMPS
-                    e_grad = jnp.where(newton, e_local, jnp.sum(e))
-                    return e_grad, e_local
-
-                grad, e_local = jax.grad(energies, has_aux=True)(pos_model)
-                return _rows(-grad, n), e_local
-
-            return run
-
-        if len(fractions) == 1:
-            forces, e_local = evaluate(h)()
-        else:
-            sizes = [(h * num + den - 1) // den for num, den in fractions[:-1]] + [h]  # ceil: >= 1 slot
-            level = sum((n_pairs > size).astype(jnp.int32) for size in sizes[:-1])
-            forces, e_local = jax.lax.switch(level, [evaluate(z) for z in sizes])
-        if baked is not None:
-            # the call must be the exported protein as exported (see the module docstring): anything
-            # else gives NaN, not a finite wrong answer
-            bad = (n_ghost != 0) | (n_local != baked.n_beads)
-            bad = bad | jnp.any(_rows(species, n_model) != jnp.asarray(baked.species))
-            if len(baked.bonds):
-                bl2 = jnp.sum((pos_model[bonds[:, 0]] - pos_model[bonds[:, 1]]) ** 2, axis=-1)
-                bad = bad | ~jnp.all(bl2 < MAX_BAKED_BOND_LENGTH**2)
-            listed = in_range & valid[sc] & valid[rc] & (s != r)
-            bad = bad | ~list_consistent(listed, sc, rc, pos_model, cutoff2)
-            forces = jnp.where(bad, jnp.nan, forces)
-            e_local = jnp.where(bad, jnp.nan, e_local)
+        frame = _model_frame(spec.baked, positions, species_v, n_local, valid, local)
+        forces, e_local = _evaluate_model(spec, frame, edges, keep, inclusive, n_pairs, newton, n, m)
+        if spec.baked is not None:
+            forces, e_local = _guard_baked(spec, frame, edges, valid, species, n_local, n_ghost, forces, e_local)
         return (
             forces.astype(jnp.float32),
             e_local.astype(jnp.float32),
             n_valid.astype(jnp.int32),
-            n_in_cutoff.astype(jnp.int32),
+            edges.n_in_cutoff.astype(jnp.int32),
         )
 
     return f
