@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """cameo_eqx command line: `python cli.py <command> [--config configs/x.yaml] [--option value ...]`.
 
-Every command is built from a frozen dataclass in `cameo_eqx/config.py` (or the stage's own config
-module); `--config FILE.yaml` supplies defaults (its `<command>:` section, or a flat file), and flags
-override them. `python cli.py <command> --help` explains every option.
+Every command is built from a frozen dataclass in its package's config module (`COMMANDS` below names
+each: `cameo_eqx/data/config.py`, `cameo_eqx/priors/config.py`, ...); `--config FILE.yaml` supplies defaults
+(its `<command>:` section, or a flat file), and flags override them. `python cli.py <command> --help`
+explains every option.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from collections.abc import Sequence
 # command -> (config class, function that runs it); imported lazily so `--help` is quick and
 # data preparation never imports JAX.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("cameo_eqx.config:PrepareConfig", "cameo_eqx.data.prepare:prepare"),
-    "inspect": ("cameo_eqx.config:InspectConfig", "cameo_eqx.data.inspect:inspect"),
-    "fit-priors": ("cameo_eqx.config:FitPriorsConfig", "cameo_eqx.priors.fit:fit_priors"),
+    "prepare": ("cameo_eqx.data.config:PrepareConfig", "cameo_eqx.data.prepare:prepare"),
+    "inspect": ("cameo_eqx.data.config:InspectConfig", "cameo_eqx.data.inspect:inspect"),
+    "fit-priors": ("cameo_eqx.priors.config:FitPriorsConfig", "cameo_eqx.priors.fit:fit_priors"),
     "train": ("cameo_eqx.training.config:TrainConfig", "cameo_eqx.training.trainer:train"),
-    "evaluate": ("cameo_eqx.training.config:EvaluateConfig", "cameo_eqx.evaluation.report:evaluate"),
+    "evaluate": ("cameo_eqx.evaluation.config:EvaluateConfig", "cameo_eqx.evaluation.report:evaluate"),
     "simulate": ("cameo_eqx.simulate.config:SimulateConfig", "cameo_eqx.simulate.langevin:simulate"),
     "analyze": ("cameo_eqx.simulate.config:AnalyzeConfig", "cameo_eqx.simulate:analyze"),
     "synthesize": ("cameo_eqx.synthetic.generate:SynthesizeConfig", "cameo_eqx.synthetic.generate:synthesize"),

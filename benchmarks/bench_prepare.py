@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._common import SHARED_DATA, print_table, time_call, write_results  # noqa: E402
-from cameo_eqx.config import PrepareConfig  # noqa: E402
+from cameo_eqx.data.config import PrepareConfig  # noqa: E402
 from cameo_eqx.data import forcemap as fm  # noqa: E402
 from cameo_eqx.data.mdcath import MDCATHFile  # noqa: E402
 from cameo_eqx.data.prepare import prepare  # noqa: E402

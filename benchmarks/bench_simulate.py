@@ -25,7 +25,7 @@ CG_DT_FS = 2.0
 
 
 def villin_setup(tmp: Path):
-    from cameo_eqx.config import PrepareConfig
+    from cameo_eqx.data.config import PrepareConfig
     from cameo_eqx.data.prepare import prepare
     from cameo_eqx.data.store import PreparedDataset
     from cameo_eqx.priors.config import FitPriorsConfig, PriorConfig

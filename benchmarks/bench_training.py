@@ -92,14 +92,15 @@ def villin(steps: int, workdir: Path) -> dict:
     """prepare → fit priors → (prior-only evaluation) → train hybrid → evaluate, on villin."""
     import dataclasses
 
-    from cameo_eqx.config import PrepareConfig
+    from cameo_eqx.data.config import PrepareConfig
     from cameo_eqx.data.prepare import prepare
     from cameo_eqx.evaluation import evaluate
+    from cameo_eqx.evaluation.config import EvaluateConfig
     from cameo_eqx.modules import ForceField, save
     from cameo_eqx.priors.config import FitPriorsConfig
     from cameo_eqx.priors.fit import fit_priors
     from cameo_eqx.priors.prior import Prior
-    from cameo_eqx.training.config import DataConfig, EvaluateConfig, ModelConfig, StageConfig, TrainConfig
+    from cameo_eqx.training.config import DataConfig, ModelConfig, StageConfig, TrainConfig
     from cameo_eqx.training.trainer import Trainer
 
     src = SHARED_DATA / "mdcath_dataset_villinHP35.h5"

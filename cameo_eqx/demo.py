@@ -13,15 +13,18 @@ import json
 import time
 from pathlib import Path
 
-from .config import FitPriorsConfig, PrepareConfig, load_yaml_defaults
+from .config import load_yaml_defaults
+from .data.config import PrepareConfig
 from .data.prepare import prepare
+from .evaluation.config import EvaluateConfig
 from .evaluation.report import evaluate
 from .export.chemtrain_deploy import ExportConfig, export
 from .simulate import analyze
 from .simulate.analysis import verdict_lines
 from .simulate.config import AnalyzeConfig, SimulateConfig
+from .priors.config import FitPriorsConfig
 from .simulate.langevin import simulate
-from .training.config import EvaluateConfig, TrainConfig
+from .training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

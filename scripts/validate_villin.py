@@ -83,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{a.data} (../shared/data next to the project: see its README). Pass --data DIR.", file=sys.stderr)
         return 2
 
-    from cameo_eqx.config import FitPriorsConfig, PrepareConfig, load_yaml_defaults
-    from cameo_eqx.priors.config import PriorConfig
+    from cameo_eqx.config import load_yaml_defaults
+    from cameo_eqx.data.config import PrepareConfig
+    from cameo_eqx.priors.config import FitPriorsConfig, PriorConfig
     from cameo_eqx.simulate import analyze
     from cameo_eqx.simulate.config import AnalyzeConfig, SimulateConfig
     from cameo_eqx.training.config import TrainConfig

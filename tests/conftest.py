@@ -39,7 +39,7 @@ def ntl9_coords_h5() -> Path:
 def villin_prepared(tmp_path_factory) -> Path:
     """The bundled demo villin (data/demo) prepared with the default basic map (no noise estimate);
     one per test module."""
-    from cameo_eqx.config import PrepareConfig
+    from cameo_eqx.data.config import PrepareConfig
     from cameo_eqx.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared")

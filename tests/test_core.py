@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cameo_eqx.config import InspectConfig, PrepareConfig, from_dict, load_yaml_defaults
+from cameo_eqx.config import from_dict, load_yaml_defaults
+from cameo_eqx.data.config import InspectConfig, PrepareConfig
 from cameo_eqx.graph import Capacity, frame_graph, graph_sum, pack, single_frame_batch
 from cameo_eqx.neighbors import radius_graph
 from cameo_eqx.topology import (
@@ -130,7 +131,7 @@ def test_cli_flags_override_yaml(tmp_path: Path, monkeypatch):
     import cli
 
     seen = {}
-    monkeypatch.setitem(cli.COMMANDS, "prepare", ("cameo_eqx.config:PrepareConfig", "test_core:_capture"))
+    monkeypatch.setitem(cli.COMMANDS, "prepare", ("cameo_eqx.data.config:PrepareConfig", "test_core:_capture"))
     p = tmp_path / "c.yaml"
     p.write_text("prepare:\n  stride: 4\n  force_map: optimal\n")
     cfg = cli.main(["prepare", "--config", str(p), "--stride", "2"])

@@ -91,7 +91,7 @@ def test_against_truth_and_bracket():
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    from cameo_eqx.config import PrepareConfig
+    from cameo_eqx.data.config import PrepareConfig
     from cameo_eqx.data.prepare import prepare
     from cameo_eqx.priors.config import FitPriorsConfig
     from cameo_eqx.priors.fit import fit_priors
@@ -114,7 +114,7 @@ def demo_run(tmp_path_factory):
 def test_evaluate_report_matches_training_validation_and_noise_floor(demo_run):
     from cameo_eqx.data.store import PreparedDataset
     from cameo_eqx.evaluation import evaluate
-    from cameo_eqx.training.config import EvaluateConfig
+    from cameo_eqx.evaluation.config import EvaluateConfig
 
     tmp, tr = demo_run
     out = evaluate(EvaluateConfig(run=tmp / "run", max_frames=None))

@@ -99,7 +99,7 @@ def _demo_copy(tmp_path: Path, name: str = "villin") -> Path:
 def test_failed_prepare_leaves_no_temporary(tmp_path: Path):
     import h5py
 
-    from cameo_eqx.config import PrepareConfig
+    from cameo_eqx.data.config import PrepareConfig
     from cameo_eqx.data.prepare import PrepareError, prepare
 
     bad = _demo_copy(tmp_path)
@@ -205,7 +205,8 @@ def test_config_checks_also_cover_configs_built_in_python():
 def test_shipped_configs_and_good_values_still_load(tmp_path: Path):
     import yaml
 
-    from cameo_eqx.config import PrepareConfig, load_yaml_defaults
+    from cameo_eqx.config import load_yaml_defaults
+    from cameo_eqx.data.config import PrepareConfig
     from cameo_eqx.training.config import TrainConfig
 
     root = Path(__file__).resolve().parents[1] / "configs"
@@ -340,7 +341,7 @@ def test_all_checkpoints_corrupt_stops_and_fallback_never_logs_a_step_twice(prio
 def test_prepare_output_is_locked(tmp_path: Path):
     import os
 
-    from cameo_eqx.config import PrepareConfig
+    from cameo_eqx.data.config import PrepareConfig
     from cameo_eqx.data.prepare import prepare
     from cameo_eqx.fileio import DirLock, LockedError
 
@@ -408,7 +409,7 @@ def test_disk_full_in_prepare_and_simulate_stops_cleanly(villin_prepared, prior_
 
     import h5py
 
-    from cameo_eqx.config import PrepareConfig
+    from cameo_eqx.data.config import PrepareConfig
     from cameo_eqx.data.prepare import prepare
     from cameo_eqx.fileio import NoSpaceError
     from cameo_eqx.simulate import simulate

@@ -29,9 +29,6 @@ LAYERS: dict[str, int] = {
 """Layer of every top-level module or subpackage of `cameo_eqx`."""
 
 KNOWN: set[tuple[str, str]] = {
-    # the root config still re-exports the prior configs for the command line (issue 13: each command's
-    # config moves into its package; then this entry goes)
-    ("config", "priors"),
     # lazy public API: `cameo_eqx.__getattr__` imports any layer on first use
     ("", "*"),
 }

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from cameo_eqx.config import PrepareConfig
+from cameo_eqx.data.config import PrepareConfig
 from cameo_eqx.data import forcemap as fm
 from cameo_eqx.data.mdcath import MDCATHFile
 from cameo_eqx.data.prepare import PrepareError, prepare

@@ -10,8 +10,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..config import InspectConfig, PrepareConfig
 from . import forcemap as fm, mdcath
+from .config import InspectConfig, PrepareConfig
 from .prepare import build_force_map
 from .store import FORMAT, PreparedDataset, dataset_file
 

@@ -24,10 +24,11 @@ import h5py
 import numpy as np
 
 from ..fileio import DirLock, check_free_space, reporting_no_space, write_atomic
-from ..config import PrepareConfig, to_dict
+from ..config import to_dict
 from ..topology import SPECIES_MAPS
 from . import forcemap as fm
 from . import mdcath
+from .config import PrepareConfig
 from .store import DATASET_FILE, FORMAT, ProteinRecord, finalise, open_for_writing, write_record
 
 log = logging.getLogger("cameo_eqx.prepare")

@@ -3,7 +3,7 @@
 Entry point for the CLI: `evaluate(cfg: EvaluateConfig) -> Path` (the report directory).
 """
 
-from ..training.config import EvaluateConfig
+from .config import EvaluateConfig
 from .report import evaluate
 
 __all__ = ["EvaluateConfig", "evaluate"]

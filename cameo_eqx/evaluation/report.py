@@ -17,8 +17,8 @@ from ..data.batching import BatchLoader, select_frames, split_frames, subsample_
 from ..data.store import PreparedDataset
 from ..fileio import write_atomic
 from ..modules import load
-from ..training.config import EvaluateConfig
 from . import metrics as M, plots
+from .config import EvaluateConfig
 
 
 def _frames(cfg: EvaluateConfig, run_cfg: dict[str, Any], ds) -> dict[str, np.ndarray]:

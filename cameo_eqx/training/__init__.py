@@ -4,11 +4,11 @@ optimiser stages, EMA, early stopping), data parallelism over a device mesh, che
 Entry point for the CLI: `train(cfg: TrainConfig) -> Path` (the run directory).
 """
 
-from .config import DEFAULT_STAGES, OPTIMIZERS, DataConfig, DistributedConfig, EvaluateConfig, ModelConfig, StageConfig, TrainConfig
+from .config import DEFAULT_STAGES, OPTIMIZERS, DataConfig, DistributedConfig, ModelConfig, StageConfig, TrainConfig
 from .task import LossSums, Task, metrics_from_sums, predict
 
 __all__ = [
-    "DEFAULT_STAGES", "OPTIMIZERS", "DataConfig", "DistributedConfig", "EvaluateConfig", "LossSums",
+    "DEFAULT_STAGES", "OPTIMIZERS", "DataConfig", "DistributedConfig", "LossSums",
     "ModelConfig", "StageConfig", "Task", "TrainConfig", "Trainer", "metrics_from_sums", "predict", "train",
 ]  # fmt: skip
 
