@@ -17,7 +17,7 @@ PKG = Path(__file__).resolve().parents[1] / "cameo_eqx"
 LAYERS: dict[str, int] = {
     # core: the data structure, topology, units, geometry, files and the energy-model contracts
     "graph": 0, "topology": 0, "units": 0, "energy": 0, "geometry": 0, "fileio": 0, "neighbors": 0,
-    "_types": 0, "": 0,  # "" is the package itself (`cameo_eqx/__init__.py`, lazy exports only)
+    "_types": 0, "precision": 0, "": 0,  # "" is the package itself (`cameo_eqx/__init__.py`, lazy exports only)
     "config": 0,
     "data": 1,
     "priors": 2, "modules": 2,

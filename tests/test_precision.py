@@ -1,0 +1,92 @@
+"""Matmul precision is explicit (issue 15): float32 products by default, TF32 only as a checked option.
+
+On CPU every precision gives the same arithmetic, so these tests check the plumbing (the lowered dot
+products carry the requested precision; without it they carry DEFAULT, which a GPU runs as TF32) and
+the refusal logic (with a stand-in whose forces depend on the precision).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cameo_eqx.precision import (
+    PRECISIONS,
+    PrecisionError,
+    check_precision,
+    dot_precisions,
+    matmul_precision,
+    relative_force_error,
+)
+
+
+def test_names():
+    assert PRECISIONS == ("float32", "tensorfloat32")
+    with pytest.raises(ValueError, match="matmul_precision must be one of"):
+        matmul_precision("bfloat16")
+
+
+def test_context_sets_dot_precision():
+    x = jnp.ones((4, 4), jnp.float32)
+    f = jax.jit(lambda a: jnp.sum(jnp.tanh(a @ a) @ a))
+    assert dot_precisions(f.lower(x).as_text()) == {"DEFAULT"}  # JAX's default: TF32 on recent GPUs
+    with matmul_precision("float32"):
+        assert dot_precisions(f.lower(x).as_text()) == {"HIGHEST"}
+        # derivatives inherit the precision of the primal products
+        assert dot_precisions(jax.jit(jax.grad(f)).lower(x).as_text()) == {"HIGHEST"}
+    with matmul_precision("tensorfloat32"):
+        assert dot_precisions(f.lower(x).as_text()) == {"HIGH"}
+
+
+def test_relative_force_error():
+    ref = np.array([[3.0, 0.0, 0.0], [0.0, 4.0, 0.0], [9.0, 9.0, 9.0]])
+    red = ref + np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 0.05], [1.0, 0.0, 0.0]])
+    mask = np.array([True, True, False])  # the third bead is padding
+    assert relative_force_error(red, ref, mask) == pytest.approx(0.05 / 5.0)
+    assert relative_force_error(ref, ref) == 0.0
+    assert relative_force_error(np.zeros((2, 3)), np.zeros((2, 3))) == 0.0
+    assert relative_force_error(np.ones((2, 3)), np.zeros((2, 3))) == float("inf")
+
+
+def _stand_in(delta: float):
+    """Forces that move by `delta` relative when traced under a reduced precision (what a GPU does)."""
+    base = jnp.asarray(np.random.default_rng(0).normal(size=(10, 3)), jnp.float32)
+
+    def forces():
+        reduced = jax.config.jax_default_matmul_precision not in (None, "float32")
+        return base * (1.0 + (delta if reduced else 0.0))
+
+    return forces
+
+
+def test_check_precision_accepts_and_refuses():
+    assert check_precision(_stand_in(0.5), "float32") == 0.0  # the reference: nothing evaluated
+    assert check_precision(_stand_in(2e-4), "tensorfloat32") == pytest.approx(2e-4, rel=1e-3)
+    with pytest.raises(PrecisionError, match=r"tensorfloat32.*first batch.*5\.00e-03.*tolerance 1e-03"):
+        check_precision(_stand_in(5e-3), "tensorfloat32", where="the first batch")
+    with pytest.raises(PrecisionError):
+        check_precision(_stand_in(float("nan")), "tensorfloat32")
+
+
+def test_model_forces_traced_at_float32():
+    """A real force field's energy and forces: every dot product at HIGHEST under the default, DEFAULT
+    without it (so the check can fail)."""
+    from cameo_eqx.energy import energy_and_forces
+    from cameo_eqx.modules import ForceField, make_backbone
+    from cameo_eqx.precision import DEFAULT_PRECISION
+    from cameo_eqx.topology import CGTopology
+
+    n = 12
+    rng = np.random.default_rng(1)
+    x = (np.cumsum(rng.normal(size=(n, 3)), axis=0) * 2.5).astype(np.float32)
+    topo = CGTopology(resname=("ALA",) * n, resid=np.arange(n), chain=("A",) * n,
+                      segment=np.zeros(n, np.int32), species=np.zeros(n, np.int32))  # fmt: skip
+    ff = ForceField(make_backbone("painn", 1, 6.0, "small"), None, cutoff=6.0)
+    batch = ff.batch_for(x, topo)
+    f = jax.jit(energy_and_forces)
+    assert dot_precisions(f.lower(ff, batch).as_text()) == {"DEFAULT"}
+    with matmul_precision(DEFAULT_PRECISION):
+        assert dot_precisions(f.lower(ff, batch).as_text()) == {"HIGHEST"}
+        e32, f32 = f(ff, batch)
+    e, forces = f(ff, batch)  # on CPU the arithmetic is the same
+    np.testing.assert_array_equal(np.asarray(forces), np.asarray(f32))
