@@ -90,3 +90,34 @@ def test_model_forces_traced_at_float32():
         e32, f32 = f(ff, batch)
     e, forces = f(ff, batch)  # on CPU the arithmetic is the same
     np.testing.assert_array_equal(np.asarray(forces), np.asarray(f32))
+
+
+def test_export_artifact_carries_precision():
+    """The LAMMPS artifact's dot products say HIGHEST, so the pair style on a GPU computes float32
+    products; 'tensorfloat32' is written only when asked for."""
+    from typing import ClassVar
+
+    import equinox as eqx
+
+    from cameo_eqx.energy import AbstractEnergyModel
+    from cameo_eqx.export.chemtrain_deploy import export_model
+    from cameo_eqx.geometry import safe_norm
+
+    class MatmulModel(AbstractEnergyModel):
+        weight: jax.Array
+        cutoff: float = eqx.field(static=True, default=5.0)
+        n_message_passing_layers: ClassVar[int] = 1
+        pair_min_sep: ClassVar[int] = 2
+
+        def node_energies(self, batch):
+            s, r, m = batch.senders, batch.receivers, batch.edge_mask
+            d = safe_norm(batch.positions[r] - batch.positions[s], m)
+            feats = jnp.stack([d, d * d], axis=-1) @ self.weight  # the dot product under test
+            e = jax.ops.segment_sum(jnp.where(m, jnp.sum(feats, -1), 0.0), r, num_segments=batch.n_node)
+            return jnp.where(batch.node_mask, e, 0.0)
+
+    model = MatmulModel(jnp.ones((2, 4), jnp.float32) * 0.01)
+    text = export_model(model, platform="cpu").mlir_module
+    assert dot_precisions(text) == {"HIGHEST"}
+    text = export_model(model, platform="cpu", matmul_precision="tensorfloat32").mlir_module
+    assert "HIGH" in dot_precisions(text)

@@ -52,6 +52,8 @@ from ..energy import AbstractEnergyModel
 from ..fileio import write_atomic
 from ..graph import make_batch
 from ..modules import load
+from ..precision import DEFAULT_PRECISION, MatmulPrecision
+from ..precision import matmul_precision as precision_context
 from ..topology import SEPARATION_NONBONDED, CGTopology
 from ..units import KCAL_PER_MOL_TO_EV
 from . import lammps, ptb
@@ -774,6 +776,7 @@ def export_model(
     platform: Literal["cuda", "cpu"] = "cuda",
     pair_min_sep: int = 2,
     capacity_fractions: tuple[float, ...] = CAPACITY_FRACTIONS,
+    matmul_precision: MatmulPrecision = DEFAULT_PRECISION,
 ) -> Artifact:
     """Exports an energy model as a chemtrain-deploy artifact.
 
@@ -787,6 +790,9 @@ def export_model(
     - `platform`: the one platform to lower for ("cuda" for GPUs, "cpu").
     - `pair_min_sep`: minimum sequence separation of non-bonded pairs handed to the model.
     - `capacity_fractions`: see `make_connector_function` and `CAPACITY_FRACTIONS`.
+    - `matmul_precision`: precision written into the artifact's float32 dot products (see
+      `cameo_eqx.precision`): 'float32' (HIGHEST: LAMMPS on a GPU computes true float32 products) or
+      'tensorfloat32'.
 
     **Returns:** an `Artifact`; `.write(path)` saves the `.ptb`.
     """
@@ -804,7 +810,7 @@ def export_model(
                                 unit_style=unit_style, pair_min_sep=pair_min_sep,
                                 capacity_fractions=capacity_fractions)  # fmt: skip
     args = connector_arg_specs()
-    with jax.enable_x64(False):
+    with jax.enable_x64(False), precision_context(matmul_precision):
         exported = jax_export.export(jax.jit(f), platforms=[platform])(*args)
     text = legacy_stablehlo_text(exported.mlir_module())
     data = ptb.encode_model(text, cutoff=cutoff, nbr_order=order, nl_type=ptb.SIMPLE_SPARSE,
@@ -839,6 +845,9 @@ class ExportConfig:
       capacity and runs on the smallest that holds every pair; the default `(1.0,)` keeps one copy
       of the model (faster on CPU and to compile; see `CAPACITY_FRACTIONS`).
     - `run`: the generated LAMMPS run (`lammps.RunSettings`; its `backend` follows `platform`).
+    - `matmul_precision`: precision of the artifact's float32 dot products: 'float32' (default, true
+      float32 on GPUs too) or 'tensorfloat32' (TF32 tensor cores on Ampere+ GPUs; an explicit option:
+      check its forces against a float32 artifact on the GPU before production runs).
     """
 
     model: str = "runs/demo/model.eqx"
@@ -854,6 +863,7 @@ class ExportConfig:
     pair_min_sep: int | None = None
     capacity_fractions: tuple[float, ...] = CAPACITY_FRACTIONS
     run: RunSettings = RunSettings()
+    matmul_precision: MatmulPrecision = DEFAULT_PRECISION
 
 
 def _load_model(path: str):
@@ -878,6 +888,7 @@ def export_files(
     capacity_fractions: tuple[float, ...] = CAPACITY_FRACTIONS,
     run: RunSettings | None = None,
     extra_config: dict | None = None,
+    matmul_precision: MatmulPrecision = DEFAULT_PRECISION,
 ) -> Path:
     """Exports a model for one protein: `model.ptb`, `protein.data`, `in.lammps`, `export_config.json`.
 
@@ -908,7 +919,8 @@ def export_files(
         )
     art = export_model(model, topology=topology if bake_topology else None, cutoff=cutoff,
                        nbr_order=nbr_order, unit_style=unit_style, platform=platform,
-                       pair_min_sep=pair_min_sep, capacity_fractions=capacity_fractions)  # fmt: skip
+                       pair_min_sep=pair_min_sep, capacity_fractions=capacity_fractions,
+                       matmul_precision=matmul_precision)  # fmt: skip
     backend = "cuda12" if platform == "cuda" else "cpu"
     asked = (run or RunSettings()).backend
     if asked != backend:  # the artifact runs only where it was lowered: say so, do not switch silently
@@ -929,6 +941,7 @@ def export_files(
         "unit_style": unit_style, "cutoff": art.cutoff,
         "nbr_order": list(art.nbr_order), "bake_topology": bool(bake_topology),
         "pair_min_sep": int(pair_min_sep), "run": dataclasses.asdict(run),
+        "matmul_precision": matmul_precision,
         "files": {"model": "model.ptb", "data": "protein.data", "input": "in.lammps"},
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -967,7 +980,8 @@ def export(cfg: ExportConfig) -> Path:
                      unit_style=cfg.unit_style, nbr_order=cfg.nbr_order, cutoff=cfg.cutoff,
                      bake_topology=cfg.bake_topology, pair_min_sep=cfg.pair_min_sep, n_types=n_types,
                      capacity_fractions=cfg.capacity_fractions, run=cfg.run,
-                     extra_config={"config": dataclasses.asdict(cfg)})  # fmt: skip
+                     extra_config={"config": dataclasses.asdict(cfg)},
+                     matmul_precision=cfg.matmul_precision)  # fmt: skip
         if len(platforms) > 1:
             print(f"export: {platform} artifact and LAMMPS files in {out}", flush=True)
     return Path(cfg.output)
