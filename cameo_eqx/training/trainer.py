@@ -100,39 +100,66 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation, mesh, *
     loss or gradient leaves params, optimiser state and EMA unchanged (`finite` is False).
     """
 
+    local = _local_step(task, optimizer, use_value=use_value, ema_decay=ema_decay, guard=guard)
+    specs = (P(), P(), P(), P(), P(), P(AXIS)) if guard else (P(), P(), P(), P(), P(AXIS))
+    sharded = filter_shard_map(local, mesh, specs)
+    fn = sharded if max_traces is None else eqx.debug.assert_max_traces(sharded, max_traces=max_traces)
+    return _donating_jit(fn) if donate else eqx.filter_jit(fn)
+
+
+def _global_loss_and_grad(task: Task, params, static, batch):
+    """The global-batch loss and gradient (device sums `psum`med), the global `LossSums` and the gradient norm."""
+    counts = jax.vmap(task.counts)(batch)
+    n_f = jax.lax.psum(jnp.sum(counts[0]), AXIS)
+    n_e = jax.lax.psum(jnp.sum(counts[1]), AXIS)
+
+    def loss_fn(p):
+        model = eqx.combine(p, static)
+        s = LossSums(*_sum0(jax.vmap(lambda b: task.sums(model, b))(batch)))
+        return task.loss_from_sums(s, n_f, n_e), s
+
+    (loss, s), g = eqx.filter_value_and_grad(loss_fn, has_aux=True)(params)
+    g = jax.lax.psum(g, AXIS)
+    loss = jax.lax.psum(loss, AXIS)
+    s = jax.lax.psum(s, AXIS)
+    return loss, s, g, optax.tree.norm(g)
+
+
+def _guard_update(g_in, finite, loss, gnorm):
+    """The guard after a step (count advanced, the first non-finite step kept) and whether to update."""
+    clean = g_in["bad_step"] < 0
+    first = clean & ~finite
+    step_no = g_in["step"] + 1
+    g_out = {"step": step_no, "bad_step": jnp.where(first, step_no, g_in["bad_step"]),
+             "bad_loss": jnp.where(first, loss.astype(jnp.float32), g_in["bad_loss"]),
+             "bad_grad_norm": jnp.where(first, gnorm.astype(jnp.float32), g_in["bad_grad_norm"])}  # fmt: skip
+    return g_out, finite & clean
+
+
+def _apply_update(optimizer, g, opt_state, params, ema, loss, finite, *, use_value: bool, ema_decay):
+    """The optimiser update (a non-finite gradient zeroed) and the EMA of the new parameters."""
+    g = jax.tree.map(lambda x: jnp.where(finite, x, 0.0), g)
+    kw = {"value": loss} if use_value else {}
+    updates, new_opt = optimizer.update(g, opt_state, params, **kw)
+    new_params = eqx.apply_updates(params, updates)
+    new_ema = ema
+    if ema_decay is not None and ema is not None:
+        new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, new_params)
+    return new_params, new_opt, new_ema
+
+
+def _local_step(task: Task, optimizer, *, use_value: bool, ema_decay, guard: bool):
+    """The per-device step `make_train_step` shard-maps: gradient, guard, update, kept only when finite."""
+
     def local(params, static, opt_state, ema, *rest):
         g_in, batch = rest if guard else (None, rest[0])
-        counts = jax.vmap(task.counts)(batch)
-        n_f = jax.lax.psum(jnp.sum(counts[0]), AXIS)
-        n_e = jax.lax.psum(jnp.sum(counts[1]), AXIS)
-
-        def loss_fn(p):
-            model = eqx.combine(p, static)
-            s = LossSums(*_sum0(jax.vmap(lambda b: task.sums(model, b))(batch)))
-            return task.loss_from_sums(s, n_f, n_e), s
-
-        (loss, s), g = eqx.filter_value_and_grad(loss_fn, has_aux=True)(params)
-        g = jax.lax.psum(g, AXIS)
-        loss = jax.lax.psum(loss, AXIS)
-        s = jax.lax.psum(s, AXIS)
-        gnorm = optax.tree.norm(g)
+        loss, s, g, gnorm = _global_loss_and_grad(task, params, static, batch)
         finite = jnp.isfinite(loss) & jnp.isfinite(gnorm)
         ok = finite
         if guard:  # the first non-finite step is kept; no update after it (the state stays the last good one)
-            clean = g_in["bad_step"] < 0
-            first = clean & ~finite
-            step_no = g_in["step"] + 1
-            g_out = {"step": step_no, "bad_step": jnp.where(first, step_no, g_in["bad_step"]),
-                     "bad_loss": jnp.where(first, loss.astype(jnp.float32), g_in["bad_loss"]),
-                     "bad_grad_norm": jnp.where(first, gnorm.astype(jnp.float32), g_in["bad_grad_norm"])}  # fmt: skip
-            ok = finite & clean
-        g = jax.tree.map(lambda x: jnp.where(finite, x, 0.0), g)
-        kw = {"value": loss} if use_value else {}
-        updates, new_opt = optimizer.update(g, opt_state, params, **kw)
-        new_params = eqx.apply_updates(params, updates)
-        new_ema = ema
-        if ema_decay is not None and ema is not None:
-            new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, new_params)
+            g_out, ok = _guard_update(g_in, finite, loss, gnorm)
+        new_params, new_opt, new_ema = _apply_update(optimizer, g, opt_state, params, ema, loss, finite,
+                                                     use_value=use_value, ema_decay=ema_decay)  # fmt: skip
 
         def keep(new, old):
             return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
@@ -141,13 +168,13 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation, mesh, *
         res = (keep(new_params, params), keep(new_opt, opt_state), keep(new_ema, ema))
         return (*res, g_out, out) if guard else (*res, out)
 
-    specs = (P(), P(), P(), P(), P(), P(AXIS)) if guard else (P(), P(), P(), P(), P(AXIS))
-    sharded = filter_shard_map(local, mesh, specs)
-    fn = sharded if max_traces is None else eqx.debug.assert_max_traces(sharded, max_traces=max_traces)
-    if not donate:
-        return eqx.filter_jit(fn)
+    return local
 
-    # donate the carried state, never `static` (reused every step) nor the batch: both ride in the first argument
+
+def _donating_jit(fn):
+    """`fn` jitted with the carried state donated, never `static` (reused every step) nor the batch."""
+
+    # both ride in the first argument, which is not donated
     def carried(kept, state):
         static, batch = kept
         return fn(state[0], static, *state[1:], batch)
@@ -204,6 +231,19 @@ def trainable_spec(model, cfg: TrainConfig):
 
 def _jsonable(x):
     return json.loads(json.dumps(to_dict(x), default=str))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _StageRun:
+    """What the steps of one optimiser stage share: its index and config, schedule, compiled step, frozen part."""
+
+    k: int
+    st: StageConfig
+    sched: Any
+    step_fn: Any
+    static: Any
+    dev_static: Any
+    log_every: int
 
 
 class Trainer:
@@ -518,6 +558,23 @@ class Trainer:
         return refine_prior_stage(self, model)
 
     def _run_stage(self, model, spec, state):
+        """Runs (the rest of) the current optimiser stage; returns (model, device state or None, finished)."""
+        run, dev = self._start_stage(model, spec, state)
+        guard = replicate(new_guard(self.global_step), self.mesh)
+        pending: list[dict[str, Any]] = []  # the steps run since the guard was last read on the host
+        while self.epoch < run.st.epochs:
+            dev, guard, cut = self._train_epoch(run, dev, guard, pending)
+            if cut:
+                self._call("on_stage_end", run.st)
+                return eqx.combine(to_host(dev["params"]), run.static), dev, False
+            self._check_guard(guard, pending)
+            self._end_epoch(run, dev)
+        self._call("on_stage_end", run.st)
+        model = self._model_of(dev, run.static)
+        return model, None, True
+
+    def _start_stage(self, model, spec, state):
+        """The stage's schedule, compiled step and device state (fresh unless resumed), after on_stage_start."""
         cfg = self.cfg
         k = self.stage_index
         st: StageConfig = cfg.stages[k]
@@ -536,79 +593,84 @@ class Trainer:
         dev = replicate(state, self.mesh)
         dev_static = replicate(static, self.mesh)
         self._call("on_stage_start", st, total)
-        log_every = max(1, cfg.log_every)
-        guard = replicate(new_guard(self.global_step), self.mesh)
-        pending: list[dict[str, Any]] = []  # the steps run since the guard was last read on the host
-        while self.epoch < st.epochs:
-            dep = self._data_epoch(k, self.epoch)
-            t_last, frames = time.perf_counter(), 0
-            for batch, desc in self.dm.train_batches(dep, self.step_in_epoch):
-                frames += int(np.sum(batch.graph_mask))
-                gb = shard_leading(batch, self.mesh)
-                p, o, e, guard, out = step_fn(dev["params"], dev_static, dev["opt_state"], dev["ema"], guard, gb)
-                dev = {"params": p, "opt_state": o, "ema": e}  # the guard keeps the last good state after a NaN
-                info = {"step": self.global_step + 1, "stage": st.name, "epoch": self.epoch,
-                        "step_in_epoch": self.step_in_epoch, "batch_desc": desc}  # fmt: skip
-                pending.append(info)
-                if info["step"] % log_every == 0:  # the one host read of a log step: the guard and the metrics
-                    out = self._check_guard(guard, pending, out)
-                    now = time.perf_counter()
-                    info.update({
-                        "loss": out["loss"], "force_rmse": math.sqrt(max(out["sse_f"], 0.0) / max(out["n_f"], 1.0)),
-                        "grad_norm": out["grad_norm"], "finite": bool(out["finite"]),
-                        "lr": float(sched(self.step_in_stage)),
-                        "frames_per_s": frames * jax.process_count() / max(now - t_last, 1e-9),
-                    })  # fmt: skip
-                    t_last, frames = now, 0
-                self._call("on_step_end", info)
-                self.global_step += 1
-                self.step_in_epoch += 1
-                self.step_in_stage += 1
-                if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
-                    self._check_guard(guard, pending)
-                    self._save(dev, static)
-                    self._call("on_stage_end", st)
-                    return eqx.combine(to_host(dev["params"]), static), dev, False
-                if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
-                    self._check_guard(guard, pending)
-                    self._save(dev, static)
-            self._check_guard(guard, pending)
-            # end of epoch
-            self.epoch += 1
-            self.step_in_epoch = 0
-            last = self.epoch == st.epochs
-            stop = False
-            sim_due = self.sim_validation is not None and self.sim_validation.due(self.epoch, last)
-            if self.epoch % max(cfg.val_every, 1) == 0 or last or sim_due:
-                cur = self._model_of(dev, static)
-                metrics = self.validate(cur)
-                if metrics:
-                    v = metrics["loss"]
-                    if v < self.best_stage_val - st.min_delta:
-                        self.best_stage_val, self.bad_epochs = v, 0
-                    else:
-                        self.bad_epochs += 1
-                        if st.early_stopping is not None and self.bad_epochs >= st.early_stopping:
-                            stop = True
-                if self.sim_validation is not None and (sim_due or stop):  # an early stop ends the stage
-                    metrics.update(self.sim_validation.evaluate(self, cur))
-                if metrics:
-                    self._call("on_validation_end", metrics)
-                    self.history.append({"stage": st.name, "epoch": self.epoch, "step": self.global_step,
-                                         **{m: metrics[m] for m in ("loss", "force_rmse", "sim_score")
-                                            if m in metrics}})  # fmt: skip
-                    self._select(cur, metrics)
-            if self.is_main:
-                write_atomic(self.run_dir / "summary_history.json", json.dumps(self.history))
-            if stop:
-                print(f"early stopping stage {st.name!r} after epoch {self.epoch}: no validation improvement "
-                      f"for {self.bad_epochs} epochs", flush=True)  # fmt: skip
-                self.stopped_early = True
-                self.epoch = st.epochs
-            self._save(dev, static)
-        self._call("on_stage_end", st)
-        model = self._model_of(dev, static)
-        return model, None, True
+        return _StageRun(k, st, sched, step_fn, static, dev_static, max(1, cfg.log_every)), dev
+
+    def _train_epoch(self, run: _StageRun, dev, guard, pending: list[dict[str, Any]]):
+        """The epoch's remaining steps; returns (dev, guard, cut), cut True (saved) when `max_steps` is reached."""
+        cfg, st = self.cfg, run.st
+        dep = self._data_epoch(run.k, self.epoch)
+        t_last, frames = time.perf_counter(), 0
+        for batch, desc in self.dm.train_batches(dep, self.step_in_epoch):
+            frames += int(np.sum(batch.graph_mask))
+            gb = shard_leading(batch, self.mesh)
+            p, o, e, guard, out = run.step_fn(dev["params"], run.dev_static, dev["opt_state"], dev["ema"], guard, gb)
+            dev = {"params": p, "opt_state": o, "ema": e}  # the guard keeps the last good state after a NaN
+            info = {"step": self.global_step + 1, "stage": st.name, "epoch": self.epoch,
+                    "step_in_epoch": self.step_in_epoch, "batch_desc": desc}  # fmt: skip
+            pending.append(info)
+            if info["step"] % run.log_every == 0:  # the one host read of a log step: the guard and the metrics
+                out = self._check_guard(guard, pending, out)
+                now = time.perf_counter()
+                info.update({
+                    "loss": out["loss"], "force_rmse": math.sqrt(max(out["sse_f"], 0.0) / max(out["n_f"], 1.0)),
+                    "grad_norm": out["grad_norm"], "finite": bool(out["finite"]),
+                    "lr": float(run.sched(self.step_in_stage)),
+                    "frames_per_s": frames * jax.process_count() / max(now - t_last, 1e-9),
+                })  # fmt: skip
+                t_last, frames = now, 0
+            self._call("on_step_end", info)
+            self.global_step += 1
+            self.step_in_epoch += 1
+            self.step_in_stage += 1
+            if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                self._check_guard(guard, pending)
+                self._save(dev, run.static)
+                return dev, guard, True
+            if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0:
+                self._check_guard(guard, pending)
+                self._save(dev, run.static)
+        return dev, guard, False
+
+    def _end_epoch(self, run: _StageRun, dev) -> None:
+        """After an epoch: validation when due, early stopping, the history file and a checkpoint."""
+        cfg, st = self.cfg, run.st
+        self.epoch += 1
+        self.step_in_epoch = 0
+        last = self.epoch == st.epochs
+        stop = False
+        sim_due = self.sim_validation is not None and self.sim_validation.due(self.epoch, last)
+        if self.epoch % max(cfg.val_every, 1) == 0 or last or sim_due:
+            stop = self._validate_epoch(st, self._model_of(dev, run.static), sim_due)
+        if self.is_main:
+            write_atomic(self.run_dir / "summary_history.json", json.dumps(self.history))
+        if stop:
+            print(f"early stopping stage {st.name!r} after epoch {self.epoch}: no validation improvement "
+                  f"for {self.bad_epochs} epochs", flush=True)  # fmt: skip
+            self.stopped_early = True
+            self.epoch = st.epochs
+        self._save(dev, run.static)
+
+    def _validate_epoch(self, st: StageConfig, cur, sim_due: bool) -> bool:
+        """Validates `cur` (and simulates when due or stopping), tracks the best; returns whether to stop early."""
+        stop = False
+        metrics = self.validate(cur)
+        if metrics:
+            v = metrics["loss"]
+            if v < self.best_stage_val - st.min_delta:
+                self.best_stage_val, self.bad_epochs = v, 0
+            else:
+                self.bad_epochs += 1
+                if st.early_stopping is not None and self.bad_epochs >= st.early_stopping:
+                    stop = True
+        if self.sim_validation is not None and (sim_due or stop):  # an early stop ends the stage
+            metrics.update(self.sim_validation.evaluate(self, cur))
+        if metrics:
+            self._call("on_validation_end", metrics)
+            self.history.append({"stage": st.name, "epoch": self.epoch, "step": self.global_step,
+                                 **{m: metrics[m] for m in ("loss", "force_rmse", "sim_score")
+                                    if m in metrics}})  # fmt: skip
+            self._select(cur, metrics)
+        return stop
 
 
 # ------------------------------------------------------------------------------------------ run folders
