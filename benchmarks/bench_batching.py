@@ -32,14 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from _common import write_results  # noqa: E402
-from cameo_eqx.data.batching import (
-    BatchLoader,
-    EpochPlanner,
-    SizeEstimate,
-    choose_buckets,
-    mdcath_like_sizes,
-    synthetic_records,
-)
+from cameo_eqx.data.buckets import SizeEstimate, choose_buckets
+from cameo_eqx.data.loader import BatchLoader
+from cameo_eqx.data.planner import EpochPlanner
+from cameo_eqx.data.testdata import mdcath_like_sizes, synthetic_records
 from cameo_eqx.data.store import ProteinRecord
 from cameo_eqx.topology import CGTopology
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from _common import print_table, write_results  # noqa: E402
-from cameo_eqx.data.batching import compact_chain
+from cameo_eqx.data.testdata import compact_chain
 from cameo_eqx.export import chemtrain_deploy as cd
 from cameo_eqx.export import verify
 from cameo_eqx.export.lammps import RunSettings
@@ -43,7 +43,7 @@ SIZES = (35, 300, 1000)
 
 
 def protein(n, seed=0):
-    """A compact synthetic CA chain (`data.batching.compact_chain`) and a one-chain topology."""
+    """A compact synthetic CA chain (`data.testdata.compact_chain`) and a one-chain topology."""
     pos = compact_chain(n, np.random.default_rng(seed)).astype(np.float32)
     top = CGTopology(("ALA",) * n, np.arange(n), ("A",) * n, np.zeros(n, np.int32),
                      (np.arange(n) * 7 % 4).astype(np.int32))  # fmt: skip

@@ -55,7 +55,7 @@ H200 = {"fp32_flop_per_s": 67e12, "hbm_bytes_per_s": 4.8e12}
 
 def chain_system(n: int = N_CHAIN, seed: int = 0):
     """A compact 54-bead chain with random residues (the issue's 1ENH-sized system)."""
-    from cameo_eqx.data.batching import compact_chain
+    from cameo_eqx.data.testdata import compact_chain
     from cameo_eqx.topology import AMINO_ACIDS, CGTopology
 
     rng = np.random.default_rng(seed)
@@ -111,7 +111,7 @@ def simulate_case(model, topo, x, replicas: int, steps: int, repeats: int) -> di
 
 
 def training_frames(n_frames: int, mean: float, lo: int, hi: int):
-    from cameo_eqx.data.batching import mdcath_like_sizes, synthetic_records
+    from cameo_eqx.data.testdata import mdcath_like_sizes, synthetic_records
 
     rng = np.random.default_rng(0)
     sizes = mdcath_like_sizes(16, rng, mean=mean, lo=lo, hi=hi)
@@ -122,7 +122,7 @@ def packed_and_padded(recs, target_nodes: int):
     """The same frames as packed batches (the project's BatchLoader) and padded to N_max per frame."""
     import jax
 
-    from cameo_eqx.data.batching import BatchLoader
+    from cameo_eqx.data.loader import BatchLoader
     from cameo_eqx.graph import Capacity, frame_graph, pack
 
     loader = BatchLoader(recs, cutoff=CUTOFF, target_nodes=target_nodes, n_devices=1, prefetch=0)

@@ -2,7 +2,7 @@
 
 For every registered backbone (`cameo_eqx.modules.BACKBONES`, default preset, 10 Å cutoff):
 
-- frames/s on compact synthetic CA chains of 35, 100 and 300 beads (`data.batching.compact_chain`: 3.8 Å
+- frames/s on compact synthetic CA chains of 35, 100 and 300 beads (`data.testdata.compact_chain`: 3.8 Å
   bonds, radius of gyration 2.2 n^0.38 Å as in folded proteins), several frames packed into one graph;
 - peak memory: XLA's compiled temp-buffer size of the jitted function (`memory_analysis()`, bytes of
   scratch the step needs beyond its inputs/outputs), plus the process's ru_maxrss at the end;
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _common import write_results  # noqa: E402
-from cameo_eqx.data.batching import compact_chain  # noqa: E402
+from cameo_eqx.data.testdata import compact_chain  # noqa: E402
 from cameo_eqx.graph import Capacity, frame_graph, pack  # noqa: E402
 from cameo_eqx.modules import BACKBONES, make_backbone  # noqa: E402
 from cameo_eqx.topology import CGTopology  # noqa: E402
@@ -49,7 +49,7 @@ N_SPECIES = 20
 
 
 def synthetic_chain(n: int, seed: int = 0) -> np.ndarray:
-    """`data.batching.compact_chain` (the project's synthetic folded-protein CA chain) as float32."""
+    """`data.testdata.compact_chain` (the project's synthetic folded-protein CA chain) as float32."""
     return compact_chain(n, np.random.default_rng(seed)).astype(np.float32)
 
 

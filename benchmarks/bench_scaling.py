@@ -254,7 +254,8 @@ def measure(args, mode: str) -> dict[str, Any]:
     from jax.experimental import multihost_utils
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from cameo_eqx.data.batching import BatchLoader, mdcath_like_sizes, synthetic_records
+    from cameo_eqx.data.loader import BatchLoader
+    from cameo_eqx.data.testdata import mdcath_like_sizes, synthetic_records
     from cameo_eqx.modules import make_backbone
     from cameo_eqx.training.distributed import AXIS, filter_shard_map, make_mesh, replicate, shard_leading, to_host
     from cameo_eqx.training.task import Task

@@ -34,7 +34,8 @@ def throughput(n_frames: int, target_nodes: int, repeats: int) -> dict:
     import jax
     import optax
 
-    from cameo_eqx.data.batching import BatchLoader, mdcath_like_sizes, synthetic_records
+    from cameo_eqx.data.loader import BatchLoader
+    from cameo_eqx.data.testdata import mdcath_like_sizes, synthetic_records
     from cameo_eqx.graph import Capacity, frame_graph, pack
     from cameo_eqx.modules import make_backbone
     from cameo_eqx.training.distributed import make_mesh, replicate, shard_leading

@@ -26,7 +26,7 @@ from _common import print_table, write_results  # noqa: E402
 
 
 def main(argv=None) -> dict:
-    from cameo_eqx.data.batching import compact_chain
+    from cameo_eqx.data.testdata import compact_chain
     from cameo_eqx.simulate.analysis import radius_of_gyration
     from cameo_eqx.simulate.langevin import Simulator
     from cameo_eqx.synthetic.generate import chain_topology, compact_radius, extended_chain, random_sequence

@@ -40,7 +40,7 @@ _EXPORTS: dict[str, str] = {
     "MDCATHFile": "cameo_eqx.data.mdcath",
     "PreparedDataset": "cameo_eqx.data.store",
     "ProteinRecord": "cameo_eqx.data.store",
-    "BatchLoader": "cameo_eqx.data.batching",
+    "BatchLoader": "cameo_eqx.data.loader",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

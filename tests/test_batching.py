@@ -11,18 +11,10 @@ import h5py
 import numpy as np
 import pytest
 
-from cameo_eqx.data.batching import (
-    BatchLoader,
-    BucketPlan,
-    CapacityError,
-    EpochPlanner,
-    SizeEstimate,
-    choose_buckets,
-    mdcath_like_sizes,
-    select_frames,
-    split_frames,
-    synthetic_records,
-)
+from cameo_eqx.data.buckets import BucketPlan, CapacityError, SizeEstimate, choose_buckets
+from cameo_eqx.data.loader import BatchLoader
+from cameo_eqx.data.planner import EpochPlanner
+from cameo_eqx.data.splits import select_frames, split_frames
 from cameo_eqx.data.store import (
     PreparedDataset,
     ProteinRecord,
@@ -30,6 +22,7 @@ from cameo_eqx.data.store import (
     open_for_writing,
     write_record,
 )
+from cameo_eqx.data.testdata import mdcath_like_sizes, synthetic_records
 from cameo_eqx.graph import frame_graph
 from cameo_eqx.topology import CGTopology, chain_segments, normalise_resname, species_of
 

@@ -251,7 +251,7 @@ def compile_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def records():
-    from cameo_eqx.data.batching import synthetic_records
+    from cameo_eqx.data.testdata import synthetic_records
 
     return synthetic_records([9, 12], 8, seed=3, temperatures=(300.0,))
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cameo_eqx.data.batching import compact_chain
+from cameo_eqx.data.testdata import compact_chain
 from cameo_eqx.graph import Capacity, frame_graph, pack
 from cameo_eqx.energy import energy_and_forces
 from cameo_eqx.synthetic.generate import (

@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from cameo_eqx.data.batching import synthetic_records
+from cameo_eqx.data.testdata import synthetic_records
 from cameo_eqx.graph import Capacity, frame_graph, pack
 from cameo_eqx.training import checkpoint as ckpt
 from cameo_eqx.training.callbacks import NonFiniteError

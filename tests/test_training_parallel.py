@@ -24,7 +24,8 @@ DP = textwrap.dedent(
     import os, sys, json
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     import jax, jax.numpy as jnp, numpy as np, optax, equinox as eqx
-    from cameo_eqx.data.batching import synthetic_records, BatchLoader
+    from cameo_eqx.data.loader import BatchLoader
+    from cameo_eqx.data.testdata import synthetic_records
     from cameo_eqx.modules import make_backbone
     from cameo_eqx.training.task import Task, LossSums
     from cameo_eqx.training.distributed import make_mesh, replicate, shard_leading, to_host
@@ -102,7 +103,7 @@ MP = textwrap.dedent(
         pid = int(mode)
         initialize(DistributedConfig(coordinator_address="127.0.0.1:" + sys.argv[3], num_processes=2, process_id=pid))
         assert jax.process_count() == 2 and jax.device_count() == 2
-    from cameo_eqx.data.batching import synthetic_records
+    from cameo_eqx.data.testdata import synthetic_records
     from cameo_eqx.training.datamodule import DataModule
     from cameo_eqx.training.trainer import Trainer
     recs = synthetic_records([9, 14, 21], 8, seed=3)

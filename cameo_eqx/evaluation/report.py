@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.batching import BatchLoader, select_frames, split_frames, subsample_frames
+from ..data.loader import BatchLoader
+from ..data.splits import select_frames, split_frames, subsample_frames
 from ..data.store import PreparedDataset
 from ..fileio import write_atomic
 from ..modules import load

@@ -29,7 +29,7 @@ import numpy as np
 from jaxtyping import Float, Int
 
 from ..config import check, to_dict
-from ..data.batching import compact_chain
+from ..data.testdata import compact_chain
 from ..data.store import PreparedDataset, ProteinRecord, finalise, open_for_writing, write_record
 from ..fileio import write_atomic
 from ..priors.teacher import TeacherPotential

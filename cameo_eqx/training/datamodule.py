@@ -1,9 +1,9 @@
 """The DataModule: a prepared dataset → split → train / validation batch streams (Lightning analogue).
 
-Wraps `cameo_eqx.data.batching`: the split (`split_by`: protein, trajectory, time_block or frame;
-seeded by `split_seed`, the same for every ensemble member), the train loader plans every epoch
-deterministically from `(seed, epoch)` and gives each process a disjoint share; batches carry a leading
-axis of this process's device count.
+Wraps `cameo_eqx.data.splits` and `cameo_eqx.data.loader`: the split (`split_by`: protein, trajectory,
+time_block or frame; seeded by `split_seed`, the same for every ensemble member), the train loader plans
+every epoch deterministically from `(seed, epoch)` and gives each process a disjoint share; batches carry a
+leading axis of this process's device count.
 `train_batches(epoch, start)` can start mid-epoch (resume) and prefetches in a background thread.
 """
 
@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.batching import BatchLoader, Split, split_frames, subsample_frames
+from ..data.loader import BatchLoader
+from ..data.splits import Split, split_frames, subsample_frames
 from ..data.store import PreparedDataset
 from ..graph import Batch
 from .config import DataConfig
