@@ -454,7 +454,6 @@ class Simulator:
         n_rebuilds = 0
         blowup = None
         compile_s = 0.0
-        dt = float(self.integrator.timestep_fs)
         t_start = time.perf_counter()
         bar = tqdm(total=n_frames * save_every, unit="step", disable=not progress, desc="simulate")
         try:
@@ -470,27 +469,10 @@ class Simulator:
                     state = self.with_capacity(state, nbl.grow_capacity(need))
                     n_rebuilds += 1
                     continue  # redo the chunk from its start with room for every pair
-                pos, pot, kin = (np.asarray(a) for a in out)
-                steps = (int(state.step) + save_every * np.arange(1, k + 1)).astype(np.int64)
-                if include_start and done == 0:
-                    k0 = self.kinetic_energy(state)
-                    pos = np.concatenate([np.asarray(state.positions)[None], pos])
-                    pot = np.concatenate([np.asarray(e0)[None], pot])
-                    kin = np.concatenate([k0[None], kin])
-                    steps = np.concatenate([[int(state.step)], steps])
-                frames = Frames(pos, pot, kin, self.temperature_of(kin), steps, steps * dt * 1e-3)
-                bad = np.asarray(new.bad_step)
-                if np.any(bad >= 0):
-                    first = int(bad[bad >= 0].min())
-                    rep = int(np.flatnonzero(bad == first)[0])
-                    reason = int(np.asarray(new.bad_reason)[rep])
-                    value = float(np.asarray(new.bad_value)[rep])
-                    good = frames.step < first
-                    frames = Frames(*(getattr(frames, f.name)[good] for f in dataclasses.fields(Frames)))
-                    last = int(frames.step[-1]) if len(frames.step) else int(state.step)
-                    detail = f" ({value:.2f} Å > {float(self.integrator.max_bond_length):g} Å)" if reason == 2 else ""
-                    blowup = (f"replica {rep} blew up at step {first} (t = {first * dt * 1e-3:.3f} ps): "
-                              f"{REASONS[reason]}{detail}; frames up to step {last} are kept")  # fmt: skip
+                frames = self._chunk_frames(state, out, e0, k, save_every, include_start and done == 0)
+                stopped = self._blown_up(new, state, frames)
+                if stopped is not None:
+                    frames, blowup = stopped
                     if keep_frames and len(frames.step):
                         parts.append(frames)
                     if callback is not None and len(frames.step):
@@ -506,11 +488,46 @@ class Simulator:
                 bar.set_postfix(T=f"{frames.temperature[-1].mean():.0f}K", E=f"{frames.potential[-1].mean():.1f}")
         finally:
             bar.close()
-        r, n = state.positions.shape[:2]
-        empty = Frames(np.zeros((0, r, n, 3), np.float32), *(np.zeros((0, r)) for _ in range(3)),
-                       np.zeros(0, np.int64), np.zeros(0))  # fmt: skip
-        return RunResult(state, Frames.concatenate(parts) if parts else empty, blowup,
-                         time.perf_counter() - t_start, compile_s, n_rebuilds)  # fmt: skip
+        return RunResult(state, _joined(parts, state), blowup, time.perf_counter() - t_start, compile_s, n_rebuilds)
+
+    def _chunk_frames(self, state: LangevinState, out, e0, k: int, save_every: int, with_start: bool) -> Frames:
+        """A chunk's saved frames after `state` (its outputs `out`), the starting frame first when `with_start`."""
+        dt = float(self.integrator.timestep_fs)
+        pos, pot, kin = (np.asarray(a) for a in out)
+        steps = (int(state.step) + save_every * np.arange(1, k + 1)).astype(np.int64)
+        if with_start:
+            k0 = self.kinetic_energy(state)
+            pos = np.concatenate([np.asarray(state.positions)[None], pos])
+            pot = np.concatenate([np.asarray(e0)[None], pot])
+            kin = np.concatenate([k0[None], kin])
+            steps = np.concatenate([[int(state.step)], steps])
+        return Frames(pos, pot, kin, self.temperature_of(kin), steps, steps * dt * 1e-3)
+
+    def _blown_up(self, new: LangevinState, state: LangevinState, frames: Frames) -> tuple[Frames, str] | None:
+        """When the guard stopped a replica in the chunk: the frames before its first bad step and the message."""
+        bad = np.asarray(new.bad_step)
+        if not np.any(bad >= 0):
+            return None
+        dt = float(self.integrator.timestep_fs)
+        first = int(bad[bad >= 0].min())
+        rep = int(np.flatnonzero(bad == first)[0])
+        reason = int(np.asarray(new.bad_reason)[rep])
+        value = float(np.asarray(new.bad_value)[rep])
+        good = frames.step < first
+        frames = Frames(*(getattr(frames, f.name)[good] for f in dataclasses.fields(Frames)))
+        last = int(frames.step[-1]) if len(frames.step) else int(state.step)
+        detail = f" ({value:.2f} Å > {float(self.integrator.max_bond_length):g} Å)" if reason == 2 else ""
+        blowup = (f"replica {rep} blew up at step {first} (t = {first * dt * 1e-3:.3f} ps): "
+                  f"{REASONS[reason]}{detail}; frames up to step {last} are kept")  # fmt: skip
+        return frames, blowup
+
+
+def _joined(parts: list[Frames], state: LangevinState) -> Frames:
+    """The collected frames in one `Frames` (an empty one, shaped like `state`, when none)."""
+    r, n = state.positions.shape[:2]
+    empty = Frames(np.zeros((0, r, n, 3), np.float32), *(np.zeros((0, r)) for _ in range(3)),
+                   np.zeros(0, np.int64), np.zeros(0))  # fmt: skip
+    return Frames.concatenate(parts) if parts else empty
 
 
 # ------------------------------------------------------------------------------ files: simulate()
@@ -657,6 +674,49 @@ def simulate(cfg: SimulateConfig) -> Path:
     """
     cfg.validate()
     model = load_model(cfg.model)
+    begin = _load_start(cfg)
+    sim = Simulator(model, begin.topology, temperature=cfg.temperature, timestep_fs=cfg.timestep_fs,
+                    friction_per_ps=cfg.friction_per_ps, masses=cfg.masses, uniform_mass=cfg.uniform_mass,
+                    skin=cfg.skin, capacity=cfg.neighbor_capacity, pair_min_sep=cfg.pair_min_sep,
+                    max_bond_length=cfg.max_bond_length)  # fmt: skip
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    traj_path, ckpt_path = out / TRAJECTORY_FILE, out / CHECKPOINT_FILE
+    cfg_json = _config_json(cfg)
+    total = cfg.n_steps // cfg.save_every + 1
+
+    if cfg.resume and ckpt_path.exists() and traj_path.exists():
+        resumed = _resume_run(cfg, sim, out, cfg_json, total)
+        if resumed is None:
+            return traj_path
+        writer, state = resumed
+    else:
+        writer, state = _start_run(cfg, sim, out, cfg_json, begin)
+    on_chunk = _chunk_writer(writer, sim, traj_path, ckpt_path, cfg_json)
+    fresh = writer.n_frames == 0  # the first chunk also saves the starting frame
+    remaining = total - writer.n_frames
+    try:
+        result = sim.run(state, remaining - fresh, cfg.save_every, chunk_frames=cfg.chunk_frames,
+                         callback=on_chunk, progress=cfg.progress, keep_frames=False, include_start=fresh)  # fmt: skip
+    except BaseException:
+        writer.close(status="interrupted", message="interrupted; rerun the same command to resume")
+        raise
+    _close_run(cfg, sim, writer, result, (remaining - fresh) * cfg.save_every, traj_path)
+    return traj_path
+
+
+@dataclasses.dataclass(frozen=True)
+class _Start:
+    """The starting structure of a run and where it came from."""
+
+    positions: np.ndarray
+    topology: CGTopology
+    dataset_path: str
+    protein: str
+
+
+def _load_start(cfg: SimulateConfig) -> _Start:
+    """The configured frame of the configured protein (default: the first) of the prepared dataset."""
     with PreparedDataset(cfg.dataset) as ds:
         if not ds.names:
             raise ValueError(f"{ds.path}: no complete proteins")
@@ -668,52 +728,52 @@ def simulate(cfg: SimulateConfig) -> Path:
             raise IndexError(f"{ds.path}: protein {protein!r} has {rec.n_frames} frames; frame {cfg.frame} "
                              "is out of range")  # fmt: skip
         start = rec.frames(np.asarray([cfg.frame]))[0][0]
-        topology = rec.topology
-        dataset_path = str(ds.path)
-    sim = Simulator(model, topology, temperature=cfg.temperature, timestep_fs=cfg.timestep_fs,
-                    friction_per_ps=cfg.friction_per_ps, masses=cfg.masses, uniform_mass=cfg.uniform_mass,
-                    skin=cfg.skin, capacity=cfg.neighbor_capacity, pair_min_sep=cfg.pair_min_sep,
-                    max_bond_length=cfg.max_bond_length)  # fmt: skip
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    traj_path, ckpt_path = out / TRAJECTORY_FILE, out / CHECKPOINT_FILE
-    cfg_json = _config_json(cfg)
-    total = cfg.n_steps // cfg.save_every + 1
+        return _Start(start, rec.topology, str(ds.path), protein)
 
-    writer = None
-    state = None
-    if cfg.resume and ckpt_path.exists() and traj_path.exists():
-        with np.load(ckpt_path) as ck:
-            old = _physics(str(ck["config"]))
-            new = _physics(cfg_json)
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            if diff:
-                raise ValueError(f"{ckpt_path} was written with a different config ({', '.join(diff)} differ); "
-                                 "rerun with --no-resume to start over or choose another --output")  # fmt: skip
-            n_done = int(ck["n_frames"])
-            sim.capacity = int(ck["capacity"]) if cfg.neighbor_capacity is None else cfg.neighbor_capacity
-            state = sim.init(ck["positions"], velocities=ck["velocities"], key=ck["key"], step=int(ck["step"]))
-        if n_done > total:
-            raise ValueError(f"{ckpt_path} holds {n_done} frames, more than n_steps/save_every + 1 = {total}")
-        if n_done == total and _finished(traj_path, total):
-            # a finished run is left as it is (its timing attributes describe the run that made it)
-            print(f"{traj_path} is complete ({total} frames); nothing to do")
-            return traj_path
-        # the config (saved only once the resume is accepted) is the one that continues the run
-        write_atomic(out / "simulate_config.json", json.dumps(json.loads(cfg_json), indent=1))
-        writer = TrajectoryWriter.reopen(traj_path, n_done)
-    else:
-        write_atomic(out / "simulate_config.json", json.dumps(json.loads(cfg_json), indent=1))
-        for p in (traj_path, ckpt_path):
-            if p.exists():
-                p.unlink()
-        state = sim.init(start, n_replicas=cfg.n_replicas, seed=cfg.seed)
-        attrs = {"config": cfg_json, "model": str(cfg.model), "dataset": dataset_path, "protein": protein,
-                 "frame": cfg.frame, "timestep_fs": cfg.timestep_fs, "temperature": cfg.temperature,
-                 "friction_per_ps": cfg.friction_per_ps, "cutoff": sim.system.cutoff,
-                 "pair_min_sep": sim.system.pair_min_sep, "message": ""}  # fmt: skip
-        writer = TrajectoryWriter.create(traj_path, topology, cfg.n_replicas, np.asarray(sim.system.masses),
-                                         np.asarray(start), attrs)  # fmt: skip
+
+def _resume_run(cfg: SimulateConfig, sim: Simulator, out: Path, cfg_json: str, total: int):
+    """Continues from the checkpoint: (reopened writer, state), or None when the run is already complete."""
+    traj_path, ckpt_path = out / TRAJECTORY_FILE, out / CHECKPOINT_FILE
+    with np.load(ckpt_path) as ck:
+        old = _physics(str(ck["config"]))
+        new = _physics(cfg_json)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            raise ValueError(f"{ckpt_path} was written with a different config ({', '.join(diff)} differ); "
+                             "rerun with --no-resume to start over or choose another --output")  # fmt: skip
+        n_done = int(ck["n_frames"])
+        sim.capacity = int(ck["capacity"]) if cfg.neighbor_capacity is None else cfg.neighbor_capacity
+        state = sim.init(ck["positions"], velocities=ck["velocities"], key=ck["key"], step=int(ck["step"]))
+    if n_done > total:
+        raise ValueError(f"{ckpt_path} holds {n_done} frames, more than n_steps/save_every + 1 = {total}")
+    if n_done == total and _finished(traj_path, total):
+        # a finished run is left as it is (its timing attributes describe the run that made it)
+        print(f"{traj_path} is complete ({total} frames); nothing to do")
+        return None
+    # the config (saved only once the resume is accepted) is the one that continues the run
+    write_atomic(out / "simulate_config.json", json.dumps(json.loads(cfg_json), indent=1))
+    return TrajectoryWriter.reopen(traj_path, n_done), state
+
+
+def _start_run(cfg: SimulateConfig, sim: Simulator, out: Path, cfg_json: str, begin: _Start):
+    """A new run (old trajectory and checkpoint removed): (new writer, starting state)."""
+    traj_path, ckpt_path = out / TRAJECTORY_FILE, out / CHECKPOINT_FILE
+    write_atomic(out / "simulate_config.json", json.dumps(json.loads(cfg_json), indent=1))
+    for p in (traj_path, ckpt_path):
+        if p.exists():
+            p.unlink()
+    state = sim.init(begin.positions, n_replicas=cfg.n_replicas, seed=cfg.seed)
+    attrs = {"config": cfg_json, "model": str(cfg.model), "dataset": begin.dataset_path, "protein": begin.protein,
+             "frame": cfg.frame, "timestep_fs": cfg.timestep_fs, "temperature": cfg.temperature,
+             "friction_per_ps": cfg.friction_per_ps, "cutoff": sim.system.cutoff,
+             "pair_min_sep": sim.system.pair_min_sep, "message": ""}  # fmt: skip
+    writer = TrajectoryWriter.create(traj_path, begin.topology, cfg.n_replicas, np.asarray(sim.system.masses),
+                                     np.asarray(begin.positions), attrs)  # fmt: skip
+    return writer, state
+
+
+def _chunk_writer(writer: TrajectoryWriter, sim: Simulator, traj_path: Path, ckpt_path: Path, cfg_json: str):
+    """The run's chunk callback: appends the frames, then (after a good chunk) moves the checkpoint on."""
 
     def on_chunk(st, frames):
         # HDF5 can crash the process when the disk fills mid-write: check first, then report any ENOSPC
@@ -725,15 +785,12 @@ def simulate(cfg: SimulateConfig) -> Path:
         if st is not None:  # a good chunk: the checkpoint moves on
             _save_checkpoint(ckpt_path, st, writer.n_frames, sim.capacity, cfg_json)
 
-    fresh = writer.n_frames == 0  # the first chunk also saves the starting frame
-    remaining = total - writer.n_frames
-    try:
-        result = sim.run(state, remaining - fresh, cfg.save_every, chunk_frames=cfg.chunk_frames,
-                         callback=on_chunk, progress=cfg.progress, keep_frames=False, include_start=fresh)  # fmt: skip
-    except BaseException:
-        writer.close(status="interrupted", message="interrupted; rerun the same command to resume")
-        raise
-    steps = (remaining - fresh) * cfg.save_every
+    return on_chunk
+
+
+def _close_run(cfg: SimulateConfig, sim: Simulator, writer: TrajectoryWriter, result: RunResult, steps: int,
+               traj_path: Path) -> None:  # fmt: skip
+    """Closes the trajectory with its status and timing; raises `BlowUpError` for a blown-up run."""
     rate = steps / result.wall_s if result.wall_s > 0 and steps else 0.0
     timing = {"wall_s": result.wall_s, "compile_s": result.compile_s, "steps_per_s": rate,
               "ns_per_day": rate * cfg.timestep_fs * 1e-6 * 86400.0,
@@ -742,4 +799,3 @@ def simulate(cfg: SimulateConfig) -> Path:
         writer.close(status="blown_up", message=result.blowup, **timing)
         raise BlowUpError(f"{traj_path}: {result.blowup}")
     writer.close(status="done", message="", **timing)
-    return traj_path
