@@ -15,6 +15,7 @@ the kinetic and configurational temperatures, block-averaged observables with er
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from jaxtyping import Float, Int
 from .. import geometry
 from ..data.store import PreparedDataset
 from ..fileio import write_atomic
+from ..topology import CGTopology
 from ..units import KB_KCAL_PER_MOL_K
 from .config import AnalyzeConfig
 from .langevin import load_model
@@ -211,8 +213,63 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     out = Path(cfg.output) if cfg.output is not None else tr["path"].parent / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     dataset = cfg.dataset if cfg.dataset is not None else Path(str(attrs["dataset"]))
-    protein = str(attrs["protein"])
     temp = float(attrs["temperature"])
+    ref = _load_reference(cfg, tr, dataset, str(attrs["protein"]), temp)
+
+    x = tr["positions"].astype(np.float64)  # (T, R, n, 3)
+    start = int(round(cfg.discard * x.shape[0]))
+    sim = x[start:]
+    sim_flat = sim.reshape(-1, *sim.shape[2:])
+    contacts = native_contacts(ref.structure, cfg.contact_cutoff, cfg.contact_min_sep, ref.topology.segment)
+    obs_sim = observables(sim_flat, ref.structure, contacts, cfg.q_beta, cfg.q_lambda)
+    obs_ref = observables(ref.frames, ref.structure, contacts, cfg.q_beta, cfg.q_lambda)
+    obs_all = observables(x, ref.structure, contacts, cfg.q_beta, cfg.q_lambda)  # (T, R) time series
+
+    dists = _distributions(cfg, ref.topology, sim_flat, ref.frames, obs_sim, obs_ref)
+    jsd = {k: js_divergence(histogram(d["sim"], d["edges"]), histogram(d["ref"], d["edges"])) for k, d in dists.items()}
+    cm_sim, cm_ref = contact_map(sim_flat, cfg.contact_cutoff), contact_map(ref.frames, cfg.contact_cutoff)
+    fes_sim, fes_ref, q_edges, r_edges = _free_energies(cfg, obs_sim, obs_ref, temp, ref.temperature)
+    jsd["q_rmsd_2d"] = js_divergence(np.nan_to_num(np.exp(-fes_sim / (KB_KCAL_PER_MOL_K * temp)), nan=0.0),
+                                     np.nan_to_num(np.exp(-fes_ref / (KB_KCAL_PER_MOL_K * ref.temperature)),
+                                                   nan=0.0))  # fmt: skip
+
+    summary = {
+        "trajectory": str(tr["path"]), "reference_dataset": str(dataset), "protein": ref.protein,
+        "simulation": {"temperature": temp, "n_frames": int(x.shape[0]), "n_replicas": int(x.shape[1]),
+                       "frames_used": int(sim.shape[0]), "time_ps": float(tr["time_ps"][-1]),
+                       "status": str(attrs.get("status", "")), "mean_temperature": float(tr["temperature_inst"][start:].mean())},
+        "reference": {"temperature": ref.temperature, "n_frames": int(len(ref.frames)),
+                      "reference_frame": ref.frame, "n_native_contacts": int(len(contacts[0]))},
+        "observables": {k: {"sim": _stats(obs_sim[k]), "ref": _stats(obs_ref[k])} for k in obs_sim},
+        "js_divergence": jsd,
+        "contact_map_mae": float(np.mean(np.abs(cm_sim - cm_ref))),
+        "settings": {"discard": cfg.discard, "contact_cutoff": cfg.contact_cutoff, "contact_min_sep": cfg.contact_min_sep,
+                     "q_beta": cfg.q_beta, "q_lambda": cfg.q_lambda, "bins": cfg.bins},
+    }  # fmt: skip
+    summary["stationarity"] = _stationarity(cfg, tr, ref.topology, obs_all, start, temp)
+    if cfg.plots:
+        summary["plots"] = [str(p) for p in _plots(out, tr, obs_all, dists, cm_sim, cm_ref, fes_sim, fes_ref,
+                                                   q_edges, r_edges, temp, ref.temperature, jsd)]  # fmt: skip
+    path = write_atomic(out / "summary.json", json.dumps(summary, indent=1))
+    if cfg.verbose:
+        print("\n".join(verdict_lines(summary)).lstrip("\n"), flush=True)
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reference:
+    """The reference side of `analyze`: the protein, its topology, frames and temperature, and the structure."""
+
+    protein: str
+    topology: CGTopology
+    frames: np.ndarray  # (F, n, 3) float64, the frames at `temperature`
+    temperature: float
+    frame: int
+    structure: np.ndarray  # (n, 3) float64, the reference structure (frame `frame`)
+
+
+def _load_reference(cfg: AnalyzeConfig, tr: dict[str, Any], dataset, protein: str, temp: float) -> _Reference:
+    """The reference dataset's frames of the protein nearest the configured (or simulated) temperature."""
     with PreparedDataset(dataset) as ds:
         if protein not in ds.names:
             raise KeyError(f"protein {protein!r} of {tr['path']} is not in reference dataset {ds.path}")
@@ -228,20 +285,15 @@ def analyze(cfg: AnalyzeConfig) -> Path:
                              f"(has {temps.tolist()})")  # fmt: skip
         ref_idx = np.flatnonzero(rec.temperature == t_ref)
         ref_frames = rec.frames(ref_idx)[0].astype(np.float64)
-        rf = int(attrs["frame"]) if cfg.reference_frame is None else cfg.reference_frame
+        rf = int(tr["attrs"]["frame"]) if cfg.reference_frame is None else cfg.reference_frame
         if not 0 <= rf < rec.n_frames:
             raise IndexError(f"{ds.path}: reference_frame {rf} out of range for {protein!r} ({rec.n_frames} frames)")
         ref = rec.frames(np.asarray([rf]))[0][0].astype(np.float64)
+    return _Reference(protein, topo, ref_frames, t_ref, rf, ref)
 
-    x = tr["positions"].astype(np.float64)  # (T, R, n, 3)
-    start = int(round(cfg.discard * x.shape[0]))
-    sim = x[start:]
-    sim_flat = sim.reshape(-1, *sim.shape[2:])
-    contacts = native_contacts(ref, cfg.contact_cutoff, cfg.contact_min_sep, topo.segment)
-    obs_sim = observables(sim_flat, ref, contacts, cfg.q_beta, cfg.q_lambda)
-    obs_ref = observables(ref_frames, ref, contacts, cfg.q_beta, cfg.q_lambda)
-    obs_all = observables(x, ref, contacts, cfg.q_beta, cfg.q_lambda)  # (T, R) time series
 
+def _distributions(cfg: AnalyzeConfig, topo: CGTopology, sim_flat, ref_frames, obs_sim, obs_ref) -> dict[str, Any]:
+    """Simulated and reference values with common histogram edges: bonded geometry, RMSD, Rg and Q."""
     geo = {
         "bond": (bond_lengths, topo.bonds, "CA-CA bond length (Å)"),
         "angle": (bond_angles, topo.angles, "CA angle (rad)"),
@@ -264,41 +316,23 @@ def analyze(cfg: AnalyzeConfig) -> Path:
         a, b = obs_sim[name], obs_ref[name]
         lo, hi = (0.0, 1.0) if name == "q" else (min(a.min(), b.min()), max(a.max(), b.max()))
         dists[name] = {"sim": a, "ref": b, "edges": np.linspace(lo - 1e-6, hi + 1e-6, cfg.bins + 1), "label": label}
-    jsd = {k: js_divergence(histogram(d["sim"], d["edges"]), histogram(d["ref"], d["edges"])) for k, d in dists.items()}
-    cm_sim, cm_ref = contact_map(sim_flat, cfg.contact_cutoff), contact_map(ref_frames, cfg.contact_cutoff)
+    return dists
+
+
+def _free_energies(cfg: AnalyzeConfig, obs_sim, obs_ref, temp: float, t_ref: float):
+    """The (Q, RMSD) free-energy surfaces of simulation and reference on common edges: (sim, ref, q, rmsd edges)."""
     q_edges = np.linspace(0, 1, cfg.bins + 1)
     r_hi = max(obs_sim["rmsd"].max(), obs_ref["rmsd"].max()) + 1e-6
     r_edges = np.linspace(0, r_hi, cfg.bins + 1)
     fes_sim = free_energy_2d(obs_sim["q"], obs_sim["rmsd"], q_edges, r_edges, temp)
     fes_ref = free_energy_2d(obs_ref["q"], obs_ref["rmsd"], q_edges, r_edges, t_ref)
-    jsd["q_rmsd_2d"] = js_divergence(np.nan_to_num(np.exp(-fes_sim / (KB_KCAL_PER_MOL_K * temp)), nan=0.0),
-                                     np.nan_to_num(np.exp(-fes_ref / (KB_KCAL_PER_MOL_K * t_ref)), nan=0.0))  # fmt: skip
+    return fes_sim, fes_ref, q_edges, r_edges
 
-    def stats(v):
-        v = np.asarray(v)
-        return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
 
-    summary = {
-        "trajectory": str(tr["path"]), "reference_dataset": str(dataset), "protein": protein,
-        "simulation": {"temperature": temp, "n_frames": int(x.shape[0]), "n_replicas": int(x.shape[1]),
-                       "frames_used": int(sim.shape[0]), "time_ps": float(tr["time_ps"][-1]),
-                       "status": str(attrs.get("status", "")), "mean_temperature": float(tr["temperature_inst"][start:].mean())},
-        "reference": {"temperature": t_ref, "n_frames": int(len(ref_frames)), "reference_frame": rf,
-                      "n_native_contacts": int(len(contacts[0]))},
-        "observables": {k: {"sim": stats(obs_sim[k]), "ref": stats(obs_ref[k])} for k in obs_sim},
-        "js_divergence": jsd,
-        "contact_map_mae": float(np.mean(np.abs(cm_sim - cm_ref))),
-        "settings": {"discard": cfg.discard, "contact_cutoff": cfg.contact_cutoff, "contact_min_sep": cfg.contact_min_sep,
-                     "q_beta": cfg.q_beta, "q_lambda": cfg.q_lambda, "bins": cfg.bins},
-    }  # fmt: skip
-    summary["stationarity"] = _stationarity(cfg, tr, topo, obs_all, start, temp)
-    if cfg.plots:
-        summary["plots"] = [str(p) for p in _plots(out, tr, obs_all, dists, cm_sim, cm_ref, fes_sim, fes_ref,
-                                                   q_edges, r_edges, temp, t_ref, jsd)]  # fmt: skip
-    path = write_atomic(out / "summary.json", json.dumps(summary, indent=1))
-    if cfg.verbose:
-        print("\n".join(verdict_lines(summary)).lstrip("\n"), flush=True)
-    return path
+def _stats(v) -> dict[str, float]:
+    """Mean, standard deviation, minimum and maximum of `v`."""
+    v = np.asarray(v)
+    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max())}
 
 
 def verdict_lines(s: dict[str, Any]) -> list[str]:
