@@ -13,6 +13,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +42,41 @@ def to_json(cfg: Any) -> str:
 
 
 class ConfigError(ValueError):
-    """A config value of the wrong type or out of range; the message names the file and the key."""
+    """A config value of the wrong type or out of range, or options that contradict each other; the
+    message names the key, and the file and section when the config was read from one.
+
+    Errors raised while a config is constructed carry the `key` (relative to that config, e.g.
+    `stages[0].lr`; None for the config as a whole) and the `reason`, so that `from_dict` can re-address
+    them to the file and section it reads (`ConfigError.under`)."""
+
+    def __init__(self, message: str, key: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.key = key
+        self.reason = reason
+
+    @classmethod
+    def at(cls, where: str, key: str | None, reason: str) -> ConfigError:
+        """The error `<where>.<key> <reason>` (`<where>: <reason>` when `key` is None).
+
+        **Arguments:** `where` (the config: a command or section name, or file:section), `key` (the
+        option, relative to that config) and `reason` (what is wrong, e.g. "must be >= 1, got 0").
+
+        **Returns:** the `ConfigError` (to raise).
+        """
+        return cls(f"{where}.{key} {reason}" if key else f"{where}: {reason}", key, reason)
+
+    def under(self, where: str, parent: str | None = None) -> ConfigError:
+        """This error re-addressed to the config at `where`, its key nested under `parent`.
+
+        **Arguments:** `where` (e.g. `configs/x.yaml:train`) and `parent` (the option that holds the
+        config that raised, e.g. `stages[0]`; None: the config itself).
+
+        **Returns:** the new `ConfigError` (to raise).
+        """
+        if self.reason is None:
+            return ConfigError(f"{where}{'.' + parent if parent else ''}: {self}")
+        key = ".".join(k for k in (parent, self.key) if k) or None
+        return ConfigError.at(where, key, self.reason)
 
 
 def _describe(value: Any) -> str:
@@ -116,16 +151,46 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 
 def check(where: str, rules: list[tuple[str, bool, str, Any]]) -> None:
-    """Range checks of a config: `(key, ok, what it must be, value)` each; the first failure is a
-    `ConfigError` naming `where.key`. Configs call this from `check_fields(where)`."""
+    """Range checks of a config, run by its `__post_init__` (so an invalid config cannot be constructed,
+    from YAML, the command line or Python).
+
+    **Arguments:** `where` (the config's name, e.g. "prepare"; `from_dict` re-addresses the error to the
+    file and section) and `rules`, each `(key, ok, what it must be, value)`.
+
+    **Raises:** a `ConfigError` `<where>.<key> must be <what>, got <value>` for the first rule not ok.
+    """
     for key, ok, expected, value in rules:
         if not ok:
-            raise ConfigError(f"{where}.{key} must be {expected}, got {value!r}")
+            raise ConfigError.at(where, key, f"must be {expected}, got {value!r}")
+
+
+def check_integers(where: str, cfg: Any, keys: Sequence[str]) -> None:
+    """Counts set in Python must be integers too (YAML values are converted by `from_dict`, command-line
+    values by tyro, but `Config(epochs=2.7)` is not).
+
+    **Arguments:** `where` (the config's name), `cfg` (the config) and `keys` (its integer options; None
+    passes).
+
+    **Raises:** a `ConfigError` `<where>.<key> must be an integer, got <value> (<type>)` for the first
+    that is not.
+    """
+    for key in keys:
+        value = getattr(cfg, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError.at(where, key, f"must be an integer, got {_describe(value)}")
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
-    """Builds a config dataclass from a dict: unknown keys, wrong types and (through the class's
-    `check_fields(where)`, when it has one) out-of-range values are `ConfigError`s naming `where.key`."""
+    """Builds a config dataclass from a dict.
+
+    **Arguments:** `cls` (the config class), `data` (its options, e.g. a YAML section) and `where` (the
+    name errors give it, e.g. `configs/x.yaml:train`).
+
+    **Returns:** the config.
+
+    **Raises:** a `ConfigError` naming `where.key` for an unknown key, a value of the wrong type, or a
+    value the config's own checks (its `__post_init__`) reject.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {_describe(data)}")
     hints = typing.get_type_hints(cls)
@@ -134,10 +199,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown option(s) {unknown} for {cls.__name__}; valid: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
-    obj = cls(**kwargs)
-    if hasattr(obj, "check_fields"):
-        obj.check_fields(where)
-    return obj
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise e.under(where) from None
 
 
 def load_yaml_defaults(cls: type, path: str | Path, command: str) -> Any:

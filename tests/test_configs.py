@@ -20,9 +20,7 @@ def test_preset_loads(path: Path):
     assert sections, f"{path.name}: no section named after a command ({sorted(cli.COMMANDS)})"
     for command in sections:
         cls = cli._load(cli.COMMANDS[command][0])
-        cfg = load_yaml_defaults(cls, path, command)
-        if hasattr(cfg, "validate"):
-            cfg.validate()
+        load_yaml_defaults(cls, path, command)  # the config checks itself when it is built
 
 
 def test_a_file_without_the_commands_section_is_an_error(tmp_path: Path):
@@ -40,6 +38,56 @@ def test_a_file_without_the_commands_section_is_an_error(tmp_path: Path):
     flat.write_text("model: {backbone: painn, preset: small}\ndata: {cutoff: 9.0}\nmax_steps: 3\n")
     cfg = load_yaml_defaults(TrainConfig, flat, "train")
     assert cfg.data.cutoff == 9.0 and cfg.max_steps == 3 and cfg.model.preset == "small"
+
+
+def _bad_configs():
+    """(build an invalid config, the ConfigError it raises): single options and inconsistent ones."""
+    from cameo_eqx.data.config import PrepareConfig
+    from cameo_eqx.priors.config import FitPriorsConfig, PriorConfig
+    from cameo_eqx.simulate.config import AnalyzeConfig, SimulateConfig
+    from cameo_eqx.synthetic.generate import SynthesizeConfig
+    from cameo_eqx.training.config import DataConfig, SimValidationConfig, StageConfig, TrainConfig
+
+    return [
+        (lambda: PrepareConfig(stride=0), r"^prepare\.stride must be >= 1, got 0$"),
+        (lambda: PriorConfig(switch_on=12.0), r"^prior\.switch_on must be in \(0, repulsion_cutoff=10\.0\)"),
+        (lambda: FitPriorsConfig(fourier_tau=0.0), r"^fit-priors\.fourier_tau must be > 0"),
+        (lambda: SimulateConfig(n_steps=150, save_every=100), r"^simulate\.n_steps must be a multiple of save_every"),
+        (lambda: AnalyzeConfig(discard=1.0), r"^analyze\.discard must be in \[0, 1\), got 1\.0$"),
+        (lambda: SynthesizeConfig(n_random=0), r"^synthesize: nothing to simulate"),
+        (lambda: DataConfig(cutoff=0.0), r"^data\.cutoff must be > 0"),
+        (lambda: SimValidationConfig(n_steps=10, save_every=20), r"^sim_validation\.save_every must be in \[1, n_steps"),
+        (lambda: TrainConfig(stages=(StageConfig(lr=-1.0),)), r"^train\.stages\[0\]\.lr must be > 0, got -1\.0$"),
+        (lambda: TrainConfig(select_by="simulation"), r"^train\.select_by is 'simulation' but sim_validation"),
+        (lambda: TrainConfig(stages=(StageConfig(name="a"), StageConfig(name="a"))), r"^train: stage names must be"),
+    ]  # fmt: skip
+
+
+def test_an_invalid_config_cannot_be_constructed():
+    """The checks run in `__post_init__`: a config built in Python (not only one read from YAML) that is
+    out of range or inconsistent is a ConfigError naming the key; `from_dict` names the file and section."""
+    from cameo_eqx.config import ConfigError, from_dict
+    from cameo_eqx.simulate.config import SimulateConfig
+    from cameo_eqx.training.config import TrainConfig
+
+    for build, match in _bad_configs():
+        with pytest.raises(ConfigError, match=match):
+            build()
+    with pytest.raises(ConfigError, match=r"^x\.yaml:simulate\.n_steps must be a multiple of save_every \(100\)"):
+        from_dict(SimulateConfig, {"n_steps": 150}, "x.yaml:simulate")
+    with pytest.raises(ConfigError, match=r"^x\.yaml:train\.stages\[1\]\.b1 must be in \[0, 1\), got 1\.5$"):
+        from_dict(TrainConfig, {"stages": [{"name": "a"}, {"name": "b", "b1": 1.5}]}, "x.yaml:train")
+    with pytest.raises(ConfigError, match=r"^x\.yaml:train: no stages configured"):
+        from_dict(TrainConfig, {"stages": []}, "x.yaml:train")
+
+
+def test_the_command_line_rejects_an_invalid_config(capsys):
+    """tyro builds the config, so `cli.py prepare --stride 0` stops with the config's message (exit 2)."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["prepare", "--inputs", "x.h5", "--stride", "0"])
+    assert e.value.code == 2
+    err = " ".join(capsys.readouterr().err.replace("│", " ").split())  # tyro's box may wrap the line
+    assert "prepare.stride must be >= 1, got 0" in err
 
 
 def test_default_preset_is_valid_for_every_backbone():

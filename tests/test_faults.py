@@ -197,9 +197,9 @@ def test_config_checks_also_cover_configs_built_in_python():
     from cameo_eqx.training.config import StageConfig, TrainConfig
 
     with pytest.raises(ValueError, match=r"stages\[0\]\.epochs must be an integer, got 2\.7"):
-        TrainConfig(stages=(StageConfig(epochs=2.7),)).validate()
+        TrainConfig(stages=(StageConfig(epochs=2.7),))
     with pytest.raises(ValueError, match=r"train\.log_every must be >= 1, got 0"):
-        dataclasses.replace(TrainConfig(), log_every=0).validate()
+        dataclasses.replace(TrainConfig(), log_every=0)
 
 
 def test_shipped_configs_and_good_values_still_load(tmp_path: Path):

@@ -187,9 +187,9 @@ def test_synthesize_writes_a_prepared_dataset_with_true_forces(tmp_path):
             stats = json.loads(rec.attrs["stats"])
             assert stats["noise_floor_true"] == 25.0 and stats["source"] == "teacher"
     with pytest.raises(ValueError, match="sequence"):
-        SynthesizeConfig(sequences=("MKXB",)).validate()
+        SynthesizeConfig(sequences=("MKXB",))
     with pytest.raises(ValueError, match="frames"):
-        SynthesizeConfig(frames=3).validate()
+        SynthesizeConfig(frames=3)
 
 
 def test_cli_lists_synthesize(capsys):

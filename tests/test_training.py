@@ -139,11 +139,11 @@ def test_schedule_warmup_then_cosine():
 
 def test_bad_configs_name_the_option(tmp_path):
     with pytest.raises(ValueError, match="stages\\[0\\].optimizer"):
-        _cfg(tmp_path, stages=(StageConfig(optimizer="sgdx"),)).validate()  # type: ignore[arg-type]
+        _cfg(tmp_path, stages=(StageConfig(optimizer="sgdx"),))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="refine.enabled needs model.prior"):
         from cameo_eqx.priors.config import RefineConfig
 
-        _cfg(tmp_path, refine=RefineConfig(enabled=True)).validate()
+        _cfg(tmp_path, refine=RefineConfig(enabled=True))
 
 
 # ----------------------------------------------------------------------------------------- the step

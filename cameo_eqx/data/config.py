@@ -65,9 +65,9 @@ class PrepareConfig:
     chunk_size: int = 512
     """Frames read per slice (bounds memory for large files)."""
 
-    def check_fields(self, where: str = "prepare") -> None:
-        """Range checks of single fields (types are checked when the config is read)."""
-        check(where, [
+    def __post_init__(self) -> None:
+        """Range checks (an invalid config cannot be constructed); a `ConfigError` names `prepare.key`."""
+        check("prepare", [
             ("stride", self.stride >= 1, ">= 1", self.stride),
             ("max_frames", self.max_frames is None or self.max_frames >= 1, ">= 1 or null", self.max_frames),
             ("workers", self.workers >= 1, ">= 1", self.workers),
@@ -79,6 +79,8 @@ class PrepareConfig:
              "one or more values > 0", self.lambda_grid),
             ("constraint_threshold", self.constraint_threshold > 0, "> 0", self.constraint_threshold),
             ("max_ca_distance", self.max_ca_distance > 0, "> 0", self.max_ca_distance),
+            ("residue_map", all("=" in item for item in self.residue_map), "NAME=STANDARD entries",
+             self.residue_map),
         ])  # fmt: skip
 
 
@@ -92,3 +94,7 @@ class InspectConfig:
     """Estimate the mapped-force noise (optimal-map held-out variance) for raw files with forces (slower)."""
     max_frames: int = 2000
     """Frames per domain used for the noise estimate."""
+
+    def __post_init__(self) -> None:
+        """Range checks (an invalid config cannot be constructed); a `ConfigError` names `inspect.key`."""
+        check("inspect", [("max_frames", self.max_frames >= 1, ">= 1", self.max_frames)])

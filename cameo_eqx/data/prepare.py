@@ -259,7 +259,6 @@ def prepare(cfg: PrepareConfig) -> Path:
     """
     if not cfg.inputs:
         raise SystemExit("error: prepare needs --inputs (mdCATH files, directories or globs)")
-    cfg.check_fields("prepare")
     paths = mdcath.find_inputs(cfg.inputs)
     out = Path(cfg.output)
     created = not out.exists()

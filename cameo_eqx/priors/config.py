@@ -10,6 +10,8 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+from ..config import check
+
 # Fixed parameters of a prior that is not fitted (`Prior.from_prior_config`, `HarmonicBond.init`); fitting
 # replaces them with Boltzmann-inverted values.
 OLD_BOND_R0: float = 3.84
@@ -96,26 +98,19 @@ class PriorConfig:
         """The effective minimum sequence separation of repelled pairs."""
         return OLD_REPULSION_MIN_SEP if self.old_min_sep_6 else self.repulsion_min_sep
 
-    def validate(self) -> None:
-        """Raises a ValueError naming the offending option."""
-        if self.n_species < 1:
-            raise ValueError(f"PriorConfig.n_species must be >= 1, got {self.n_species}")
-        for name in ("angle_order", "dihedral_order"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"PriorConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.repulsion_exponent < 1:
-            raise ValueError(f"PriorConfig.repulsion_exponent must be >= 1, got {self.repulsion_exponent}")
-        if self.repulsion_min_sep < 2:
-            raise ValueError(
-                f"PriorConfig.repulsion_min_sep must be >= 2 (1 is a bond), got {self.repulsion_min_sep}"
-            )
-        if self.repulsion_switch == "smooth" and not 0 < self.switch_on < self.repulsion_cutoff:
-            raise ValueError(
-                f"PriorConfig.switch_on must lie in (0, repulsion_cutoff={self.repulsion_cutoff}), "
-                f"got {self.switch_on}"
-            )
-        if self.repulsion_switch not in ("smooth", "shift", "none"):
-            raise ValueError(f"PriorConfig.repulsion_switch must be smooth|shift|none, got {self.repulsion_switch!r}")
+    def __post_init__(self) -> None:
+        """Range checks (an invalid config cannot be constructed); a `ConfigError` names `prior.key`."""
+        check("prior", [
+            ("n_species", self.n_species >= 1, ">= 1", self.n_species),
+            ("angle_order", self.angle_order >= 1, ">= 1", self.angle_order),
+            ("dihedral_order", self.dihedral_order >= 1, ">= 1", self.dihedral_order),
+            ("repulsion_exponent", self.repulsion_exponent >= 1, ">= 1", self.repulsion_exponent),
+            ("repulsion_min_sep", self.repulsion_min_sep >= 2, ">= 2 (1 is a bond)", self.repulsion_min_sep),
+            ("repulsion_switch", self.repulsion_switch in ("smooth", "shift", "none"), "smooth|shift|none",
+             self.repulsion_switch),
+            ("switch_on", self.repulsion_switch != "smooth" or 0 < self.switch_on < self.repulsion_cutoff,
+             f"in (0, repulsion_cutoff={self.repulsion_cutoff})", self.switch_on),
+        ])  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,3 +181,7 @@ class FitPriorsConfig:
     """Per-species plots show at most this many types per term (the most populated)."""
     refine: RefineConfig = RefineConfig()
     """Force-matching refinement of the fitted prior."""
+
+    def __post_init__(self) -> None:
+        """Range checks (an invalid config cannot be constructed); a `ConfigError` names `fit-priors.key`."""
+        check("fit-priors", [("fourier_tau", self.fourier_tau > 0, "> 0 kcal/mol", self.fourier_tau)])

@@ -553,9 +553,6 @@ def fit_from_histograms(h: PriorHistograms, cfg: FitPriorsConfig, dataset: str =
     provenance as `fallback_types`).
     """
     pc = cfg.prior
-    pc.validate()
-    if not cfg.fourier_tau > 0:
-        raise ValueError(f"FitPriorsConfig.fourier_tau must be > 0 kcal/mol, got {cfg.fourier_tau}")
     temps = h.temperatures
     prov: dict[str, Any] = {
         "method": "boltzmann_inversion", "dataset": dataset, "proteins": h.proteins,

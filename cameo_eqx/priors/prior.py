@@ -150,7 +150,6 @@ class Prior(AbstractPrior):
     def from_prior_config(cls, cfg: PriorConfig, provenance: dict[str, Any] | None = None) -> "Prior":
         """An unfitted prior with the config's terms, parametrisation, weights and initial values
         (bond r0/k and repulsion ε/σ from the config; angle and dihedral coefficients zero)."""
-        cfg.validate()
         terms, weights = [], []
         s = cfg.n_species
         if cfg.bond:

@@ -207,7 +207,6 @@ def analyze(cfg: AnalyzeConfig) -> Path:
 
     **Returns:** the path of `summary.json`.
     """
-    cfg.validate()
     tr = _read_trajectory(Path(cfg.trajectory))
     attrs = tr["attrs"]
     out = Path(cfg.output) if cfg.output is not None else tr["path"].parent / "analysis"

@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Literal
 
+from ..config import check
+
 
 @dataclasses.dataclass(frozen=True)
 class SimulateConfig:
@@ -55,26 +57,24 @@ class SimulateConfig:
     progress: bool = True
     """Show a progress bar."""
 
-    def validate(self) -> None:
-        """Raises a ValueError naming the offending option."""
-        checks = [
-            (self.n_replicas >= 1, "n_replicas must be >= 1"),
-            (self.temperature > 0, "temperature must be > 0 K"),
-            (self.timestep_fs > 0, "timestep_fs must be > 0"),
-            (self.friction_per_ps >= 0, "friction_per_ps must be >= 0"),
-            (self.n_steps >= 1, "n_steps must be >= 1"),
-            (self.save_every >= 1, "save_every must be >= 1"),
-            (self.n_steps % self.save_every == 0, f"n_steps ({self.n_steps}) must be a multiple of "
-                                                  f"save_every ({self.save_every})"),
-            (self.chunk_frames >= 1, "chunk_frames must be >= 1"),
-            (self.uniform_mass > 0, "uniform_mass must be > 0 g/mol"),
-            (self.skin > 0, "skin must be > 0 Å"),
-            (self.max_bond_length > 0, "max_bond_length must be > 0 Å"),
-            (self.neighbor_capacity is None or self.neighbor_capacity >= 1, "neighbor_capacity must be >= 1"),
-        ]  # fmt: skip
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"SimulateConfig: {msg}")
+    def __post_init__(self) -> None:
+        """Range checks (an invalid config cannot be constructed); a `ConfigError` names `simulate.key`."""
+        check("simulate", [
+            ("n_replicas", self.n_replicas >= 1, ">= 1", self.n_replicas),
+            ("temperature", self.temperature > 0, "> 0 K", self.temperature),
+            ("timestep_fs", self.timestep_fs > 0, "> 0", self.timestep_fs),
+            ("friction_per_ps", self.friction_per_ps >= 0, ">= 0", self.friction_per_ps),
+            ("n_steps", self.n_steps >= 1, ">= 1", self.n_steps),
+            ("save_every", self.save_every >= 1, ">= 1", self.save_every),
+            ("n_steps", self.save_every < 1 or self.n_steps % self.save_every == 0, f"a multiple of save_every ({self.save_every})",
+             self.n_steps),
+            ("chunk_frames", self.chunk_frames >= 1, ">= 1", self.chunk_frames),
+            ("uniform_mass", self.uniform_mass > 0, "> 0 g/mol", self.uniform_mass),
+            ("skin", self.skin > 0, "> 0 Å", self.skin),
+            ("max_bond_length", self.max_bond_length > 0, "> 0 Å", self.max_bond_length),
+            ("neighbor_capacity", self.neighbor_capacity is None or self.neighbor_capacity >= 1, ">= 1 or null",
+             self.neighbor_capacity),
+        ])  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,25 +137,23 @@ class AnalyzeConfig:
     verbose: bool = True
     """Print the native-state numbers and the stationarity verdict."""
 
-    def validate(self) -> None:
-        checks = [
-            (self.stationarity_sigmas > 0, "stationarity_sigmas must be > 0"),
-            (self.drift_tolerance >= 0, "drift_tolerance must be >= 0"),
-            (self.kinetic_temperature_tolerance >= 0, "kinetic_temperature_tolerance must be >= 0"),
-            (self.configurational_temperature_tolerance >= 0, "configurational_temperature_tolerance must be >= 0"),
-            (self.half_difference_tolerance >= 0, "half_difference_tolerance must be >= 0"),
-            (set(self.half_compare) <= {"rg", "q", "rmsd", "potential_energy"},
-             f"half_compare must name rg, q, rmsd or potential_energy, got {list(self.half_compare)}"),
-            (self.min_blocks >= 2, "min_blocks must be >= 2"),
-            (self.tconf_frames >= 2, "tconf_frames must be >= 2"),
-            (self.tconf_probes >= 1, "tconf_probes must be >= 1"),
-        ]  # fmt: skip
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"AnalyzeConfig: {msg}")
-        if not 0.0 <= self.discard < 1.0:
-            raise ValueError(f"AnalyzeConfig: discard must be in [0, 1), got {self.discard}")
-        if self.bins < 2:
-            raise ValueError(f"AnalyzeConfig: bins must be >= 2, got {self.bins}")
-        if self.contact_cutoff <= 0:
-            raise ValueError(f"AnalyzeConfig: contact_cutoff must be > 0, got {self.contact_cutoff}")
+    def __post_init__(self) -> None:
+        """Range checks (an invalid config cannot be constructed); a `ConfigError` names `analyze.key`."""
+        check("analyze", [
+            ("stationarity_sigmas", self.stationarity_sigmas > 0, "> 0", self.stationarity_sigmas),
+            ("drift_tolerance", self.drift_tolerance >= 0, ">= 0", self.drift_tolerance),
+            ("kinetic_temperature_tolerance", self.kinetic_temperature_tolerance >= 0, ">= 0",
+             self.kinetic_temperature_tolerance),
+            ("configurational_temperature_tolerance", self.configurational_temperature_tolerance >= 0, ">= 0",
+             self.configurational_temperature_tolerance),
+            ("half_difference_tolerance", self.half_difference_tolerance >= 0, ">= 0",
+             self.half_difference_tolerance),
+            ("half_compare", set(self.half_compare) <= {"rg", "q", "rmsd", "potential_energy"},
+             "names among rg, q, rmsd and potential_energy", list(self.half_compare)),
+            ("min_blocks", self.min_blocks >= 2, ">= 2", self.min_blocks),
+            ("tconf_frames", self.tconf_frames >= 2, ">= 2", self.tconf_frames),
+            ("tconf_probes", self.tconf_probes >= 1, ">= 1", self.tconf_probes),
+            ("discard", 0.0 <= self.discard < 1.0, "in [0, 1)", self.discard),
+            ("bins", self.bins >= 2, ">= 2", self.bins),
+            ("contact_cutoff", self.contact_cutoff > 0, "> 0 Å", self.contact_cutoff),
+        ])  # fmt: skip

@@ -672,7 +672,6 @@ def simulate(cfg: SimulateConfig) -> Path:
 
     **Returns:** the trajectory path. **Raises:** `BlowUpError` (after saving the good frames).
     """
-    cfg.validate()
     model = load_model(cfg.model)
     begin = _load_start(cfg)
     sim = Simulator(model, begin.topology, temperature=cfg.temperature, timestep_fs=cfg.timestep_fs,

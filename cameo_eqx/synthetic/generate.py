@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float, Int
 
-from ..config import check, to_dict
+from ..config import ConfigError, check, to_dict
 from ..data.testdata import compact_chain
 from ..data.store import PreparedDataset, ProteinRecord, finalise, open_for_writing, write_record
 from ..fileio import write_atomic
@@ -89,8 +89,9 @@ class SynthesizeConfig:
     progress: bool = True
     """Show progress."""
 
-    def check_fields(self, where: str = "synthesize") -> None:
-        """Range checks; errors name `where.key` (also run when the config is read from YAML)."""
+    def __post_init__(self) -> None:
+        """Range checks (an invalid config cannot be constructed); a `ConfigError` names `synthesize.key`."""
+        where = "synthesize"
         check(where, [
             ("n_random", self.n_random >= 0, ">= 0", self.n_random),
             ("min_length", 4 <= self.min_length <= self.max_length, "in [4, max_length]", self.min_length),
@@ -105,11 +106,8 @@ class SynthesizeConfig:
             ("noise_sigma", self.noise_sigma >= 0, ">= 0", self.noise_sigma),
         ] + [(f"sequences[{k}]", len(q) >= 4 and set(q.upper()) <= set(ONE_LETTER),
               ">= 4 one-letter amino-acid codes", q) for k, q in enumerate(self.sequences)])  # fmt: skip
-
-    def validate(self) -> None:
-        self.check_fields()
         if self.n_random == 0 and not self.structures and not self.sequences:
-            raise ValueError("synthesize: nothing to simulate (n_random is 0, no sequences, no structures)")
+            raise ConfigError.at(where, None, "nothing to simulate (n_random is 0, no sequences, no structures)")
 
 
 # ----------------------------------------------------------------------------------- sequences
@@ -267,7 +265,6 @@ def _structures(cfg: SynthesizeConfig) -> list[tuple[str, CGTopology, np.ndarray
 
 def synthesize(cfg: SynthesizeConfig) -> Path:
     """Runs the `synthesize` command (see the module docstring); returns the dataset path."""
-    cfg.validate()
     teacher = TeacherPotential.load(cfg.teacher) if cfg.teacher else TeacherPotential.default()
     rng = np.random.default_rng(cfg.seed)
     jobs = _structures(cfg)

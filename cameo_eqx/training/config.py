@@ -17,7 +17,7 @@ from typing import Literal
 
 import yaml
 
-from ..config import ConfigError, check
+from ..config import ConfigError, check, check_integers
 from ..priors.config import RefineConfig
 
 Optimizer = Literal["adabelief", "yogi", "adam", "adamw", "lion", "polyak_sgd", "fromage"]
@@ -61,12 +61,16 @@ class StageConfig:
     """Smallest validation-loss decrease that counts as an improvement."""
 
     def check_fields(self, where: str = "stage") -> None:
-        """Range checks (types are checked when the config is read); errors name `where.key`."""
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"{where}.optimizer: unknown {self.optimizer!r}; choose one of {OPTIMIZERS}")
-        _int("epochs", self.epochs, where)
-        _int("early_stopping", self.early_stopping, where)
+        """Range checks of one stage. A stage is checked by the `TrainConfig` that holds it (its errors name
+        the stage, `train.stages[k].key`) and by `build_optimizer`, not when it is built alone.
+
+        **Arguments:** `where`, the name errors give the stage.
+
+        **Raises:** a `ConfigError` naming `where.key`.
+        """
+        check_integers(where, self, ("epochs", "early_stopping"))
         check(where, [
+            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {OPTIMIZERS}", self.optimizer),
             ("epochs", self.epochs >= 0, ">= 0", self.epochs),
             ("lr", self.lr > 0, "> 0", self.lr),
             ("warmup_fraction", 0.0 <= self.warmup_fraction < 1.0, "in [0, 1)", self.warmup_fraction),
@@ -82,15 +86,6 @@ class StageConfig:
              self.early_stopping),
             ("min_delta", self.min_delta >= 0, ">= 0", self.min_delta),
         ])  # fmt: skip
-
-    def validate(self, where: str = "stage") -> None:
-        self.check_fields(where)
-
-
-def _int(key: str, value, where: str) -> None:
-    """Counts built in Python (not read from YAML, where types are checked) must be integers too."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ValueError(f"{where}.{key} must be an integer, got {value!r} ({type(value).__name__})")
 
 
 DEFAULT_STAGES: tuple[StageConfig, ...] = (
@@ -159,9 +154,9 @@ class DataConfig:
     max_val_frames: int | None = None
     """Cap on validation frames (evenly subsampled per protein); None: all."""
 
-    def check_fields(self, where: str = "data") -> None:
-        """Range checks (types are checked when the config is read); errors name `where.key`."""
-        check(where, [
+    def __post_init__(self) -> None:
+        """Range checks (an invalid config cannot be constructed); a `ConfigError` names `data.key`."""
+        check("data", [
             ("val_fraction", 0.0 <= self.val_fraction < 1.0, "in [0, 1)", self.val_fraction),
             ("cutoff", self.cutoff > 0, "> 0 Å", self.cutoff),
             ("pair_min_sep", self.pair_min_sep >= 1, ">= 1", self.pair_min_sep),
@@ -223,10 +218,11 @@ class SimValidationConfig:
     bins: int = 40
     """Histogram bins of the Jensen-Shannon divergences."""
 
-    def check_fields(self, where: str = "sim_validation") -> None:
-        """Range checks; errors name `where.key`."""
-        for key in ("every", "max_proteins", "n_replicas", "n_steps", "save_every", "max_reference_frames", "bins"):
-            _int(key, getattr(self, key), where)
+    def __post_init__(self) -> None:
+        """Range checks (an invalid config cannot be constructed); a `ConfigError` names `sim_validation.key`."""
+        where = "sim_validation"
+        check_integers(where, self, ("every", "max_proteins", "n_replicas", "n_steps", "save_every",
+                                     "max_reference_frames", "bins"))  # fmt: skip
         check(where, [
             ("every", self.every >= 1, ">= 1", self.every),
             ("max_proteins", self.max_proteins is None or self.max_proteins >= 1, ">= 1 or null", self.max_proteins),
@@ -304,12 +300,13 @@ class TrainConfig:
     distributed: DistributedConfig = DistributedConfig()
     """Multi-process settings."""
 
-    def check_fields(self, where: str = "train") -> None:
-        """Range checks of single fields (types are checked when the config is read); errors name
-        `where.key`. The cross-field checks are in `validate`."""
-        for key in ("seed", "ensemble", "checkpoint_every", "keep_checkpoints", "log_every", "max_steps",
-                    "val_every"):  # fmt: skip
-            _int(key, getattr(self, key), where)
+    def __post_init__(self) -> None:
+        """Range and cross-option checks (an invalid config cannot be constructed); a `ConfigError` names
+        `train.key` (a stage's option `train.stages[k].key`). The data, model and sim_validation parts
+        check themselves when they are built."""
+        where = "train"
+        check_integers(where, self, ("seed", "ensemble", "checkpoint_every", "keep_checkpoints", "log_every",
+                                     "max_steps", "val_every"))  # fmt: skip
         check(where, [
             ("name", bool(self.name) and "/" not in self.name, "a non-empty folder name without '/'", self.name),
             ("gamma_f", self.gamma_f >= 0, ">= 0", self.gamma_f),
@@ -322,30 +319,29 @@ class TrainConfig:
             ("log_every", self.log_every >= 1, ">= 1", self.log_every),
             ("max_steps", self.max_steps is None or self.max_steps >= 0, ">= 0 or null", self.max_steps),
             ("val_every", self.val_every >= 1, ">= 1", self.val_every),
+            ("select_by", self.select_by in ("force_mse", "simulation"), "force_mse or simulation", self.select_by),
         ])  # fmt: skip
-
-    def validate(self) -> None:
-        self.check_fields("train")
-        self.data.check_fields("train.data")
-        if not self.stages and not self.refine.enabled:
-            raise ValueError("train: no stages configured (stages is empty and refine.enabled is false)")
         for k, s in enumerate(self.stages):
-            s.validate(f"stages[{k}]")
+            try:
+                s.check_fields()
+            except ConfigError as e:
+                raise e.under(where, f"stages[{k}]") from None
         names = [s.name for s in self.stages]
-        if len(set(names)) != len(names):
-            raise ValueError(f"train: stage names must be unique, got {names}")
-        if self.gamma_f < 0 or self.gamma_u < 0 or self.gamma_f + self.gamma_u == 0:
-            raise ValueError(f"train: need gamma_f, gamma_u >= 0 and not both 0, got {self.gamma_f}, {self.gamma_u}")
-        if self.ensemble < 1:
-            raise ValueError(f"train: ensemble must be >= 1, got {self.ensemble}")
-        if self.model.backbone == "none" and self.model.prior is None:
-            raise ValueError("train: model.backbone is 'none' and model.prior is None: nothing to train")
-        self.sim_validation.check_fields("train.sim_validation")
-        if self.select_by not in ("force_mse", "simulation"):
-            raise ConfigError(f"train.select_by: unknown {self.select_by!r}; choose force_mse or simulation")
-        if self.select_by == "simulation" and not self.sim_validation.enabled:
-            raise ConfigError("train.select_by is 'simulation' but sim_validation.enabled is false: there would be "
-                              "no simulation score to select best.eqx by; pass --sim-validation.enabled (YAML: "
-                              "sim_validation: {enabled: true}) or --select-by force_mse")  # fmt: skip
-        if self.refine.enabled and self.model.prior is None:
-            raise ValueError("train: refine.enabled needs model.prior (a fitted prior to refine)")
+        problems = [
+            (None, not self.stages and not self.refine.enabled,
+             "no stages configured (stages is empty and refine.enabled is false)"),
+            (None, len(set(names)) != len(names), f"stage names must be unique, got {names}"),
+            (None, self.gamma_f + self.gamma_u == 0,
+             f"need gamma_f, gamma_u >= 0 and not both 0, got {self.gamma_f}, {self.gamma_u}"),
+            (None, self.model.backbone == "none" and self.model.prior is None,
+             "model.backbone is 'none' and model.prior is None: nothing to train"),
+            ("select_by", self.select_by == "simulation" and not self.sim_validation.enabled,
+             "is 'simulation' but sim_validation.enabled is false: there would be no simulation score to select "
+             "best.eqx by; pass --sim-validation.enabled (YAML: sim_validation: {enabled: true}) or --select-by "
+             "force_mse"),
+            (None, self.refine.enabled and self.model.prior is None,
+             "refine.enabled needs model.prior (a fitted prior to refine)"),
+        ]  # fmt: skip
+        for key, bad, reason in problems:
+            if bad:
+                raise ConfigError.at(where, key, reason)

@@ -44,7 +44,7 @@ def make_optimizer(stage: StageConfig, total_steps: int) -> optax.GradientTransf
 
     **Returns:** an optax transformation.
     """
-    stage.validate()
+    stage.check_fields()
     sched = make_schedule(stage, total_steps)
     name = stage.optimizer
     parts: list = []

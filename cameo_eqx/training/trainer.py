@@ -262,7 +262,6 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, datamodule=None,
                  callbacks: list[Callback] | None = None, max_traces: int | None = None,
                  donate: bool = True):  # fmt: skip
-        cfg.validate()
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -740,7 +739,6 @@ def train(cfg: TrainConfig) -> Path:
     **Returns:** the run directory (`<output>/<name>`), holding `model.eqx`, `best.eqx`, `config.json`,
     `metrics.jsonl`, `tb/` and `checkpoints/` (for an ensemble: the members and the best member's model).
     """
-    cfg.validate()
     initialize(cfg.distributed)
     run_dir = Path(cfg.output) / cfg.name
     if cfg.ensemble == 1:
