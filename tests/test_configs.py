@@ -43,6 +43,7 @@ def test_a_file_without_the_commands_section_is_an_error(tmp_path: Path):
 def _bad_configs():
     """(build an invalid config, the ConfigError it raises): single options and inconsistent ones."""
     from cameo_eqx.data.config import PrepareConfig
+    from cameo_eqx.export.chemtrain_deploy import ExportConfig
     from cameo_eqx.priors.config import FitPriorsConfig, PriorConfig
     from cameo_eqx.simulate.config import AnalyzeConfig, SimulateConfig
     from cameo_eqx.synthetic.generate import SynthesizeConfig
@@ -50,6 +51,7 @@ def _bad_configs():
 
     return [
         (lambda: PrepareConfig(stride=0), r"^prepare\.stride must be >= 1, got 0$"),
+        (lambda: ExportConfig(platform=()), r"^export\.platform must be one or more of"),
         (lambda: PriorConfig(switch_on=12.0), r"^prior\.switch_on must be in \(0, repulsion_cutoff=10\.0\)"),
         (lambda: FitPriorsConfig(fourier_tau=0.0), r"^fit-priors\.fourier_tau must be > 0"),
         (lambda: SimulateConfig(n_steps=150, save_every=100), r"^simulate\.n_steps must be a multiple of save_every"),

@@ -47,6 +47,7 @@ import numpy as np
 from jax import export as jax_export
 from jaxtyping import Array, Bool, Int
 
+from ..config import check
 from ..data.store import PreparedDataset
 from ..energy import AbstractEnergyModel
 from ..fileio import write_atomic
@@ -865,6 +866,19 @@ class ExportConfig:
     run: RunSettings = RunSettings()
     matmul_precision: MatmulPrecision = DEFAULT_PRECISION
 
+    def __post_init__(self) -> None:
+        """Range checks (an invalid config cannot be constructed); a `ConfigError` names `export.key`. The
+        protein is checked by `export` (its default, "", lets `cli.py export --help` build the config)."""
+        platforms = (self.platform,) if isinstance(self.platform, str) else tuple(self.platform)
+        check("export", [
+            ("platform", bool(platforms) and all(p in PLATFORMS for p in platforms), f"one or more of {PLATFORMS}",
+             self.platform),
+            ("nbr_order", self.nbr_order is None or (len(self.nbr_order) == 2 and min(self.nbr_order) >= 1),
+             "two positive ints [newton_on, newton_off] or null", self.nbr_order),
+            ("capacity_fractions", bool(self.capacity_fractions) and all(0 < f <= 1 for f in self.capacity_fractions),
+             "one or more values in (0, 1]", self.capacity_fractions),
+        ])  # fmt: skip
+
 
 def _load_model(path: str):
     if not Path(path).exists():
@@ -964,9 +978,6 @@ def export(cfg: ExportConfig) -> Path:
     if not cfg.protein:
         raise ValueError("export: name the protein to export (--protein NAME from the prepared dataset)")
     platforms = (cfg.platform,) if isinstance(cfg.platform, str) else tuple(dict.fromkeys(cfg.platform))
-    bad = [p for p in platforms if p not in PLATFORMS]
-    if bad or not platforms:
-        raise ValueError(f"export: platform must be one or more of {PLATFORMS}, got {cfg.platform!r}")
     with PreparedDataset(cfg.dataset) as ds:
         if cfg.protein not in ds.names:
             raise KeyError(f"export: protein {cfg.protein!r} not in {ds.path}; it has {ds.names[:10]}"
