@@ -109,6 +109,40 @@ def gauss_newton_scales(
     return jax.tree.map(scale, acc)
 
 
+def _checked_batches(batches: Sequence[Batch]) -> list[Batch]:
+    """The batches on the device; a `ValueError` names one without target forces on its real beads."""
+    batches = [b.to_device() if not isinstance(b.positions, jax.Array) else b for b in batches]
+    for i, b in enumerate(batches):
+        if bool(jnp.any(jnp.isnan(jnp.where(b.node_mask[:, None], b.forces, 0.0)))):
+            raise ValueError(f"batch {i} has no target forces (NaN on real beads); force matching needs forces")
+    return batches
+
+
+def _scaled_objective(params: PyTree, static: PyTree, scales: PyTree, bs: Sequence[Batch], proximal: float):
+    """(unscale, mse, loss) of the rescaled variables z (θ = θ₀ + s ⊙ z): loss = MSE + (proximal/2)·|z|²."""
+
+    def unscale(z):
+        return jax.tree.map(lambda p, s, zz: p + s * zz, params, scales, z)
+
+    def mse(z):
+        return _mse(eqx.combine(unscale(z), static), bs)
+
+    def loss(z, _):
+        return mse(z) + 0.5 * proximal * sum(jnp.sum(x * x) for x in jax.tree.leaves(z))
+
+    return unscale, mse, loss
+
+
+def _make_solver(solver: str, n_par: int, *, max_dense: int, rtol: float, atol: float, history_length: int):
+    """The solver that runs ("bfgs" or "lbfgs"; "auto": BFGS up to `max_dense` parameters) and its instance."""
+    if solver not in ("auto", "bfgs", "lbfgs"):
+        raise ValueError(f"quasi_newton_force_match: solver must be auto|bfgs|lbfgs, got {solver!r}")
+    use = solver if solver != "auto" else ("bfgs" if n_par <= max_dense else "lbfgs")
+    opt = (optx.BFGS(rtol=rtol, atol=atol) if use == "bfgs"
+           else optx.LBFGS(rtol=rtol, atol=atol, history_length=history_length))  # fmt: skip
+    return use, opt
+
+
 def quasi_newton_force_match(
     model: PyTree, filter_spec: PyTree, batches: Sequence[Batch], *, max_steps: int = 200,
     rtol: float = 1e-6, atol: float = 1e-6, history_length: int = 10, float64: bool = True,
@@ -154,10 +188,7 @@ def quasi_newton_force_match(
     (`"bfgs"` or `"lbfgs"`) and its result, and the gradient norms. Running out of steps is not an error
     (the point reached is returned and reported).
     """
-    batches = [b.to_device() if not isinstance(b.positions, jax.Array) else b for b in batches]
-    for i, b in enumerate(batches):
-        if bool(jnp.any(jnp.isnan(jnp.where(b.node_mask[:, None], b.forces, 0.0)))):
-            raise ValueError(f"batch {i} has no target forces (NaN on real beads); force matching needs forces")
+    batches = _checked_batches(batches)
     params0, static0 = eqx.partition(model, filter_spec)
     dtypes = jax.tree.map(lambda x: x.dtype, params0)
     with jax.enable_x64(float64):
@@ -166,15 +197,7 @@ def quasi_newton_force_match(
         bs = [_cast(b, dt) for b in batches]
         scales = gauss_newton_scales(params, static, bs) if precondition else jax.tree.map(jnp.ones_like, params)
 
-        def unscale(z):
-            return jax.tree.map(lambda p, s, zz: p + s * zz, params, scales, z)
-
-        def mse(z):
-            return _mse(eqx.combine(unscale(z), static), bs)
-
-        def loss(z, _):
-            return mse(z) + 0.5 * proximal * sum(jnp.sum(x * x) for x in jax.tree.leaves(z))
-
+        unscale, mse, loss = _scaled_objective(params, static, scales, bs, proximal)
         z0 = jax.tree.map(jnp.zeros_like, params)
         grad = eqx.filter_jit(jax.grad(lambda z: loss(z, None)))
         mse_jit = eqx.filter_jit(mse)
@@ -185,11 +208,8 @@ def quasi_newton_force_match(
 
         l0, g0 = gnorm(z0)
         n_par = sum(x.size for x in jax.tree.leaves(z0))
-        if solver not in ("auto", "bfgs", "lbfgs"):
-            raise ValueError(f"quasi_newton_force_match: solver must be auto|bfgs|lbfgs, got {solver!r}")
-        use = solver if solver != "auto" else ("bfgs" if n_par <= max_dense else "lbfgs")
-        opt = (optx.BFGS(rtol=rtol, atol=atol) if use == "bfgs"
-               else optx.LBFGS(rtol=rtol, atol=atol, history_length=history_length))  # fmt: skip
+        use, opt = _make_solver(solver, n_par, max_dense=max_dense, rtol=rtol, atol=atol,
+                                history_length=history_length)  # fmt: skip
         sol = optx.minimise(loss, opt, z0, max_steps=max_steps, throw=False)
         l1, g1 = gnorm(sol.value)
         best = jax.tree.map(lambda x, d: jnp.asarray(x, d), unscale(sol.value), dtypes)
