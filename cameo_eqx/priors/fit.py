@@ -180,6 +180,80 @@ def _binned(values: np.ndarray, lo: float, hi: float, n_bins: int) -> tuple[np.n
     return np.clip(b, 0, n_bins - 1), ok
 
 
+def _selected_frames(rec: ProteinRecord, cfg: FitPriorsConfig, select_t) -> tuple[np.ndarray, np.ndarray]:
+    """The protein's frames the fit uses (every `frame_stride`-th, at the selected temperatures) and their temperatures."""
+    frames = np.arange(0, rec.n_frames, cfg.frame_stride)
+    temp = np.asarray(rec.temperature, np.float64)[frames]
+    if select_t is not None:
+        frames = frames[np.any(np.abs(temp[:, None] - select_t[None]) < 1e-3, axis=1)]
+        temp = np.asarray(rec.temperature, np.float64)[frames]
+    return frames, temp
+
+
+@dataclasses.dataclass(frozen=True)
+class _ProteinTerms:
+    """One protein's bonded index rows, its non-bonded pairs (`pi` < `pj`) and the type of every term."""
+
+    bonds: np.ndarray
+    angles: np.ndarray
+    dihedrals: np.ndarray
+    pi: np.ndarray
+    pj: np.ndarray
+    types: dict[str, np.ndarray]
+
+
+def _protein_terms(topo, sp: np.ndarray, pc) -> _ProteinTerms:
+    """The protein's terms and their types (per species combination, or all one type)."""
+    s = pc.n_species
+    bonds, angles, dih = topo.bonds, topo.angles, topo.dihedrals
+    ty = {
+        "bond": pair_type(sp[bonds[:, 0]], sp[bonds[:, 1]], s) if pc.bond_per_species else np.zeros(len(bonds), np.int64),
+        "angle": triplet_type(*(sp[angles[:, c]] for c in range(3)), s) if pc.angle_per_species else np.zeros(len(angles), np.int64),
+        "dihedral": quadruplet_type(*(sp[dih[:, c]] for c in range(4)), s) if pc.dihedral_per_species else np.zeros(len(dih), np.int64),
+    }  # fmt: skip
+    n = topo.n_beads
+    pi, pj = np.triu_indices(n, k=1)
+    sep = topo.sequence_separation(pi, pj)
+    keep = sep >= pc.min_sep
+    pi, pj = pi[keep], pj[keep]
+    ty["pair"] = pair_type(sp[pi], sp[pj], s) if pc.repulsion_per_species else np.zeros(len(pi), np.int64)
+    return _ProteinTerms(bonds, angles, dih, pi, pj, ty)
+
+
+def _count_chunk(counts: dict[str, SparseCounts], R: np.ndarray, ti: np.ndarray, terms: _ProteinTerms,
+                 cfg: FitPriorsConfig, n_pair_bins: int) -> int:  # fmt: skip
+    """Adds a chunk of frames `R` (temperature indices `ti`) to the counts; returns the bonds outside the range."""
+    pc = cfg.prior
+    lo_b, hi_b = cfg.bond_range
+    bonds, angles, dih, pi, pj, ty = terms.bonds, terms.angles, terms.dihedrals, terms.pi, terms.pj, terms.types
+    bond_outside = 0
+
+    def add(name, values, lo, hi, nb, types):
+        b, ok = _binned(values, lo, hi, nb)
+        key = ((types[None, :] * MAX_TEMPERATURES + ti) * nb + b)[ok]
+        counts[name].add(key.ravel())
+        return int((~ok).sum())
+
+    if len(bonds):
+        bond_outside += add("bond", np_bond_lengths(R, bonds), lo_b, hi_b, cfg.bond_bins, ty["bond"])
+    if len(angles):
+        # θ = π falls in the last bin
+        th = np.minimum(np_angles(R, angles), np.pi * (1 - 1e-12))
+        add("angle", th, 0.0, np.pi, cfg.angle_bins, ty["angle"])
+    if len(dih):
+        ph = np.where(np_dihedrals(R, dih) >= np.pi, -np.pi, np_dihedrals(R, dih))
+        add("dihedral", ph, -np.pi, np.pi, cfg.dihedral_bins, ty["dihedral"])
+    if len(pi):
+        step = max(1, (1 << 22) // max(1, len(pi)))  # bound memory for large proteins
+        for a in range(0, len(R), step):
+            Rs = R[a : a + step]
+            d = np.linalg.norm(Rs[:, pj] - Rs[:, pi], axis=-1)
+            b, ok = _binned(d, 0.0, pc.repulsion_cutoff, n_pair_bins)
+            key = ((ty["pair"][None, :] * MAX_TEMPERATURES + ti[a : a + step]) * n_pair_bins + b)[ok]
+            counts["pair"].add(key.ravel())
+    return bond_outside
+
+
 def collect_histograms(records: Iterable[ProteinRecord], cfg: FitPriorsConfig) -> PriorHistograms:
     """One streaming pass over the selected frames (chunks of `cfg.chunk_frames`).
 
@@ -194,7 +268,6 @@ def collect_histograms(records: Iterable[ProteinRecord], cfg: FitPriorsConfig) -
     s = pc.n_species
     temps: list[float] = []
     counts = {k: SparseCounts() for k in ("bond", "angle", "dihedral", "pair")}
-    lo_b, hi_b = cfg.bond_range
     n_pair_bins = int(round(pc.repulsion_cutoff / REPULSION_BIN))
     bond_outside = n_frames = 0
     names = []
@@ -207,26 +280,11 @@ def collect_histograms(records: Iterable[ProteinRecord], cfg: FitPriorsConfig) -
         if len(sp) and (sp.min() < 0 or sp.max() >= s):
             raise ValueError(f"protein {rec.name}: species {sp.max()} outside [0, {s}) "
                              f"(PriorConfig.n_species = {s}; set it to the dataset's species count)")  # fmt: skip
-        frames = np.arange(0, rec.n_frames, cfg.frame_stride)
-        temp = np.asarray(rec.temperature, np.float64)[frames]
-        if select_t is not None:
-            frames = frames[np.any(np.abs(temp[:, None] - select_t[None]) < 1e-3, axis=1)]
-            temp = np.asarray(rec.temperature, np.float64)[frames]
+        frames, temp = _selected_frames(rec, cfg, select_t)
         if len(frames) == 0:
             continue
         names.append(rec.name)
-        bonds, angles, dih = topo.bonds, topo.angles, topo.dihedrals
-        ty = {
-            "bond": pair_type(sp[bonds[:, 0]], sp[bonds[:, 1]], s) if pc.bond_per_species else np.zeros(len(bonds), np.int64),
-            "angle": triplet_type(*(sp[angles[:, c]] for c in range(3)), s) if pc.angle_per_species else np.zeros(len(angles), np.int64),
-            "dihedral": quadruplet_type(*(sp[dih[:, c]] for c in range(4)), s) if pc.dihedral_per_species else np.zeros(len(dih), np.int64),
-        }  # fmt: skip
-        n = topo.n_beads
-        pi, pj = np.triu_indices(n, k=1)
-        sep = topo.sequence_separation(pi, pj)
-        keep = sep >= pc.min_sep
-        pi, pj = pi[keep], pj[keep]
-        ty["pair"] = pair_type(sp[pi], sp[pj], s) if pc.repulsion_per_species else np.zeros(len(pi), np.int64)
+        terms = _protein_terms(topo, sp, pc)
         tidx = np.asarray([_temperature_index(temps, t, f"protein {rec.name}") for t in temp], np.int64)
         for c0 in range(0, len(frames), cfg.chunk_frames):
             fr = frames[c0 : c0 + cfg.chunk_frames]
@@ -236,34 +294,12 @@ def collect_histograms(records: Iterable[ProteinRecord], cfg: FitPriorsConfig) -
                 bad = np.argwhere(~np.isfinite(R))[0]
                 raise ValueError(f"protein {rec.name}: NaN/inf position at frame {fr[bad[0]]}, bead {bad[1]}")
             ti = tidx[c0 : c0 + len(fr)][:, None]
-
-            def add(name, values, lo, hi, nb, types):
-                b, ok = _binned(values, lo, hi, nb)
-                key = ((types[None, :] * MAX_TEMPERATURES + ti) * nb + b)[ok]
-                counts[name].add(key.ravel())
-                return int((~ok).sum())
-
-            if len(bonds):
-                bond_outside += add("bond", np_bond_lengths(R, bonds), lo_b, hi_b, cfg.bond_bins, ty["bond"])
-            if len(angles):
-                # θ = π falls in the last bin
-                th = np.minimum(np_angles(R, angles), np.pi * (1 - 1e-12))
-                add("angle", th, 0.0, np.pi, cfg.angle_bins, ty["angle"])
-            if len(dih):
-                ph = np.where(np_dihedrals(R, dih) >= np.pi, -np.pi, np_dihedrals(R, dih))
-                add("dihedral", ph, -np.pi, np.pi, cfg.dihedral_bins, ty["dihedral"])
-            if len(pi):
-                step = max(1, (1 << 22) // max(1, len(pi)))  # bound memory for large proteins
-                for a in range(0, len(fr), step):
-                    Rs = R[a : a + step]
-                    d = np.linalg.norm(Rs[:, pj] - Rs[:, pi], axis=-1)
-                    b, ok = _binned(d, 0.0, pc.repulsion_cutoff, n_pair_bins)
-                    key = ((ty["pair"][None, :] * MAX_TEMPERATURES + ti[a : a + step]) * n_pair_bins + b)[ok]
-                    counts["pair"].add(key.ravel())
+            bond_outside += _count_chunk(counts, R, ti, terms, cfg, n_pair_bins)
             n_frames += len(fr)
     if n_frames == 0:
         raise FitError(f"no frames selected (temperatures={cfg.temperatures}, proteins={cfg.proteins})")
     nt = len(temps)
+    lo_b, hi_b = cfg.bond_range
 
     def th(name, lo, hi, nb):
         return TermHistogram(name, np.linspace(lo, hi, nb + 1), counts[name].dense(nb, nt))
@@ -428,6 +464,42 @@ def _lsq_inequality(A, y, G):
     return c, int(np.sum(u > 0))
 
 
+@dataclasses.dataclass(frozen=True)
+class _OrderFit:
+    """One Fourier order's constrained ridge fit: coefficients, residuals, χ², effective dof, active constraints."""
+
+    a: np.ndarray
+    b: np.ndarray
+    r: np.ndarray
+    chi2: float
+    dof_eff: float
+    n_active: int
+
+
+def _fit_fourier_order(x, u, w, off, support, m: int, tau: float) -> _OrderFit | None:
+    """The ridge fit of order `m` under the repulsive-extrapolation constraints (None when not finite)."""
+    gx, ge, side = support
+    nT = off.shape[1]
+    sw = np.sqrt(w)
+    X = np.concatenate([_fourier_design(x, m), off], axis=1)
+    nn = np.arange(1, m + 1, dtype=np.float64)
+    pen = np.concatenate([nn, nn, np.zeros(nT)]) / tau  # sqrt of the ridge diagonal
+    A = np.concatenate([X * sw[:, None], np.diag(pen)], axis=0)
+    yy = np.concatenate([u * sw, np.zeros(len(pen))])
+    rows = [_fourier_design(gx, m) - _fourier_design(ge, m)]  # U(x) - U(edge) ≥ 0
+    if (side != 0).any():
+        rows.append(side[side != 0, None] * _fourier_slope_design(gx[side != 0], m))
+    G = np.concatenate([np.concatenate(rows, axis=0), np.zeros((sum(len(r) for r in rows), nT))], axis=1)
+    coef, n_active = _lsq_inequality(A, yy, G)
+    if not np.all(np.isfinite(coef)):
+        return None
+    r = u - X @ coef
+    chi2 = float(np.sum(w * r * r))
+    XtWX = (X * w[:, None]).T @ X
+    dof_eff = float(np.trace(np.linalg.solve(XtWX + np.diag(pen**2), XtWX)))
+    return _OrderFit(coef[:m], coef[m : 2 * m], r, chi2, dof_eff, n_active)
+
+
 def fit_fourier(
     centers: Float[np.ndarray, " nb"], counts: Int[np.ndarray, "nT nb"], temps: Sequence[float], *,
     jacobian: Float[np.ndarray, " nb"], domain: tuple[float, float], max_order: int,
@@ -473,37 +545,22 @@ def fit_fourier(
     best, scores, rejected, active_by_order = None, {}, {}, {}
     off = _offsets(t, len(temps))
     nT = len(temps)
-    sw = np.sqrt(w)
     for m in range(1, max_order + 1):
         if 2 * m + nT >= len(u):
             break
-        X = np.concatenate([_fourier_design(x, m), off], axis=1)
-        nn = np.arange(1, m + 1, dtype=np.float64)
-        pen = np.concatenate([nn, nn, np.zeros(nT)]) / tau  # sqrt of the ridge diagonal
-        A = np.concatenate([X * sw[:, None], np.diag(pen)], axis=0)
-        yy = np.concatenate([u * sw, np.zeros(len(pen))])
-        rows = [_fourier_design(gx, m) - _fourier_design(ge, m)]  # U(x) - U(edge) ≥ 0
-        if (side != 0).any():
-            rows.append(side[side != 0, None] * _fourier_slope_design(gx[side != 0], m))
-        G = np.concatenate([np.concatenate(rows, axis=0), np.zeros((sum(len(r) for r in rows), nT))], axis=1)
-        coef, n_active = _lsq_inequality(A, yy, G)
-        if not np.all(np.isfinite(coef)):
+        fit = _fit_fourier_order(x, u, w, off, (gx, ge, side), m, tau)
+        if fit is None:
             continue
-        r = u - X @ coef
-        chi2 = float(np.sum(w * r * r))
-        XtWX = (X * w[:, None]).T @ X
-        dof_eff = float(np.trace(np.linalg.solve(XtWX + np.diag(pen**2), XtWX)))
-        a, b = coef[:m], coef[m : 2 * m]
-        ug_out = fourier_energy(gx, a, b)
-        u_in_min = fourier_energy(occ, a, b).min()
+        ug_out = fourier_energy(gx, fit.a, fit.b)
+        u_in_min = fourier_energy(occ, fit.a, fit.b).min()
         if len(gx) and ug_out.min() < u_in_min - 1e-6:
             rejected[m] = float(u_in_min - ug_out.min())
             continue
-        ic = chi2 + (2 * dof_eff if criterion == "aic" else dof_eff * math.log(len(u)))
+        ic = fit.chi2 + (2 * fit.dof_eff if criterion == "aic" else fit.dof_eff * math.log(len(u)))
         scores[m] = ic
-        active_by_order[m] = n_active
+        active_by_order[m] = fit.n_active
         if best is None or ic < best[0]:
-            best = (ic, m, a, b, chi2, r, dof_eff)
+            best = (ic, m, fit.a, fit.b, fit.chi2, fit.r, fit.dof_eff)
     if best is None:
         raise FitError(
             f"{what}: no Fourier order 1..{max_order} gives a potential bounded below by its sampled "
@@ -546,6 +603,109 @@ def _pad(v: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
+def _per_type_fits(hist: TermHistogram, fit_one, per_species: bool, min_count: int):
+    """Global fit plus per-type fits (types under min_count fall back to the global one)."""
+    g = fit_one(hist.total, f"{hist.name} (global)")
+    if not per_species:
+        return g, {}, []
+    fits, fallback = {}, []
+    for ty, c in sorted(hist.per_type.items()):
+        if c.sum() < min_count:
+            fallback.append(ty)
+            continue
+        fits[ty] = fit_one(c, f"{hist.name} type {ty}")
+    return g, fits, fallback
+
+
+def _fit_bond_term(h: PriorHistograms, cfg: FitPriorsConfig):
+    """The harmonic bond term from the bond-length histograms: (term, weight, provenance)."""
+    pc, temps, s = cfg.prior, h.temperatures, cfg.prior.n_species
+    hb = h.bond
+    n_in = int(hb.total.sum())
+    if n_in == 0:
+        raise FitError("bond: no bond lengths inside bond_range "
+                       f"{cfg.bond_range} Å ({h.bond_outside} outside)")  # fmt: skip
+    if h.bond_outside > 0.01 * (n_in + h.bond_outside):
+        raise FitError(f"bond: {h.bond_outside} of {n_in + h.bond_outside} bond lengths lie outside "
+                       f"bond_range {cfg.bond_range} Å (> 1 %); widen it\n"
+                       + histogram_text(hb.centers, hb.total, temps, " Å"))  # fmt: skip
+    g, fits, fb = _per_type_fits(hb, lambda c, w: fit_harmonic(hb.centers, c, temps, w), pc.bond_per_species,
+                                 cfg.min_count)  # fmt: skip
+    nt = n_types("pair", s) if pc.bond_per_species else 1
+    r0 = np.full(nt, g[0])
+    k = np.full(nt, g[1])
+    for ty, (a, b, _) in fits.items():
+        r0[ty], k[ty] = a, b
+    term = HarmonicBond(np.asarray(r0, np.float32), np.asarray(k, np.float32), pc.bond_per_species, s)
+    info = {"global": {"r0": g[0], "k": g[1], **g[2]}, "bins": cfg.bond_bins,
+            "range": list(cfg.bond_range), "n_outside_range": h.bond_outside,
+            "per_type": {str(t): {"r0": v[0], "k": v[1], **v[2]} for t, v in fits.items()},
+            "fallback_types": fb}  # fmt: skip
+    return term, pc.weight_bond, info
+
+
+def _fit_fourier_term(name: str, h: PriorHistograms, cfg: FitPriorsConfig):
+    """The Fourier angle or periodic dihedral term from its histograms: (term, weight, provenance)."""
+    pc, temps, s = cfg.prior, h.temperatures, cfg.prior.n_species
+    if name == "angle":
+        hist, per, dom, jac = h.angle, pc.angle_per_species, (0.0, np.pi), np.sin(h.angle.centers)
+    else:
+        hist, per, dom, jac = h.dihedral, pc.dihedral_per_species, (-np.pi, np.pi), np.ones_like(h.dihedral.centers)
+    if hist.total.sum() == 0:
+        raise FitError(f"{name}: no samples (are all proteins shorter than {3 if name == 'angle' else 4} beads?)")
+
+    def one(c, w):
+        return fit_fourier(hist.centers, c, temps, jacobian=jac, domain=dom,
+                           max_order=cfg.max_fourier_order, criterion=cfg.criterion, what=w,
+                           tau=cfg.fourier_tau)  # fmt: skip
+
+    g, fits, fb = _per_type_fits(hist, one, per, cfg.min_count)
+    order = max([len(g[0])] + [len(v[0]) for v in fits.values()])
+    kind = "triplet" if name == "angle" else "quadruplet"
+    nt = n_types(kind, s) if per else 1
+    A = np.tile(_pad(g[0], order), (nt, 1))
+    B = np.tile(_pad(g[1], order), (nt, 1))
+    for ty, (a, b, _) in fits.items():
+        A[ty], B[ty] = _pad(a, order), _pad(b, order)
+    if name == "angle":
+        term, weight = FourierAngle(np.asarray(A, np.float32), np.asarray(B, np.float32), per, s), pc.weight_angle
+    else:
+        kk, gg = fourier_to_periodic(A, B)
+        term = PeriodicDihedral(np.asarray(kk, np.float32), np.asarray(gg, np.float32), per, s)
+        weight = pc.weight_dihedral
+    info = {"global": {"a": list(g[0]), "b": list(g[1]), **g[2]}, "bins": len(hist.centers),
+            "per_type": {str(t): v[2] for t, v in fits.items()}, "fallback_types": fb}  # fmt: skip
+    return term, weight, info
+
+
+def _fit_repulsion_term(h: PriorHistograms, cfg: FitPriorsConfig):
+    """The soft-sphere repulsion with σ from a percentile of the pair-distance histograms: (term, weight, provenance)."""
+    pc, s = cfg.prior, cfg.prior.n_species
+    hp = h.pair
+    if hp.total.sum() == 0:
+        raise FitError(f"repulsion: no non-bonded pairs (separation ≥ {pc.min_sep}) within "
+                       f"{pc.repulsion_cutoff} Å in the data")  # fmt: skip
+    sig_g = repulsion_sigma(hp.total, hp.edges, cfg.repulsion_percentile)
+    nt = n_types("pair", s) if pc.repulsion_per_species else 1
+    sig = np.full(nt, sig_g)
+    fb = []
+    if pc.repulsion_per_species:
+        for ty, c in hp.per_type.items():
+            if c.sum() < cfg.min_count:
+                fb.append(ty)
+            else:
+                sig[ty] = repulsion_sigma(c, hp.edges, cfg.repulsion_percentile)
+    if not np.all(sig > 0):
+        raise FitError(f"repulsion: σ ≤ 0 from the {cfg.repulsion_percentile} % percentile")
+    term = SoftSphereRepulsion(
+        np.full(nt, pc.repulsion_epsilon, np.float32), np.asarray(sig, np.float32), pc.repulsion_exponent,
+        pc.min_sep, pc.repulsion_cutoff, pc.repulsion_switch, pc.switch_on, 0.1, pc.repulsion_per_species, s)  # fmt: skip
+    info = {"sigma_global": sig_g, "percentile": cfg.repulsion_percentile,
+            "min_sep": pc.min_sep, "n_pairs": [int(c) for c in hp.total.sum(1)],
+            "epsilon": pc.repulsion_epsilon, "fallback_types": sorted(fb)}  # fmt: skip
+    return term, pc.weight_repulsion, info
+
+
 def fit_from_histograms(h: PriorHistograms, cfg: FitPriorsConfig, dataset: str = "") -> Prior:
     """The Boltzmann-inverted `Prior` from collected histograms (see the module docstring).
 
@@ -560,100 +720,18 @@ def fit_from_histograms(h: PriorHistograms, cfg: FitPriorsConfig, dataset: str =
         "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)), "terms": {},
     }  # fmt: skip
     terms, weights = [], []
-    s = pc.n_species
-
-    def per_type(hist: TermHistogram, fit_one, per_species: bool):
-        """Global fit plus per-type fits (types under min_count fall back to the global one)."""
-        g = fit_one(hist.total, f"{hist.name} (global)")
-        if not per_species:
-            return g, {}, []
-        fits, fallback = {}, []
-        for ty, c in sorted(hist.per_type.items()):
-            if c.sum() < cfg.min_count:
-                fallback.append(ty)
-                continue
-            fits[ty] = fit_one(c, f"{hist.name} type {ty}")
-        return g, fits, fallback
-
+    fitted = []
     if pc.bond:
-        hb = h.bond
-        n_in = int(hb.total.sum())
-        if n_in == 0:
-            raise FitError("bond: no bond lengths inside bond_range "
-                           f"{cfg.bond_range} Å ({h.bond_outside} outside)")  # fmt: skip
-        if h.bond_outside > 0.01 * (n_in + h.bond_outside):
-            raise FitError(f"bond: {h.bond_outside} of {n_in + h.bond_outside} bond lengths lie outside "
-                           f"bond_range {cfg.bond_range} Å (> 1 %); widen it\n"
-                           + histogram_text(hb.centers, hb.total, temps, " Å"))  # fmt: skip
-        g, fits, fb = per_type(hb, lambda c, w: fit_harmonic(hb.centers, c, temps, w), pc.bond_per_species)
-        nt = n_types("pair", s) if pc.bond_per_species else 1
-        r0 = np.full(nt, g[0])
-        k = np.full(nt, g[1])
-        for ty, (a, b, _) in fits.items():
-            r0[ty], k[ty] = a, b
-        terms.append(HarmonicBond(np.asarray(r0, np.float32), np.asarray(k, np.float32), pc.bond_per_species, s))
-        weights.append(pc.weight_bond)
-        prov["terms"]["bond"] = {"global": {"r0": g[0], "k": g[1], **g[2]}, "bins": cfg.bond_bins,
-                                 "range": list(cfg.bond_range), "n_outside_range": h.bond_outside,
-                                 "per_type": {str(t): {"r0": v[0], "k": v[1], **v[2]} for t, v in fits.items()},
-                                 "fallback_types": fb}  # fmt: skip
-
-    for name, hist, per, dom, jac in (
-        ("angle", h.angle, pc.angle_per_species, (0.0, np.pi), np.sin(h.angle.centers)),
-        ("dihedral", h.dihedral, pc.dihedral_per_species, (-np.pi, np.pi), np.ones_like(h.dihedral.centers)),
-    ):
-        if not getattr(pc, name):
-            continue
-        if hist.total.sum() == 0:
-            raise FitError(f"{name}: no samples (are all proteins shorter than {3 if name == 'angle' else 4} beads?)")
-
-        def one(c, w, jac=jac, dom=dom):
-            return fit_fourier(hist.centers, c, temps, jacobian=jac, domain=dom,
-                               max_order=cfg.max_fourier_order, criterion=cfg.criterion, what=w,
-                               tau=cfg.fourier_tau)  # fmt: skip
-
-        g, fits, fb = per_type(hist, one, per)
-        order = max([len(g[0])] + [len(v[0]) for v in fits.values()])
-        kind = "triplet" if name == "angle" else "quadruplet"
-        nt = n_types(kind, s) if per else 1
-        A = np.tile(_pad(g[0], order), (nt, 1))
-        B = np.tile(_pad(g[1], order), (nt, 1))
-        for ty, (a, b, _) in fits.items():
-            A[ty], B[ty] = _pad(a, order), _pad(b, order)
-        if name == "angle":
-            terms.append(FourierAngle(np.asarray(A, np.float32), np.asarray(B, np.float32), per, s))
-            weights.append(pc.weight_angle)
-        else:
-            kk, gg = fourier_to_periodic(A, B)
-            terms.append(PeriodicDihedral(np.asarray(kk, np.float32), np.asarray(gg, np.float32), per, s))
-            weights.append(pc.weight_dihedral)
-        prov["terms"][name] = {"global": {"a": list(g[0]), "b": list(g[1]), **g[2]}, "bins": len(hist.centers),
-                               "per_type": {str(t): v[2] for t, v in fits.items()}, "fallback_types": fb}  # fmt: skip
-
+        fitted.append(("bond", *_fit_bond_term(h, cfg)))
+    for name in ("angle", "dihedral"):
+        if getattr(pc, name):
+            fitted.append((name, *_fit_fourier_term(name, h, cfg)))
     if pc.repulsion:
-        hp = h.pair
-        if hp.total.sum() == 0:
-            raise FitError(f"repulsion: no non-bonded pairs (separation ≥ {pc.min_sep}) within "
-                           f"{pc.repulsion_cutoff} Å in the data")  # fmt: skip
-        sig_g = repulsion_sigma(hp.total, hp.edges, cfg.repulsion_percentile)
-        nt = n_types("pair", s) if pc.repulsion_per_species else 1
-        sig = np.full(nt, sig_g)
-        fb = []
-        if pc.repulsion_per_species:
-            for ty, c in hp.per_type.items():
-                if c.sum() < cfg.min_count:
-                    fb.append(ty)
-                else:
-                    sig[ty] = repulsion_sigma(c, hp.edges, cfg.repulsion_percentile)
-        if not np.all(sig > 0):
-            raise FitError(f"repulsion: σ ≤ 0 from the {cfg.repulsion_percentile} % percentile")
-        terms.append(SoftSphereRepulsion(
-            np.full(nt, pc.repulsion_epsilon, np.float32), np.asarray(sig, np.float32), pc.repulsion_exponent,
-            pc.min_sep, pc.repulsion_cutoff, pc.repulsion_switch, pc.switch_on, 0.1, pc.repulsion_per_species, s))  # fmt: skip
-        weights.append(pc.weight_repulsion)
-        prov["terms"]["repulsion"] = {"sigma_global": sig_g, "percentile": cfg.repulsion_percentile,
-                                      "min_sep": pc.min_sep, "n_pairs": [int(c) for c in hp.total.sum(1)],
-                                      "epsilon": pc.repulsion_epsilon, "fallback_types": sorted(fb)}  # fmt: skip
+        fitted.append(("repulsion", *_fit_repulsion_term(h, cfg)))
+    for name, term, weight, info in fitted:
+        terms.append(term)
+        weights.append(weight)
+        prov["terms"][name] = info
     terms = [jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, np.ndarray) else x, t) for t in terms]
     return Prior(terms, weights, prov)
 
