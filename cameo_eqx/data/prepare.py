@@ -272,80 +272,22 @@ def prepare(cfg: PrepareConfig) -> Path:
 
 
 def _prepare(cfg: PrepareConfig, paths: list[Path], out: Path) -> Path:
-    from tqdm.auto import tqdm  # lazy: only for the progress bar (tqdm.auto probes for Jupyter)
-
+    """`prepare` under the output's lock: skip an up-to-date dataset, check, write the domains, finalise."""
     final = out / DATASET_FILE
     ident = _identity(cfg)
     prints = {p.name: fingerprint(p) for p in paths}
-    if final.exists():
-        try:
-            with h5py.File(final, "r") as h:
-                same = (h.attrs.get("format") == FORMAT
-                        and h.attrs.get("config") == json.dumps(ident, sort_keys=True)
-                        and h.attrs.get("inputs") == json.dumps(prints, sort_keys=True))  # fmt: skip
-        except OSError:
-            same = False
-        if same:
-            print(f"{final} is up to date ({len(paths)} domains); nothing to do")
-            return final
+    if final.exists() and _up_to_date(final, ident, prints):
+        print(f"{final} is up to date ({len(paths)} domains); nothing to do")
+        return final
     bad = preflight(paths, cfg)
     if bad and cfg.on_error == "raise":
         raise PrepareError("input check failed, nothing was written:\n  " + "\n  ".join(bad))
-    smap = SPECIES_MAPS[cfg.species_map]
-    # Reuse complete groups of an interrupted run (same config), skip unchanged proteins
-    tmp_path = out / (DATASET_FILE + ".tmp")
-    try:
-        with reporting_no_space(tmp_path, "nothing was written; free some space and rerun"):
-            h5, tmp, final = open_for_writing(out, species_map_name=cfg.species_map, species_map=smap,
-                                              config=ident)  # fmt: skip
-    except BaseException:
-        if tmp_path.exists():
-            _drop_if_empty(tmp_path)
-        raise
+    h5, tmp, final = _open_output(out, cfg, ident)
     errors: list[str] = []
     warnings_: list[str] = []
     names: list[str] = []
     try:
-        todo = []
-        for p in paths:
-            done = [k for k in h5 if h5[k].attrs.get("complete", False)
-                    and h5[k].attrs.get("fingerprint") == prints[p.name]]  # fmt: skip
-            if done:
-                names.extend(done)
-            else:
-                todo.append(p)
-        jobs = [(p, cfg) for p in todo]
-        if cfg.workers > 1 and len(jobs) > 1:
-            pool = ProcessPoolExecutor(max_workers=cfg.workers, mp_context=get_context("spawn"))
-            results = pool.map(_job, jobs)
-        else:
-            pool = None
-            results = map(_job, jobs)
-        bar = tqdm(results, total=len(jobs), desc="prepare", unit="domain")
-        compression = None if cfg.compression == "none" else cfg.compression
-        for path, res, err in bar:
-            if err is not None:
-                if cfg.on_error == "raise":
-                    raise PrepareError(f"{path}: {err}") from None
-                errors.append(f"{path}: {err}")
-                continue
-            rec = res["record"]
-            if rec.name in names:
-                raise PrepareError(f"{path}: domain {rec.name!r} appears in more than one input file")
-            # HDF5 can crash the process when the disk fills mid-write: check first, then report any
-            # ENOSPC that still gets through by name (the complete groups written so far are kept)
-            hint = "the domains written so far are kept; free some space and rerun to resume"
-            need = 2 * (np.asarray(rec.positions).nbytes * (1 + (rec.forces is not None))) + (1 << 20)
-            check_free_space(tmp, need, hint)
-            with reporting_no_space(tmp, hint):
-                write_record(h5, rec, frame=res["frame"], force_map=res["force_map"],
-                             compression=compression)  # fmt: skip
-                h5.flush()
-            names.append(rec.name)
-            warnings_.extend(res["warnings"])
-            bar.set_postfix(domain=rec.name, frames=res["stats"]["n_frames"])
-        if pool is not None:
-            pool.shutdown()
+        _write_domains(cfg, paths, prints, h5, tmp, names, errors, warnings_)
         if not names:
             raise PrepareError("no domain could be prepared:\n  " + "\n  ".join(errors))
         h5.attrs["inputs"] = json.dumps(prints, sort_keys=True)
@@ -357,6 +299,89 @@ def _prepare(cfg: PrepareConfig, paths: list[Path], out: Path) -> Path:
     with reporting_no_space(tmp, "the domains written so far are kept; free some space and rerun to resume"):
         finalise(h5, tmp, final, keep=names)
     write_atomic(out / "prepare_config.json", json.dumps(to_dict(cfg), indent=2, sort_keys=True))
+    _report(final, names, errors, warnings_)
+    return final
+
+
+def _up_to_date(final: Path, ident: dict, prints: dict[str, Any]) -> bool:
+    """Whether the existing dataset was written by this format and config from these exact inputs."""
+    try:
+        with h5py.File(final, "r") as h:
+            return (h.attrs.get("format") == FORMAT
+                    and h.attrs.get("config") == json.dumps(ident, sort_keys=True)
+                    and h.attrs.get("inputs") == json.dumps(prints, sort_keys=True))  # fmt: skip
+    except OSError:
+        return False
+
+
+def _open_output(out: Path, cfg: PrepareConfig, ident: dict):
+    """The temporary dataset to write (reusing complete groups of an interrupted run): (h5, tmp, final)."""
+    smap = SPECIES_MAPS[cfg.species_map]
+    tmp_path = out / (DATASET_FILE + ".tmp")
+    try:
+        with reporting_no_space(tmp_path, "nothing was written; free some space and rerun"):
+            return open_for_writing(out, species_map_name=cfg.species_map, species_map=smap, config=ident)
+    except BaseException:
+        if tmp_path.exists():
+            _drop_if_empty(tmp_path)
+        raise
+
+
+def _write_domains(cfg: PrepareConfig, paths: list[Path], prints: dict[str, Any], h5, tmp: Path,
+                   names: list[str], errors: list[str], warnings_: list[str]) -> None:  # fmt: skip
+    """Prepares the inputs without a complete group (in worker processes when asked) and writes each record;
+    fills `names`, `errors` and `warnings_`."""
+    from tqdm.auto import tqdm  # lazy: only for the progress bar (tqdm.auto probes for Jupyter)
+
+    todo = []
+    for p in paths:  # skip unchanged proteins
+        done = [k for k in h5 if h5[k].attrs.get("complete", False)
+                and h5[k].attrs.get("fingerprint") == prints[p.name]]  # fmt: skip
+        if done:
+            names.extend(done)
+        else:
+            todo.append(p)
+    jobs = [(p, cfg) for p in todo]
+    if cfg.workers > 1 and len(jobs) > 1:
+        pool = ProcessPoolExecutor(max_workers=cfg.workers, mp_context=get_context("spawn"))
+        results = pool.map(_job, jobs)
+    else:
+        pool = None
+        results = map(_job, jobs)
+    bar = tqdm(results, total=len(jobs), desc="prepare", unit="domain")
+    compression = None if cfg.compression == "none" else cfg.compression
+    for path, res, err in bar:
+        if err is not None:
+            if cfg.on_error == "raise":
+                raise PrepareError(f"{path}: {err}") from None
+            errors.append(f"{path}: {err}")
+            continue
+        rec = res["record"]
+        if rec.name in names:
+            raise PrepareError(f"{path}: domain {rec.name!r} appears in more than one input file")
+        _write_result(h5, tmp, res, compression)
+        names.append(rec.name)
+        warnings_.extend(res["warnings"])
+        bar.set_postfix(domain=rec.name, frames=res["stats"]["n_frames"])
+    if pool is not None:
+        pool.shutdown()
+
+
+def _write_result(h5, tmp: Path, res: dict[str, Any], compression) -> None:
+    """Writes one prepared domain's group (checking the free space first) and flushes."""
+    rec = res["record"]
+    # HDF5 can crash the process when the disk fills mid-write: check first, then report any
+    # ENOSPC that still gets through by name (the complete groups written so far are kept)
+    hint = "the domains written so far are kept; free some space and rerun to resume"
+    need = 2 * (np.asarray(rec.positions).nbytes * (1 + (rec.forces is not None))) + (1 << 20)
+    check_free_space(tmp, need, hint)
+    with reporting_no_space(tmp, hint):
+        write_record(h5, rec, frame=res["frame"], force_map=res["force_map"], compression=compression)
+        h5.flush()
+
+
+def _report(final: Path, names: list[str], errors: list[str], warnings_: list[str]) -> None:
+    """Logs and prints the warnings, the skipped domains and what was written."""
     for w in warnings_:
         log.warning(w)
         print(f"warning: {w}")
@@ -365,4 +390,3 @@ def _prepare(cfg: PrepareConfig, paths: list[Path], out: Path) -> Path:
         for e in errors:
             print(f"  {e}")
     print(f"wrote {final} ({len(names)} domains)")
-    return final
