@@ -70,13 +70,8 @@ from cameo_eqx.modules import make_backbone  # noqa: E402
 
 
 def our_hyperparameters(model) -> dict:
-    """The model's `hyperparameters()`, else its module's `DEFAULTS` keys read from the instance."""
-    if hasattr(model, "hyperparameters"):
-        hp = dict(model.hyperparameters())
-    else:
-        defaults = getattr(sys.modules[type(model).__module__], "DEFAULTS")
-        hp = {k: getattr(model, k) for k in defaults}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()}
+    """The backbone's `hyperparameters()` (JSON-friendly: tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in model.hyperparameters().items()}
 
 
 class Reference:

@@ -84,9 +84,9 @@ def throughput(n_frames: int, target_nodes: int, repeats: int) -> dict:
             "speedup": res_packed["frames_per_s"] / res_padded["frames_per_s"]}  # fmt: skip
 
 
-VILLIN_ALLEGRO = ("num_layers=2", "n_radial=8", "l_max=1", "n_tensor_features=8", "latent_dim=32",
-                  "two_body_hidden=[32]", "latent_hidden=[32]", "edge_energy_hidden=[16]", "embed_dim=8")
-"""A small Allegro (PaiNN would do, but forcefield.load cannot rebuild PaiNN yet: it has no hyperparameters())."""
+VILLIN_ALLEGRO = dict(n_layers=2, n_radial_basis=8, l_max=1, n_tensor_features=8, latent_dim=32,
+                      two_body_hidden=(32,), latent_hidden=(32,), edge_energy_hidden=(16,), embed_dim=8)  # fmt: skip
+"""A small Allegro."""
 
 
 def villin(steps: int, workdir: Path) -> dict:
@@ -98,6 +98,7 @@ def villin(steps: int, workdir: Path) -> dict:
     from cameo_eqx.evaluation import evaluate
     from cameo_eqx.evaluation.config import EvaluateConfig
     from cameo_eqx.modules import ForceField, save
+    from cameo_eqx.modules.backbones import BackboneOverrides
     from cameo_eqx.priors.config import FitPriorsConfig
     from cameo_eqx.priors.fit import fit_priors
     from cameo_eqx.priors.prior import Prior
@@ -112,8 +113,8 @@ def villin(steps: int, workdir: Path) -> dict:
     prior_path = fit_priors(FitPriorsConfig(dataset=workdir / "prep", output=workdir / "priors", plots=False))
     data = DataConfig(dataset=workdir / "prep", split_by="frame", val_fraction=0.2, cutoff=10.0, target_nodes=512)
     base = TrainConfig(output=workdir, name="hybrid", data=data,
-                       model=ModelConfig(backbone="allegro", preset="default", hyperparameters=VILLIN_ALLEGRO,
-                                         prior=Path(prior_path)),
+                       model=ModelConfig(backbone="allegro", preset="default",
+                                         hyperparameters=BackboneOverrides(**VILLIN_ALLEGRO), prior=Path(prior_path)),
                        stages=(StageConfig(name="adabelief", epochs=1000, lr=2e-3),), progress=False,
                        max_steps=steps, checkpoint_every=0, log_every=20)  # fmt: skip
     # prior only: the same split and evaluation path

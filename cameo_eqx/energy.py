@@ -17,7 +17,6 @@ Forces are always minus the gradient of `energy` (`energy_and_forces`), never a 
 # No `from __future__ import annotations` here: equinox orders the fields of subclasses correctly only
 # when the `AbstractVar` annotations below are real types, not strings.
 import abc
-from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -136,8 +135,3 @@ def graph_cutoff(model: AbstractEnergyModel, default: float = 10.0) -> float:
     reads no radius graph."""
     return default if model.cutoff is None else float(model.cutoff)
 
-
-def hyperparameter_dict(model: eqx.Module, names: Iterable[str]) -> dict[str, Any]:
-    """The named constructor keywords of a model as a JSON-friendly dict (tuples become lists);
-    `forcefield.save` stores it to rebuild the model's skeleton."""
-    return {n: (list(v) if isinstance(v, tuple) else v) for n in names for v in [getattr(model, n)]}

@@ -45,6 +45,11 @@ class Batch(eqx.Module):
     """A packed batch of frames (see the module docstring for the padding conventions).
 
     Arrays may be NumPy (host, while packing) or JAX (device). Units: Å and kcal/mol/Å.
+
+    **Edge convention:** the radius-graph edge `e` runs from `senders[e]` (the neighbour j) to
+    `receivers[e]` (the centre i): the edge's message, and in Allegro its edge energy, belongs to
+    `receivers[e]`. Every backbone follows it. Both directions of every pair are in the edge list, so
+    the total energy would not depend on the choice.
     """
 
     positions: Float[Array, "n_node 3"]

@@ -14,7 +14,7 @@ from cameo_eqx.modules.allegro import PRESETS, layer_irreps
 from cameo_eqx.topology import CGTopology, normalise_resname, species_of
 
 CUTOFF = 6.0
-TINY = dict(num_layers=2, n_radial=6, l_max=2, n_tensor_features=4, latent_dim=16, two_body_hidden=(16,),
+TINY = dict(n_layers=2, n_radial_basis=6, l_max=2, n_tensor_features=4, latent_dim=16, two_body_hidden=(16,),
             latent_hidden=(16,), edge_energy_hidden=(8,), embed_dim=8, avg_num_neighbors=8.0)  # fmt: skip
 
 
@@ -87,11 +87,11 @@ def system():
 
 
 def test_presets_and_irreps():
-    assert PRESETS["default"] == dict(num_layers=3, n_radial=24)
-    assert PRESETS["large"] == dict(num_layers=4, n_radial=36)
-    assert PRESETS["med"] == dict(num_layers=3, n_radial=18)
+    assert PRESETS["default"] == dict(n_layers=3, n_radial_basis=24)
+    assert PRESETS["large"] == dict(n_layers=4, n_radial_basis=36)
+    assert PRESETS["med"] == dict(n_layers=3, n_radial_basis=18)
     m = make_backbone("allegro", 4, 10.0, "large", latent_dim=8, n_tensor_features=2)
-    assert (m.num_layers, m.n_radial, m.latent_dim, m.n_tensor_features) == (4, 36, 8, 2)
+    assert (m.n_layers, m.n_radial_basis, m.latent_dim, m.n_tensor_features) == (4, 36, 8, 2)
     irs = layer_irreps(3, 2, True)
     assert irs[-1][1] == ((0, 1),)  # the last layer computes scalars only
     assert (1, 1) in irs[0][1] and (1, 1) not in irs[1][1]  # 1e pruned where it cannot reach 0e
@@ -224,7 +224,7 @@ def villin_frames(path, n_frames=2):
 def test_parameter_gradients_finite_on_villin(villin_h5):
     coords, species = villin_frames(villin_h5)
     assert coords.shape == (2, 35, 3)
-    m = Allegro(20, 10.0, key=jax.random.PRNGKey(0), num_layers=2, n_radial=8, n_tensor_features=4,
+    m = Allegro(20, 10.0, key=jax.random.PRNGKey(0), n_layers=2, n_radial_basis=8, n_tensor_features=4,
                 latent_dim=16)  # fmt: skip
     b = batch_of(list(coords), [species, species], cutoff=10.0)
 

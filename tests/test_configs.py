@@ -110,6 +110,40 @@ def test_default_preset_is_valid_for_every_backbone():
 
     cfg = tyro.cli(TrainConfig, default=TrainConfig(), args=["--model.backbone", "allegro"])
     assert cfg.model.backbone == "allegro" and cfg.model.preset is None
-    bb = make_backbone("allegro", 4, 5.0, None, key=jax.random.PRNGKey(0), num_layers=1, n_radial=4,
+    bb = make_backbone("allegro", 4, 5.0, None, key=jax.random.PRNGKey(0), n_layers=1, n_radial_basis=4,
                        latent_dim=8, n_tensor_features=2)  # fmt: skip
     assert type(bb).__name__ == "Allegro"
+
+
+def test_typed_hyperparameters(tmp_path: Path, capsys):
+    """`model.hyperparameters` is typed: tyro flags and YAML mappings set it, and one the chosen backbone
+    lacks is an error naming the backbone and the key, raised when the config is built (before training).
+    Its fields are exactly the hyperparameters (constructor keywords) of the registered backbones."""
+    import dataclasses
+
+    import tyro
+
+    from cameo_eqx.config import ConfigError
+    from cameo_eqx.modules.backbones import BACKBONES, BackboneOverrides
+    from cameo_eqx.modules.radial import hyperparameter_names
+    from cameo_eqx.training.config import ModelConfig, TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(BackboneOverrides)}
+    assert fields == {n for cls in BACKBONES.values() for n in hyperparameter_names(cls)}
+    cfg = tyro.cli(TrainConfig, default=TrainConfig(), args=["--model.hyperparameters.n-layers", "2",
+                                                           "--model.hyperparameters.n-features", "16"])
+    assert cfg.model.overrides() == {"n_layers": 2, "n_features": 16}
+    f = tmp_path / "train.yaml"
+    f.write_text("train:\n  model: {backbone: allegro, hyperparameters: {n_layers: 2, two_body_hidden: [8]}}\n")
+    cfg = load_yaml_defaults(TrainConfig, f, "train")
+    assert cfg.model.overrides() == {"n_layers": 2, "two_body_hidden": (8,)}
+    f.write_text("train:\n  model: {backbone: painn, hyperparameters: {latent_dim: 8}}\n")
+    with pytest.raises(ConfigError, match=r"backbone 'painn' has no hyperparameter\(s\) \['latent_dim'\]"):
+        load_yaml_defaults(TrainConfig, f, "train")
+    with pytest.raises(SystemExit):  # tyro reports the ValueError of the config and exits
+        tyro.cli(TrainConfig, default=TrainConfig(), args=["--model.backbone", "allegro",
+                                                           "--model.hyperparameters.n-features", "16"])
+    err = " ".join(capsys.readouterr().err.replace("│", " ").split())  # tyro's box may wrap the line
+    assert "backbone 'allegro' has no hyperparameter(s) ['n_features']" in err
+    with pytest.raises(ConfigError, match="backbone 'none' has no hyperparameters"):
+        ModelConfig(backbone="none", hyperparameters=BackboneOverrides(n_layers=2))

@@ -13,8 +13,8 @@ import pytest
 from cameo_eqx.evaluation import metrics as M
 
 ROOT = Path(__file__).resolve().parents[1]
-ALLEGRO_TINY = ("num_layers=1", "n_radial=6", "l_max=1", "n_tensor_features=4", "latent_dim=16",
-                "two_body_hidden=[16]", "latent_hidden=[16]", "edge_energy_hidden=[16]", "embed_dim=8")  # fmt: skip
+ALLEGRO_TINY = dict(n_layers=1, n_radial_basis=6, l_max=1, n_tensor_features=4, latent_dim=16,
+                    two_body_hidden=(16,), latent_hidden=(16,), edge_energy_hidden=(16,), embed_dim=8)  # fmt: skip
 
 
 def test_errors_and_gain_fraction():
@@ -95,6 +95,7 @@ def demo_run(tmp_path_factory):
     from cameo_eqx.data.prepare import prepare
     from cameo_eqx.priors.config import FitPriorsConfig
     from cameo_eqx.priors.fit import fit_priors
+    from cameo_eqx.modules.backbones import BackboneOverrides
     from cameo_eqx.training.config import DataConfig, ModelConfig, StageConfig, TrainConfig
     from cameo_eqx.training.trainer import Trainer
 
@@ -103,7 +104,7 @@ def demo_run(tmp_path_factory):
     prior = fit_priors(FitPriorsConfig(dataset=tmp / "prep", output=tmp / "priors", plots=False))
     cfg = TrainConfig(output=tmp, name="run",
                       data=DataConfig(dataset=tmp / "prep", cutoff=8.0, target_nodes=256, val_fraction=0.1),
-                      model=ModelConfig(backbone="allegro", preset="default", hyperparameters=ALLEGRO_TINY,
+                      model=ModelConfig(backbone="allegro", preset="default", hyperparameters=BackboneOverrides(**ALLEGRO_TINY),
                                         prior=Path(prior)),
                       stages=(StageConfig(name="a", epochs=1, lr=2e-3),), progress=False, log_every=2)  # fmt: skip
     tr = Trainer(cfg, tmp / "run")

@@ -406,7 +406,7 @@ def test_receptive_field():
     # Allegro is strictly local whatever its depth: it says so itself (no class-name detection)
     from cameo_eqx.modules import ForceField, make_backbone
 
-    allegro = make_backbone("allegro", 4, 5.0, key=jax.random.PRNGKey(0), num_layers=3, n_radial=4,
+    allegro = make_backbone("allegro", 4, 5.0, key=jax.random.PRNGKey(0), n_layers=3, n_radial_basis=4,
                             n_tensor_features=2, latent_dim=8, embed_dim=4)  # fmt: skip
     assert allegro.n_message_passing_layers == 1
     assert cd.receptive_field(allegro) == (1, 2)
@@ -490,7 +490,7 @@ def test_export_command_end_to_end(tmp_path):
         record = ds.record("villin").load()
     top = record.topology
     cutoff = 8.0
-    backbone = make_backbone("allegro", n_species, cutoff, key=jax.random.PRNGKey(0), num_layers=1, n_radial=4,
+    backbone = make_backbone("allegro", n_species, cutoff, key=jax.random.PRNGKey(0), n_layers=1, n_radial_basis=4,
                              n_tensor_features=2, latent_dim=8, two_body_hidden=(8,), latent_hidden=(8,),
                              edge_energy_hidden=(8,), embed_dim=4)  # fmt: skip
     ff = ForceField(backbone, Prior.from_prior_config(PriorConfig()), cutoff=cutoff)

@@ -18,7 +18,7 @@ from cameo_eqx.modules.forcefield import load_config, register_prior
 from cameo_eqx.topology import CGTopology
 
 CUTOFF = 7.0
-TINY = dict(num_layers=2, n_radial=6, n_tensor_features=4, latent_dim=16, two_body_hidden=(16,),
+TINY = dict(n_layers=2, n_radial_basis=6, n_tensor_features=4, latent_dim=16, two_body_hidden=(16,),
             latent_hidden=(16,), edge_energy_hidden=(8,), embed_dim=8)  # fmt: skip
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from cameo_eqx.graph import Capacity, frame_graph, graph_sum, pack, single_frame_batch
+from cameo_eqx.modules.backbones import make_backbone
 from cameo_eqx.modules.painn import PRESETS as PAINN_PRESETS
 from cameo_eqx.modules.painn import PaiNN
 from cameo_eqx.topology import CGTopology
@@ -44,8 +45,8 @@ NAMES = sorted(TINY)
 
 
 def make_model(name: str, seed: int = 0, cutoff: float = CUTOFF, n_species: int = N_SPECIES, **kw):
-    cls, hp = TINY[name]
-    return cls(n_species, cutoff, key=jax.random.PRNGKey(seed), preset="small", **{**hp, **kw})
+    _, hp = TINY[name]
+    return make_backbone(name, n_species, cutoff, "small", key=jax.random.PRNGKey(seed), **{**hp, **kw})
 
 
 # ------------------------------------------------------------------------------------ test proteins
@@ -103,9 +104,11 @@ def test_presets_and_bad_hyperparameters(name):
     cls, _ = TINY[name]
     assert {"small", "default", "large"} <= set(PRESET_TABLES[name])
     with pytest.raises(ValueError, match="preset"):
-        cls(N_SPECIES, key=jax.random.PRNGKey(0), preset="nope")
+        make_backbone(name, N_SPECIES, preset="nope")
     with pytest.raises(TypeError, match="no_such_thing"):
         cls(N_SPECIES, key=jax.random.PRNGKey(0), no_such_thing=3)
+    with pytest.raises(ValueError, match=f"backbone '{name}' has no hyperparameter.*no_such_thing"):
+        make_backbone(name, N_SPECIES, no_such_thing=3)
     m = make_model(name)
     assert m.n_message_passing_layers == 2
     # hyperparameters are static: the only leaves are arrays

@@ -212,6 +212,7 @@ def test_student_recovers_the_teacher_ensemble_where_the_prior_alone_cannot(tmp_
     from cameo_eqx.priors.fit import fit_prior
     from cameo_eqx.simulate.analysis import histogram, js_divergence, radius_of_gyration
     from cameo_eqx.synthetic.generate import sample
+    from cameo_eqx.modules.backbones import BackboneOverrides
     from cameo_eqx.training.config import DataConfig, ModelConfig, StageConfig, TrainConfig
     from cameo_eqx.training.trainer import train
 
@@ -225,7 +226,7 @@ def test_student_recovers_the_teacher_ensemble_where_the_prior_alone_cannot(tmp_
     run = train(TrainConfig(
         output=tmp_path / "runs", name="student", progress=False, log_every=50, checkpoint_every=10_000,
         data=DataConfig(dataset=tmp_path / "data", split_by="frame", val_fraction=0.05, target_nodes=512),
-        model=ModelConfig(backbone="painn", preset="small", hyperparameters=("n_features=16",),
+        model=ModelConfig(backbone="painn", preset="small", hyperparameters=BackboneOverrides(n_features=16),
                           prior=tmp_path / "prior.yaml"),
         stages=(StageConfig(name="adabelief", optimizer="adabelief", epochs=6, lr=3e-3),),
     ))  # fmt: skip

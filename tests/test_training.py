@@ -16,6 +16,7 @@ import pytest
 
 from cameo_eqx.data.testdata import synthetic_records
 from cameo_eqx.graph import Capacity, frame_graph, pack
+from cameo_eqx.modules.backbones import BackboneOverrides
 from cameo_eqx.training import checkpoint as ckpt
 from cameo_eqx.training.callbacks import NonFiniteError
 from cameo_eqx.training.config import DataConfig, ModelConfig, StageConfig, TrainConfig
@@ -25,7 +26,8 @@ from cameo_eqx.training.optim import make_optimizer, needs_value
 from cameo_eqx.training.task import Task
 from cameo_eqx.training.trainer import Trainer, make_train_step
 
-TINY = ModelConfig(backbone="painn", preset="small", hyperparameters=("n_features=8", "n_layers=1", "n_radial_basis=4"))
+TINY = ModelConfig(backbone="painn", preset="small",
+                   hyperparameters=BackboneOverrides(n_features=8, n_layers=1, n_radial_basis=4))
 
 
 @pytest.fixture(scope="module")

@@ -97,6 +97,7 @@ MP = textwrap.dedent(
         os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     import jax, numpy as np, equinox as eqx
     from pathlib import Path
+    from cameo_eqx.modules.backbones import BackboneOverrides
     from cameo_eqx.training.config import *
     if mode != "one":
         from cameo_eqx.training.distributed import initialize
@@ -109,8 +110,8 @@ MP = textwrap.dedent(
     recs = synthetic_records([9, 14, 21], 8, seed=3)
     cfg = TrainConfig(output=Path(out_dir), name="run", data=DataConfig(cutoff=6.0, target_nodes=48, prefetch=0,
                                                                          split_by="frame"),  # independent frames
-        model=ModelConfig(backbone="painn", preset="small", hyperparameters=("n_features=8", "n_layers=1",
-                                                                             "n_radial_basis=4")),
+        model=ModelConfig(backbone="painn", preset="small", hyperparameters=BackboneOverrides(
+            n_features=8, n_layers=1, n_radial_basis=4)),
         stages=(StageConfig(name="a", epochs=1, lr=3e-3),), progress=False, max_steps=2, checkpoint_every=0)
     dm = DataModule(cfg.data, seed=0, dataset=recs, n_devices=jax.local_device_count(),
                     process_index=jax.process_index(), process_count=jax.process_count())

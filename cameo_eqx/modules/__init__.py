@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from ..energy import AbstractBackbone, AbstractEnergyModel, AbstractPrior
 from .allegro import Allegro
-from .backbones import BACKBONES, backbone_presets, make_backbone
+from .backbones import BACKBONES, BackboneOverrides, backbone_presets, make_backbone
 from .forcefield import ForceField, load, load_config, register_prior, save, trainable_filter
 from .mace import MACE
 from .painn import PaiNN
 
 __all__ = [
-    "AbstractBackbone", "AbstractEnergyModel", "AbstractPrior", "Allegro", "BACKBONES", "backbone_presets",
-    "ForceField", "MACE", "PaiNN", "load", "load_config", "make_backbone", "register_prior", "save",
-    "trainable_filter",
+    "AbstractBackbone", "AbstractEnergyModel", "AbstractPrior", "Allegro", "BACKBONES", "BackboneOverrides",
+    "backbone_presets", "ForceField", "MACE", "PaiNN", "load", "load_config", "make_backbone", "register_prior",
+    "save", "trainable_filter",
 ]  # fmt: skip

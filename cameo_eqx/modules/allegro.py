@@ -2,8 +2,9 @@
 
 Our own implementation on e3nn-jax conventions (real spherical harmonics and Clebsch-Gordan tensors of
 `e3nn_jax`), following the published architecture. Every quantity lives on a directed edge ij of the
-radius graph, with centre i = `senders[e]` and neighbour j = `receivers[e]` (both directions are present
-in the batch, so every unordered pair gives two edge energies, one per centre):
+radius graph, with centre i = `receivers[e]` and neighbour j = `senders[e]` (the edge convention of
+`graph.Batch`; both directions are present in the batch, so every unordered pair gives two
+edge energies, one per centre):
 
 1. two-body latent: `x_ij = u(r_ij) MLP_2b(emb(Z_i) ‖ emb(Z_j) ‖ B(r_ij) u(r_ij))` with a sine Bessel
    basis `B` and the polynomial envelope `u`;
@@ -19,8 +20,9 @@ in the batch, so every unordered pair gives two edge energies, one per centre):
 Only irreps that can still reach the final scalars are tracked (the last layer computes 0e only). All
 MLPs are bias-free with SiLU on hidden layers, as in the reference, so a zero latent gives a zero energy.
 
-Hyperparameters (all overridable; presets in `PRESETS` differ in `num_layers` and `n_radial` as in the old
-code): `num_layers`, `n_radial` (Bessel functions), `l_max` (2), `parity` (False: only natural-parity
+Hyperparameters (constructor keywords; the presets in `PRESETS`, resolved by
+`modules.backbones.make_backbone`, differ in `n_layers` and `n_radial_basis`): `n_layers`,
+`n_radial_basis` (Bessel functions), `l_max` (2), `parity` (False: only natural-parity
 irreps 0e, 1o, 2e, ... are tracked ("o3_restricted", ~4x cheaper tensor products); True: both parities
 ("o3_full")), `n_tensor_features` (channels of the tensor track, 16), `latent_dim` (64), `two_body_hidden`
 ((64,)), `latent_hidden` ((64,)), `edge_energy_hidden` ((32,)), `embed_dim` (16), `avg_num_neighbors`
@@ -43,22 +45,18 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..energy import AbstractBackbone, hyperparameter_dict
+from ..energy import AbstractBackbone
 from ..graph import Batch
-from .radial import SpeciesEmbedding, bessel_basis, polynomial_envelope, safe_norm
-
-Irrep = tuple[int, int]  # (l, parity ±1)
+from .radial import MLP, Irrep, SpeciesEmbedding, bessel_basis, hyperparameter_values, polynomial_envelope
+from .radial import irrep_dim as _dim
+from .radial import safe_norm, sh_irreps
 
 PRESETS: dict[str, dict] = {
-    "default": dict(num_layers=3, n_radial=24),
-    "large": dict(num_layers=4, n_radial=36),
-    "med": dict(num_layers=3, n_radial=18),
+    "default": dict(n_layers=3, n_radial_basis=24),
+    "large": dict(n_layers=4, n_radial_basis=36),
+    "med": dict(n_layers=3, n_radial_basis=18),
 }
 """Size presets (layers, radial basis functions); other hyperparameters keep their defaults."""
-
-
-def _dim(ir: Irrep) -> int:
-    return 2 * ir[0] + 1
 
 
 def _products(a: Irrep, b: Irrep) -> list[Irrep]:
@@ -70,23 +68,25 @@ def _sort(irs) -> tuple[Irrep, ...]:
     return tuple(sorted(set(irs), key=lambda ir: (ir[0], -ir[1])))
 
 
-def layer_irreps(num_layers: int, l_max: int, parity: bool) -> tuple[tuple[tuple[Irrep, ...], ...], ...]:
+def layer_irreps(n_layers: int, l_max: int, parity: bool) -> tuple[tuple[tuple[Irrep, ...], ...], ...]:
     """Input and output irreps of every layer's tensor product, pruned to what reaches the final 0e.
+
+    **Arguments:** the number of layers, the largest l, and whether both parities are tracked.
 
     **Returns:** `((in_0, out_0), (in_1, out_1), ...)`, each a tuple of (l, p) with 0e first.
     """
-    sh = tuple((l, (-1) ** l) for l in range(l_max + 1))
+    sh = sh_irreps(l_max)
     allowed = [(l, p) for l in range(l_max + 1) for p in ((1, -1) if parity else ((-1) ** l,))]
     ins, outs = [sh], []
-    for layer in range(num_layers):
-        target = [(0, 1)] if layer == num_layers - 1 else allowed
+    for layer in range(n_layers):
+        target = [(0, 1)] if layer == n_layers - 1 else allowed
         reach = {c for a in ins[-1] for b in sh for c in _products(a, b)}
         out = _sort(ir for ir in target if ir in reach)
         outs.append(out)
         ins.append(out)
     ins = ins[:-1]
     # backward pruning: keep an input irrep only if it has a path into this layer's (pruned) outputs
-    for layer in reversed(range(num_layers)):
+    for layer in reversed(range(n_layers)):
         keep = _sort(a for a in ins[layer] if any(c in outs[layer] for b in sh for c in _products(a, b)))
         ins[layer] = keep
         if layer > 0:
@@ -129,29 +129,12 @@ def _irrep_index(irs: tuple[Irrep, ...]) -> np.ndarray:
     return np.concatenate([np.full(_dim(ir), k) for k, ir in enumerate(irs)]).astype(np.int32)
 
 
-class _MLP(eqx.Module):
-    """Bias-free MLP on the last axis, SiLU between layers, linear output (the Allegro convention)."""
-
-    weights: tuple[Float[Array, "d_in d_out"], ...]
-
-    def __init__(self, sizes: tuple[int, ...], *, key: PRNGKeyArray):
-        keys = jax.random.split(key, len(sizes) - 1)
-        self.weights = tuple(
-            jax.random.normal(k, (a, b)) / math.sqrt(a) for k, a, b in zip(keys, sizes[:-1], sizes[1:])
-        )
-
-    def __call__(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_out"]:
-        for w in self.weights[:-1]:
-            x = jax.nn.silu(x @ w)
-        return x @ self.weights[-1]
-
-
 class _AllegroLayer(eqx.Module):
     """One Allegro layer: environment embedding, channel-wise TP, channel mix, latent update."""
 
     path_weights: Float[Array, "channels n_path"]
     mix: Float[Array, "n_irrep_out channels channels"]
-    latent: _MLP
+    latent: MLP  # bias-free, as every Allegro MLP
     env: Float[Array, "latent channels_x_nsh"] | None  # env weights of the NEXT layer (None: last)
     resnet: Float[Array, ""]
     irs_in: tuple[Irrep, ...] = eqx.field(static=True)
@@ -164,7 +147,7 @@ class _AllegroLayer(eqx.Module):
         n_path = _path_tensors(irs_in, irs_sh, irs_out).shape[0]
         self.path_weights = jax.random.normal(k1, (channels, n_path))
         self.mix = jax.random.normal(k2, (len(irs_out), channels, channels)) / math.sqrt(channels)
-        self.latent = _MLP((latent_dim + channels, *latent_hidden, latent_dim), key=k3)
+        self.latent = MLP((latent_dim + channels, *latent_hidden, latent_dim), key=k3, bias=False)
         self.env = (
             None
             if last
@@ -209,20 +192,20 @@ class Allegro(AbstractBackbone):
     """
 
     embedding: SpeciesEmbedding
-    two_body: _MLP | None
+    two_body: MLP | None
     two_body_center: Float[Array, "embed hidden"]
     two_body_neighbour: Float[Array, "embed hidden"]
-    two_body_radial: Float[Array, "n_radial hidden"]
+    two_body_radial: Float[Array, "n_radial_basis hidden"]
     env0: Float[Array, "latent channels_x_nsh"]
     layers: tuple[_AllegroLayer, ...]
-    edge_energy: _MLP
+    edge_energy: MLP
     species_scale: Float[Array, " n_species"]
     species_shift: Float[Array, " n_species"]
 
     n_species: int = eqx.field(static=True)
     cutoff: float = eqx.field(static=True)
-    num_layers: int = eqx.field(static=True)
-    n_radial: int = eqx.field(static=True)
+    n_layers: int = eqx.field(static=True)
+    n_radial_basis: int = eqx.field(static=True)
     l_max: int = eqx.field(static=True)
     parity: bool = eqx.field(static=True)
     n_tensor_features: int = eqx.field(static=True)
@@ -242,8 +225,8 @@ class Allegro(AbstractBackbone):
         cutoff: float = 10.0,
         *,
         key: PRNGKeyArray,
-        num_layers: int = 3,
-        n_radial: int = 24,
+        n_layers: int = 3,
+        n_radial_basis: int = 24,
         l_max: int = 2,
         parity: bool = False,
         n_tensor_features: int = 16,
@@ -255,16 +238,16 @@ class Allegro(AbstractBackbone):
         avg_num_neighbors: float = 20.0,
         envelope_p: int = 6,
     ):
-        if n_species < 1 or num_layers < 1 or l_max < 0 or n_radial < 1 or n_tensor_features < 1:
+        if n_species < 1 or n_layers < 1 or l_max < 0 or n_radial_basis < 1 or n_tensor_features < 1:
             raise ValueError(
-                f"Allegro: need n_species >= 1, num_layers >= 1, l_max >= 0, n_radial >= 1, "
-                f"n_tensor_features >= 1; got {n_species}, {num_layers}, {l_max}, {n_radial}, "
+                f"Allegro: need n_species >= 1, n_layers >= 1, l_max >= 0, n_radial_basis >= 1, "
+                f"n_tensor_features >= 1; got {n_species}, {n_layers}, {l_max}, {n_radial_basis}, "
                 f"{n_tensor_features}"
             )
         if not cutoff > 0:
             raise ValueError(f"Allegro: cutoff must be positive (Å), got {cutoff}")
         self.n_species, self.cutoff = int(n_species), float(cutoff)
-        self.num_layers, self.n_radial, self.l_max = int(num_layers), int(n_radial), int(l_max)
+        self.n_layers, self.n_radial_basis, self.l_max = int(n_layers), int(n_radial_basis), int(l_max)
         self.parity, self.n_tensor_features = bool(parity), int(n_tensor_features)
         self.latent_dim = int(latent_dim)
         self.two_body_hidden = tuple(int(h) for h in two_body_hidden)
@@ -273,41 +256,40 @@ class Allegro(AbstractBackbone):
         self.embed_dim, self.avg_num_neighbors = int(embed_dim), float(avg_num_neighbors)
         self.envelope_p = int(envelope_p)
 
-        keys = jax.random.split(key, 8 + num_layers)
+        keys = jax.random.split(key, 8 + n_layers)
         sizes = (self.two_body_hidden or (self.latent_dim,))
         h0 = sizes[0]
         self.embedding = SpeciesEmbedding(n_species, embed_dim, key=keys[0])
-        fan = 2 * embed_dim + n_radial
+        fan = 2 * embed_dim + n_radial_basis
         self.two_body_center = jax.random.normal(keys[1], (embed_dim, h0)) / math.sqrt(fan)
         self.two_body_neighbour = jax.random.normal(keys[2], (embed_dim, h0)) / math.sqrt(fan)
-        self.two_body_radial = jax.random.normal(keys[3], (n_radial, h0)) / math.sqrt(fan)
+        self.two_body_radial = jax.random.normal(keys[3], (n_radial_basis, h0)) / math.sqrt(fan)
         # the rest of the two-body MLP after the (split) first layer
-        self.two_body = _MLP((*sizes, self.latent_dim), key=keys[4]) if self.two_body_hidden else None
-        irs = layer_irreps(num_layers, l_max, parity)
+        self.two_body = (
+            MLP((*sizes, self.latent_dim), key=keys[4], bias=False) if self.two_body_hidden else None
+        )
+        irs = layer_irreps(n_layers, l_max, parity)
         self.env0 = jax.random.normal(keys[5], (latent_dim, n_tensor_features * (l_max + 1))) / math.sqrt(
             latent_dim
         )
-        sh = tuple((l, (-1) ** l) for l in range(l_max + 1))
+        sh = sh_irreps(l_max)
         self.layers = tuple(
             _AllegroLayer(
                 irs[k][0], sh, irs[k][1], n_tensor_features, latent_dim, self.latent_hidden,
-                last=k == num_layers - 1, key=keys[8 + k],
+                last=k == n_layers - 1, key=keys[8 + k],
             )  # fmt: skip
-            for k in range(num_layers)
+            for k in range(n_layers)
         )
-        self.edge_energy = _MLP((latent_dim, *self.edge_energy_hidden, 1), key=keys[6])
+        self.edge_energy = MLP((latent_dim, *self.edge_energy_hidden, 1), key=keys[6], bias=False)
         self.species_scale = jnp.ones((n_species,))
         self.species_shift = jnp.zeros((n_species,))
 
     def hyperparameters(self) -> dict:
         """The constructor keywords that rebuild this model's skeleton (JSON-friendly)."""
-        names = ("num_layers", "n_radial", "l_max", "parity", "n_tensor_features", "latent_dim",
-                 "two_body_hidden", "latent_hidden", "edge_energy_hidden", "embed_dim",
-                 "avg_num_neighbors", "envelope_p")  # fmt: skip
-        return hyperparameter_dict(self, names)
+        return hyperparameter_values(self)
 
     def edge_energies(self, batch: Batch) -> Float[Array, " n_edge"]:
-        """Per-edge energies E_ij (kcal/mol) with centre `senders`, zero on padded edges.
+        """Per-edge energies E_ij (kcal/mol) with centre `receivers`, zero on padded edges.
 
         **Arguments:**
 
@@ -315,7 +297,7 @@ class Allegro(AbstractBackbone):
 
         **Returns:** an `(n_edge,)` array.
         """
-        center, nb = batch.senders, batch.receivers
+        center, nb = batch.receivers, batch.senders
         pos = batch.positions
         emask = batch.edge_mask
         vec = jnp.where(emask[:, None], pos[nb] - pos[center], 0.0)
@@ -328,13 +310,13 @@ class Allegro(AbstractBackbone):
             normalization="component",
         ).array  # (e, d_sh)
         y = y.astype(pos.dtype)
-        sh_index = _irrep_index(tuple((l, (-1) ** l) for l in range(self.l_max + 1)))
+        sh_index = _irrep_index(sh_irreps(self.l_max))
         c = self.n_tensor_features
         n_node = batch.n_node
 
         # two-body latent; the first linear layer is split so species terms are done per node
         emb = self.embedding(batch.species)
-        radial = bessel_basis(r, self.cutoff, self.n_radial) * u[:, None]
+        radial = bessel_basis(r, self.cutoff, self.n_radial_basis) * u[:, None]
         h = (emb @ self.two_body_center)[center] + (emb @ self.two_body_neighbour)[nb]
         h = h + radial @ self.two_body_radial
         x = self.two_body(jax.nn.silu(h)) if self.two_body is not None else h
@@ -358,7 +340,7 @@ class Allegro(AbstractBackbone):
     @property
     def n_message_passing_layers(self) -> int:
         """Receptive field in graph hops: 1, Allegro is strictly local (a bead's energy depends only on
-        its own edges, whatever `num_layers`), so the exporter's nbr_order is [1, 2]."""
+        its own edges, whatever `n_layers`), so the exporter's nbr_order is [1, 2]."""
         return 1
 
     def node_energies(self, batch: Batch) -> Float[Array, " n_node"]:
@@ -370,7 +352,7 @@ class Allegro(AbstractBackbone):
 
         **Returns:** an `(n_node,)` array, zero on padded beads.
         """
-        e = jax.ops.segment_sum(self.edge_energies(batch), batch.senders, num_segments=batch.n_node)
+        e = jax.ops.segment_sum(self.edge_energies(batch), batch.receivers, num_segments=batch.n_node)
         z = batch.species
         e = self.species_scale[z] * e + self.species_shift[z]
         return jnp.where(batch.node_mask, e, 0.0)

@@ -15,6 +15,13 @@ One pytree holds every learnable parameter (backbone and prior); `trainable_filt
 config, `sha256` and `size` of the parameter bytes), a newline, then `eqx.tree_serialise_leaves` bytes.
 Written to a temporary file and renamed. `load` verifies the checksum (a flipped byte in the parameters
 is an error, not a silently wrong model); files written before the checksum existed still load.
+
+**Format versions** (the number after the slash of the format tag, `FORMAT_VERSION` now): a header of an
+older version is converted step by step on reading (`HEADER_UPGRADES`), so old model files keep loading;
+a newer version than this code knows is an error naming the file and the version.
+
+- 1 → 2: Allegro's hyperparameters `num_layers` and `n_radial` were renamed `n_layers` and
+  `n_radial_basis` (the names PaiNN and MACE use).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import importlib
 import io
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +49,10 @@ from ..energy import AbstractBackbone, AbstractEnergyModel, AbstractPrior
 from ..energy import energy_and_forces as _energy_and_forces
 from .backbones import BACKBONES, make_backbone
 
-FORMAT = "cameo_eqx.forcefield/1"
+FORMAT_NAME = "cameo_eqx.forcefield"
+FORMAT_VERSION = 2
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
+"""The format tag that `save` writes (see the module docstring for the versions)."""
 
 
 class ForceField(AbstractEnergyModel):
@@ -302,6 +312,32 @@ def save(path: str | os.PathLike, ff: ForceField, config: Mapping[str, Any] | No
     return write_atomic(path, line.encode() + b"\n" + params)
 
 
+def _upgrade_1_to_2(header: dict) -> dict:
+    """Renames Allegro's `num_layers`/`n_radial` to the shared `n_layers`/`n_radial_basis`."""
+    backbone = (header.get("model") or {}).get("backbone")
+    if isinstance(backbone, dict) and backbone.get("name") == "allegro":
+        renames = {"num_layers": "n_layers", "n_radial": "n_radial_basis"}
+        hp = backbone.get("hyperparameters") or {}
+        backbone["hyperparameters"] = {renames.get(k, k): v for k, v in hp.items()}
+    return header
+
+
+HEADER_UPGRADES: dict[int, Callable[[dict], dict]] = {1: _upgrade_1_to_2}
+"""Format version v → the function that converts a header of version v to version v + 1 (in place)."""
+
+
+def _format_version(tag: Any, path) -> int:
+    """The version number of a format tag `cameo_eqx.forcefield/<n>`; ValueError for another tag or a
+    version newer than `FORMAT_VERSION`."""
+    name, _, version = str(tag).partition("/")
+    if name != FORMAT_NAME or not version.isdigit():
+        raise ValueError(f"{path}: format {tag!r}, expected {FORMAT!r}")
+    if int(version) > FORMAT_VERSION:
+        raise ValueError(f"{path}: format version {int(version)} is newer than this cameo_eqx reads "
+                         f"({FORMAT_VERSION}); update cameo_eqx to load it")  # fmt: skip
+    return int(version)
+
+
 def _read_header(f, path) -> dict:
     line = f.readline()
     try:
@@ -310,20 +346,22 @@ def _read_header(f, path) -> dict:
         raise ValueError(f"{path}: not a cameo_eqx force-field file (no JSON header line)") from None
     if not isinstance(header, dict):
         raise ValueError(f"{path}: not a cameo_eqx force-field file (the header line is not a JSON object)")
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    version = _format_version(header.get("format"), path)
     model = header.get("model")
     if not isinstance(model, dict):
         raise ValueError(f"{path}: the header has no 'model' description (damaged or not written by save())")
     missing = [k for k in ("backbone", "prior", "cutoff", "pair_min_sep") if k not in model]
     if missing:
         raise ValueError(f"{path}: the header's 'model' lacks {missing} (damaged or not written by save())")
+    for v in range(version, FORMAT_VERSION):
+        header = HEADER_UPGRADES[v](header)
+    header["format"] = FORMAT
     return header
 
 
 def load_config(path: str | os.PathLike) -> dict:
     """The JSON header of a saved force field: `{"format", "model", "config", "sha256", "size"}` (files
-    written before checksums existed have no `sha256`/`size`)."""
+    written before checksums existed have no `sha256`/`size`), converted to the current format version."""
     with open(path, "rb") as f:
         return _read_header(f, path)
 

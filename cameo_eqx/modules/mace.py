@@ -23,7 +23,8 @@ multiplicity `C` for every irrep of `hidden_irreps` (e.g. `"32x0e + 32x1o"`), st
 5. Readout of every layer's scalars: linear for all but the last layer, a one-hidden-layer SiLU MLP
    for the last; per-bead energies are their sum. The last layer only computes scalar outputs.
 
-Presets (`PRESETS`; every hyperparameter of `DEFAULTS` can be overridden by keyword):
+Presets (`PRESETS`, resolved by `modules.backbones.make_backbone`; every constructor keyword can be
+overridden):
 
 - `small`: `16x0e + 16x1o`, `l_max = 2`, correlation 3, 2 layers, radial MLP (32, 32): tests, CPU smoke.
 - `default`: `32x0e + 32x1o`, `l_max = 3`, correlation 3, 2 layers, radial MLP (64, 64, 64): CPU training.
@@ -47,12 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ..energy import AbstractBackbone, hyperparameter_dict
+from ..energy import AbstractBackbone
 from ..graph import Batch
-from .painn import MLP, Dense, edge_geometry, resolve_hyperparameters
-from .radial import SpeciesEmbedding, bessel_basis, polynomial_envelope
-
-Ir = tuple[int, int]  # (l, parity ±1)
+from .radial import MLP, Dense, SpeciesEmbedding, bessel_basis, edge_geometry, hyperparameter_values
+from .radial import Irrep as Ir
+from .radial import irrep_dim as _dim
+from .radial import polynomial_envelope
+from .radial import sh_irreps as _sh_irs
 
 PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(hidden_irreps="16x0e + 16x1o", l_max=2, correlation=3, n_layers=2,
@@ -62,20 +64,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "large": dict(hidden_irreps="64x0e + 64x1o + 64x2e", l_max=3, correlation=3, n_layers=2,
                   radial_hidden=(64, 64, 64), readout_hidden=16),
 }  # fmt: skip
-"""Size presets; every entry (and every key of `DEFAULTS`) can be overridden by keyword."""
-
-DEFAULTS: dict[str, Any] = dict(
-    hidden_irreps="32x0e + 32x1o",  # one multiplicity for all irreps; must contain 0e
-    l_max=3,  # spherical harmonics (and A-basis irreps) up to this l
-    correlation=3,  # body order of the B-basis minus one (ν)
-    n_layers=2,
-    n_radial_basis=8,
-    envelope_p=5,  # exponent of the polynomial cutoff envelope
-    radial_hidden=(64, 64, 64),  # hidden widths of the radial MLP
-    readout_hidden=16,  # hidden width of the last layer's readout MLP
-    avg_num_neighbors=20.0,  # A-basis sums are divided by this (CA beads at 10 Å: ~15-30)
-)
-"""Hyperparameters not fixed by a preset."""
+"""Size presets; the other constructor keywords keep their defaults unless overridden."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,16 +87,8 @@ def _parse_hidden(hidden_irreps: str) -> tuple[int, tuple[Ir, ...]]:
     return muls.pop(), irs
 
 
-def _dim(ir: Ir) -> int:
-    return 2 * ir[0] + 1
-
-
 def _irreps_str(irs: Sequence[Ir]) -> str:
     return " + ".join(str(e3nn.Irrep(l, p)) for l, p in irs)
-
-
-def _sh_irs(l_max: int) -> tuple[Ir, ...]:
-    return tuple((l, (-1) ** l) for l in range(l_max + 1))
 
 
 @functools.lru_cache(maxsize=None)
@@ -343,10 +324,17 @@ class MACE(AbstractBackbone):
     - `n_species`: number of bead species.
     - `cutoff`: radial cutoff in Å (the radius graph of the batch must use the same cutoff).
     - `key`: PRNG key for the initial parameters.
-    - `preset`: one of `PRESETS` (`small`, `default`, `large`).
-    - `**hyperparameters`: overrides of any key of `DEFAULTS`: `hidden_irreps`, `l_max`,
-      `correlation`, `n_layers`, `n_radial_basis`, `envelope_p`, `radial_hidden`,
-      `readout_hidden`, `avg_num_neighbors`.
+    - `hidden_irreps`: node features, one multiplicity for all irreps; must contain 0e.
+    - `l_max`: spherical harmonics (and A-basis irreps) up to this l.
+    - `correlation`: body order of the B-basis minus one (ν).
+    - `n_layers`: interaction layers.
+    - `n_radial_basis`: Bessel radial basis functions.
+    - `envelope_p`: exponent of the polynomial cutoff envelope.
+    - `radial_hidden`: hidden widths of the radial MLP.
+    - `readout_hidden`: hidden width of the last layer's readout MLP.
+    - `avg_num_neighbors`: A-basis sums are divided by this (CA beads at 10 Å: ~15-30).
+
+    Size presets are in `PRESETS`; `modules.backbones.make_backbone` resolves them.
     """
 
     embedding: SpeciesEmbedding
@@ -371,29 +359,36 @@ class MACE(AbstractBackbone):
         cutoff: float = 10.0,
         *,
         key: PRNGKeyArray,
-        preset: str = "default",
-        **hyperparameters: Any,
+        hidden_irreps: str = "32x0e + 32x1o",
+        l_max: int = 3,
+        correlation: int = 3,
+        n_layers: int = 2,
+        n_radial_basis: int = 8,
+        envelope_p: int = 5,
+        radial_hidden: tuple[int, ...] = (64, 64, 64),
+        readout_hidden: int = 16,
+        avg_num_neighbors: float = 20.0,
     ):
-        hp = resolve_hyperparameters("MACE", PRESETS, DEFAULTS, preset, hyperparameters)
-        for name in ("l_max", "correlation", "n_layers", "n_radial_basis", "readout_hidden"):
-            if int(hp[name]) < 1 and not (name == "l_max" and int(hp[name]) == 0):
-                raise ValueError(f"MACE: {name} must be >= 1, got {hp[name]!r}")
+        for name, value in (("l_max", l_max), ("correlation", correlation), ("n_layers", n_layers),
+                            ("n_radial_basis", n_radial_basis), ("readout_hidden", readout_hidden)):  # fmt: skip
+            if int(value) < 1 and not (name == "l_max" and int(value) == 0):
+                raise ValueError(f"MACE: {name} must be >= 1, got {value!r}")
         if n_species < 1 or cutoff <= 0:
             raise ValueError(f"MACE: need n_species >= 1 and cutoff > 0, got {n_species}, {cutoff}")
-        if float(hp["avg_num_neighbors"]) <= 0:
-            raise ValueError(f"MACE: avg_num_neighbors must be > 0, got {hp['avg_num_neighbors']!r}")
-        channels, hidden = _parse_hidden(str(hp["hidden_irreps"]))
+        if float(avg_num_neighbors) <= 0:
+            raise ValueError(f"MACE: avg_num_neighbors must be > 0, got {avg_num_neighbors!r}")
+        channels, hidden = _parse_hidden(str(hidden_irreps))
         self.n_species = int(n_species)
         self.cutoff = float(cutoff)
-        self.hidden_irreps = str(e3nn.Irreps(str(hp["hidden_irreps"])))
-        self.l_max = int(hp["l_max"])
-        self.correlation = int(hp["correlation"])
-        self.n_layers = int(hp["n_layers"])
-        self.n_radial_basis = int(hp["n_radial_basis"])
-        self.envelope_p = int(hp["envelope_p"])
-        self.radial_hidden = tuple(int(w) for w in hp["radial_hidden"])
-        self.readout_hidden = int(hp["readout_hidden"])
-        self.avg_num_neighbors = float(hp["avg_num_neighbors"])
+        self.hidden_irreps = str(e3nn.Irreps(str(hidden_irreps)))
+        self.l_max = int(l_max)
+        self.correlation = int(correlation)
+        self.n_layers = int(n_layers)
+        self.n_radial_basis = int(n_radial_basis)
+        self.envelope_p = int(envelope_p)
+        self.radial_hidden = tuple(int(w) for w in radial_hidden)
+        self.readout_hidden = int(readout_hidden)
+        self.avg_num_neighbors = float(avg_num_neighbors)
         sh = _sh_irs(self.l_max)
         ke, *kl = jax.random.split(key, self.n_layers + 1)
         self.embedding = SpeciesEmbedding(n_species, channels, key=ke)
@@ -413,7 +408,7 @@ class MACE(AbstractBackbone):
     def hyperparameters(self) -> dict[str, Any]:
         """The constructor keywords that rebuild this model's skeleton (JSON-friendly; used by
         `forcefield.save`)."""
-        return hyperparameter_dict(self, DEFAULTS)
+        return hyperparameter_values(self)
 
     @property
     def n_message_passing_layers(self) -> int:

@@ -20,18 +20,17 @@ features is one matmul; aggregations are `segment_sum` over edges (no dense n ×
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
-from ..energy import AbstractBackbone, hyperparameter_dict
+from ..energy import AbstractBackbone
 from ..graph import Batch
-from .radial import SpeciesEmbedding, bessel_basis, polynomial_envelope, safe_norm
+from .radial import (MLP, Dense, SpeciesEmbedding, bessel_basis, cosine_cutoff, edge_geometry,
+                     hyperparameter_values, polynomial_envelope)  # fmt: skip
 
 PRESETS: dict[str, dict[str, Any]] = {
     # a quick model for tests and CPU smoke runs
@@ -41,110 +40,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the paper's QM9/MD17 size (128 features, 3 interactions, 20 radial functions)
     "large": dict(n_features=128, n_layers=3, n_radial_basis=20),
 }
-"""Size presets; every entry (and every key of `DEFAULTS`) can be overridden by keyword."""
-
-DEFAULTS: dict[str, Any] = dict(
-    n_features=64,
-    n_layers=3,
-    n_radial_basis=20,
-    envelope="cosine",  # "cosine" (published) or "polynomial"
-    envelope_p=6,  # exponent of the polynomial envelope
-    avg_num_neighbors=1.0,  # aggregated messages are divided by this (1 = published sum)
-    readout_hidden=0,  # hidden width of the readout MLP; 0 means n_features // 2 (published)
-)
-"""Hyperparameters not fixed by a preset."""
-
-
-# ----------------------------------------------------------------------------------------------
-# small building blocks (shared with mace.py)
-
-
-def resolve_hyperparameters(
-    model: str,
-    presets: Mapping[str, Mapping[str, Any]],
-    defaults: Mapping[str, Any],
-    preset: str,
-    overrides: Mapping[str, Any],
-) -> dict[str, Any]:
-    """Defaults, then the named preset, then the user's overrides; unknown names are errors."""
-    if preset not in presets:
-        raise ValueError(f"{model}: unknown preset {preset!r}; choose one of {sorted(presets)}")
-    unknown = sorted(set(overrides) - set(defaults))
-    if unknown:
-        raise TypeError(
-            f"{model}: unknown hyperparameter(s) {unknown}; valid ones are {sorted(defaults)}"
-        )
-    return {**defaults, **presets[preset], **overrides}
-
-
-class Dense(eqx.Module):
-    """`x @ W + b` on the last axis of an array of any leading shape (LeCun-normal weights)."""
-
-    weight: Float[Array, "d_in d_out"]
-    bias: Float[Array, " d_out"] | None
-
-    def __init__(self, d_in: int, d_out: int, *, key: PRNGKeyArray, bias: bool = True):
-        self.weight = jax.random.normal(key, (d_in, d_out)) / np.sqrt(d_in)
-        self.bias = jnp.zeros((d_out,), self.weight.dtype) if bias else None
-
-    def __call__(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_out"]:
-        y = x @ self.weight
-        return y if self.bias is None else y + self.bias
-
-
-class MLP(eqx.Module):
-    """Dense layers with an activation between them (none after the last)."""
-
-    layers: tuple[Dense, ...]
-    activation: Callable = eqx.field(static=True)
-
-    def __init__(
-        self,
-        sizes: Sequence[int],
-        *,
-        key: PRNGKeyArray,
-        bias: bool = True,
-        activation: Callable = jax.nn.silu,
-    ):
-        keys = jax.random.split(key, len(sizes) - 1)
-        self.layers = tuple(
-            Dense(a, b, key=k, bias=bias) for a, b, k in zip(sizes[:-1], sizes[1:], keys)
-        )
-        self.activation = activation
-
-    def __call__(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_out"]:
-        for layer in self.layers[:-1]:
-            x = self.activation(layer(x))
-        return self.layers[-1](x)
-
-
-def cosine_cutoff(r: Float[Array, " n"], cutoff: float) -> Float[Array, " n"]:
-    """Behler's cosine cutoff 0.5 (cos(π r / c) + 1) for r < c, else 0 (PaiNN's cutoff function)."""
-    return jnp.where(r < cutoff, 0.5 * (jnp.cos(jnp.pi * r / cutoff) + 1.0), 0.0)
-
-
-class EdgeGeometry(eqx.Module):
-    """Per-edge geometry of a batch, computed once per energy call.
-
-    `vectors` point from the receiver (the centre bead i) to the sender (the neighbour j); padded
-    edges get zero vectors, zero distance and a zero unit vector, with zero gradient.
-    """
-
-    vectors: Float[Array, "n_edge 3"]
-    distances: Float[Array, " n_edge"]
-    unit: Float[Array, "n_edge 3"]
-    mask: Bool[Array, " n_edge"]
-
-
-def edge_geometry(batch: Batch) -> EdgeGeometry:
-    """Edge vectors, lengths and directions with padding masked out (see `EdgeGeometry`)."""
-    pos = batch.positions
-    mask = batch.edge_mask
-    vec = pos[batch.senders] - pos[batch.receivers]
-    vec = jnp.where(mask[:, None], vec, 0.0)
-    r = safe_norm(vec, mask)
-    unit = vec / jnp.where(r > 0, r, 1.0)[:, None]
-    return EdgeGeometry(vectors=vec, distances=r, unit=unit, mask=mask)
+"""Size presets (resolved by `modules.backbones.make_backbone`); every constructor keyword can be
+overridden."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,10 +80,15 @@ class PaiNN(AbstractBackbone):
     - `n_species`: number of bead species.
     - `cutoff`: radial cutoff in Å (the radius graph of the batch must use the same cutoff).
     - `key`: PRNG key for the initial parameters.
-    - `preset`: one of `PRESETS` (`small`, `default`, `large`).
-    - `**hyperparameters`: overrides of any key of `DEFAULTS`: `n_features`, `n_layers`,
-      `n_radial_basis`, `envelope` (`"cosine"` | `"polynomial"`), `envelope_p`, `avg_num_neighbors`,
-      `readout_hidden`.
+    - `n_features`: width of the scalar and vector features.
+    - `n_layers`: interaction (message + update) layers.
+    - `n_radial_basis`: Bessel radial basis functions.
+    - `envelope`: cutoff function, `"cosine"` (published) or `"polynomial"`.
+    - `envelope_p`: exponent of the polynomial envelope.
+    - `avg_num_neighbors`: aggregated messages are divided by this (1: the published plain sum).
+    - `readout_hidden`: hidden width of the readout MLP; 0 means `n_features // 2` (published).
+
+    Size presets are in `PRESETS`; `modules.backbones.make_backbone` resolves them.
     """
 
     embedding: SpeciesEmbedding
@@ -211,28 +113,31 @@ class PaiNN(AbstractBackbone):
         cutoff: float = 10.0,
         *,
         key: PRNGKeyArray,
-        preset: str = "default",
-        **hyperparameters: Any,
+        n_features: int = 64,
+        n_layers: int = 3,
+        n_radial_basis: int = 20,
+        envelope: str = "cosine",
+        envelope_p: int = 6,
+        avg_num_neighbors: float = 1.0,
+        readout_hidden: int = 0,
     ):
-        hp = resolve_hyperparameters("PaiNN", PRESETS, DEFAULTS, preset, hyperparameters)
-        if hp["envelope"] not in ("cosine", "polynomial"):
-            raise ValueError(
-                f"PaiNN: envelope must be 'cosine' or 'polynomial', got {hp['envelope']!r}"
-            )
-        for name in ("n_features", "n_layers", "n_radial_basis"):
-            if int(hp[name]) < 1:
-                raise ValueError(f"PaiNN: {name} must be >= 1, got {hp[name]!r}")
+        if envelope not in ("cosine", "polynomial"):
+            raise ValueError(f"PaiNN: envelope must be 'cosine' or 'polynomial', got {envelope!r}")
+        for name, value in (("n_features", n_features), ("n_layers", n_layers),
+                            ("n_radial_basis", n_radial_basis)):  # fmt: skip
+            if int(value) < 1:
+                raise ValueError(f"PaiNN: {name} must be >= 1, got {value!r}")
         if n_species < 1 or cutoff <= 0:
             raise ValueError(f"PaiNN: need n_species >= 1 and cutoff > 0, got {n_species}, {cutoff}")
         self.n_species = int(n_species)
         self.cutoff = float(cutoff)
-        self.n_features = f = int(hp["n_features"])
-        self.n_layers = int(hp["n_layers"])
-        self.n_radial_basis = int(hp["n_radial_basis"])
-        self.envelope = str(hp["envelope"])
-        self.envelope_p = int(hp["envelope_p"])
-        self.avg_num_neighbors = float(hp["avg_num_neighbors"])
-        self.readout_hidden = int(hp["readout_hidden"]) or max(f // 2, 1)
+        self.n_features = f = int(n_features)
+        self.n_layers = int(n_layers)
+        self.n_radial_basis = int(n_radial_basis)
+        self.envelope = str(envelope)
+        self.envelope_p = int(envelope_p)
+        self.avg_num_neighbors = float(avg_num_neighbors)
+        self.readout_hidden = int(readout_hidden) or max(f // 2, 1)
         ke, km, ku, kr = jax.random.split(key, 4)
         self.embedding = SpeciesEmbedding(n_species, f, key=ke)
         self.messages = tuple(
@@ -244,7 +149,7 @@ class PaiNN(AbstractBackbone):
     def hyperparameters(self) -> dict[str, Any]:
         """The constructor keywords that rebuild this model's skeleton (JSON-friendly; used by
         `forcefield.save`)."""
-        return hyperparameter_dict(self, DEFAULTS)
+        return hyperparameter_values(self)
 
     @property
     def n_message_passing_layers(self) -> int:

@@ -1,13 +1,24 @@
-"""Pieces shared by the backbones: radial basis, cutoff envelope, species embedding (`safe_norm` comes from
-`cameo_eqx.geometry`)."""
+"""Pieces shared by the backbones (Allegro, PaiNN, MACE), in one module: edge geometry, radial basis,
+cutoff functions, species embedding, dense layers and MLPs, irreps helpers, and the constructor-keyword
+helpers behind `hyperparameters()` (`safe_norm` comes from `cameo_eqx.geometry`).
+
+All three follow the edge convention of `cameo_eqx.graph.Batch` (the edge's message or energy belongs
+to `receivers`, the centre); `edge_geometry` gives vectors from the centre to the neighbour.
+"""
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from ..graph import Batch
 
 from ..geometry import safe_norm  # noqa: F401  (re-exported: the backbones take it from here)
 
@@ -44,3 +55,112 @@ class SpeciesEmbedding(eqx.Module):
 
     def __call__(self, species: Int[Array, " n"]) -> Float[Array, "n dim"]:
         return self.weight[species]
+
+
+def cosine_cutoff(r: Float[Array, " n"], cutoff: float) -> Float[Array, " n"]:
+    """Behler's cosine cutoff 0.5 (cos(π r / c) + 1) for r < c, else 0 (PaiNN's cutoff function)."""
+    return jnp.where(r < cutoff, 0.5 * (jnp.cos(jnp.pi * r / cutoff) + 1.0), 0.0)
+
+
+class EdgeGeometry(eqx.Module):
+    """Per-edge geometry of a batch, computed once per energy call.
+
+    `vectors` point from the receiver (the centre bead i) to the sender (the neighbour j); padded
+    edges get zero vectors, zero distance and a zero unit vector, with zero gradient.
+    """
+
+    vectors: Float[Array, "n_edge 3"]
+    distances: Float[Array, " n_edge"]
+    unit: Float[Array, "n_edge 3"]
+    mask: Bool[Array, " n_edge"]
+
+
+def edge_geometry(batch: Batch) -> EdgeGeometry:
+    """Edge vectors, lengths and directions with padding masked out (see `EdgeGeometry`).
+
+    **Arguments:**
+
+    - `batch`: a packed batch (no leading device axis).
+
+    **Returns:** the `EdgeGeometry` of its edges.
+    """
+    pos = batch.positions
+    mask = batch.edge_mask
+    vec = pos[batch.senders] - pos[batch.receivers]
+    vec = jnp.where(mask[:, None], vec, 0.0)
+    r = safe_norm(vec, mask)
+    unit = vec / jnp.where(r > 0, r, 1.0)[:, None]
+    return EdgeGeometry(vectors=vec, distances=r, unit=unit, mask=mask)
+
+
+class Dense(eqx.Module):
+    """`x @ W + b` on the last axis of an array of any leading shape (LeCun-normal weights)."""
+
+    weight: Float[Array, "d_in d_out"]
+    bias: Float[Array, " d_out"] | None
+
+    def __init__(self, d_in: int, d_out: int, *, key: PRNGKeyArray, bias: bool = True):
+        self.weight = jax.random.normal(key, (d_in, d_out)) / np.sqrt(d_in)
+        self.bias = jnp.zeros((d_out,), self.weight.dtype) if bias else None
+
+    def __call__(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_out"]:
+        y = x @ self.weight
+        return y if self.bias is None else y + self.bias
+
+
+class MLP(eqx.Module):
+    """Dense layers with an activation between them (none after the last); `bias=False` gives the
+    bias-free MLPs of Allegro and of MACE's radial weights."""
+
+    layers: tuple[Dense, ...]
+    activation: Callable = eqx.field(static=True)
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        *,
+        key: PRNGKeyArray,
+        bias: bool = True,
+        activation: Callable = jax.nn.silu,
+    ):
+        keys = jax.random.split(key, len(sizes) - 1)
+        self.layers = tuple(
+            Dense(a, b, key=k, bias=bias) for a, b, k in zip(sizes[:-1], sizes[1:], keys)
+        )
+        self.activation = activation
+
+    def __call__(self, x: Float[Array, "... d_in"]) -> Float[Array, "... d_out"]:
+        for layer in self.layers[:-1]:
+            x = self.activation(layer(x))
+        return self.layers[-1](x)
+
+
+Irrep = tuple[int, int]
+"""An O(3) irrep as (l, parity ±1)."""
+
+
+def irrep_dim(ir: Irrep) -> int:
+    """Dimension 2l + 1 of an irrep (l, p)."""
+    return 2 * ir[0] + 1
+
+
+def sh_irreps(l_max: int) -> tuple[Irrep, ...]:
+    """The irreps of the spherical harmonics up to `l_max`: (0, +1), (1, -1), (2, +1), ..."""
+    return tuple((l, (-1) ** l) for l in range(l_max + 1))
+
+
+def hyperparameter_names(cls: type) -> tuple[str, ...]:
+    """A backbone class's hyperparameters: the keyword-only arguments of its constructor except `key`
+    (their defaults are the values a preset does not set)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "key")
+
+
+def hyperparameter_values(model: eqx.Module) -> dict[str, Any]:
+    """The constructor keywords of a backbone (`hyperparameter_names`) read from the instance, as a
+    JSON-friendly dict (tuples become lists); `forcefield.save` stores it to rebuild the skeleton."""
+    out = {}
+    for name in hyperparameter_names(type(model)):
+        v = getattr(model, name)
+        out[name] = list(v) if isinstance(v, tuple) else v
+    return out

@@ -15,9 +15,8 @@ import typing
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
 from ..config import ConfigError, check, check_integers
+from ..modules.backbones import BackboneOverrides, check_hyperparameters
 from ..priors.config import RefineConfig
 
 Optimizer = Literal["adabelief", "yogi", "adam", "adamw", "lion", "polyak_sgd", "fromage"]
@@ -104,21 +103,32 @@ class ModelConfig:
     preset: str | None = None
     """Backbone size preset (see the backbone's PRESETS); None: the backbone's default
     (`modules.backbones.DEFAULT_PRESETS`: allegro 'default', painn and mace 'small')."""
-    hyperparameters: tuple[str, ...] = ()
-    """Backbone overrides KEY=VALUE (values parsed as YAML), e.g. n_features=16 n_layers=2."""
+    hyperparameters: BackboneOverrides = dataclasses.field(default_factory=BackboneOverrides)
+    """Backbone hyperparameters that replace the preset's values (unset: the preset's), e.g.
+    `--model.hyperparameters.n-layers 2` or YAML `hyperparameters: {n_layers: 2}`; one the chosen backbone
+    does not have is an error."""
     prior: Path | None = None
     """Fitted prior file (`fit-priors` output prior.yaml); None: no prior (pure ML)."""
     train_prior: bool = False
     """Also train the prior parameters with the network in the optimiser stages."""
 
+    def __post_init__(self):
+        hp = self.hyperparameters.as_dict()
+        if self.backbone == "none" and hp:
+            raise ConfigError.at("model", "hyperparameters",
+                                 f"is invalid: backbone 'none' has no hyperparameters; got {sorted(hp)}")
+        if self.backbone != "none":
+            try:
+                check_hyperparameters(self.backbone, hp)
+            except ValueError as err:
+                raise ConfigError.at("model", "hyperparameters", f"is invalid: {err}") from None
+
     def overrides(self) -> dict:
-        out = {}
-        for kv in self.hyperparameters:
-            if "=" not in kv:
-                raise ValueError(f"model.hyperparameters: expected KEY=VALUE, got {kv!r}")
-            k, v = kv.split("=", 1)
-            out[k.strip()] = yaml.safe_load(v)
-        return out
+        """The hyperparameters that are set, as `make_backbone` keywords.
+
+        **Returns:** name → value, without the unset (None) ones.
+        """
+        return self.hyperparameters.as_dict()
 
 
 @dataclasses.dataclass(frozen=True)
