@@ -17,6 +17,10 @@ plus XLA's cost analysis (FLOPs and bytes) of energy + forces per backbone.
     python benchmarks/bench_gpu.py            # full: under 8 minutes on one H200 (cases stop at --budget)
     python benchmarks/bench_gpu.py --quick    # 4 replicas, 512-node buckets, a few steps: CPU, minutes
     python benchmarks/bench_gpu.py --cost     # the cost analysis only (compiles, runs nothing)
+    python benchmarks/bench_gpu.py --matmul-precision tensorfloat32   # TF32 matmuls + their force error
+
+Every case is traced at `--matmul-precision` (default float32, the project's default; JAX alone would use
+TF32 on Ampere+ GPUs, which is what the issue's baseline figures ran at).
 
 Writes benchmarks/results/gpu.json (or `--out`). On a GPU run it as
 `XLA_PYTHON_CLIENT_PREALLOCATE=false python benchmarks/bench_gpu.py`.
@@ -84,10 +88,11 @@ def demo_prior():
 # ------------------------------------------------------------------------------------------ simulation
 
 
-def simulate_case(model, topo, x, replicas: int, steps: int, repeats: int) -> dict:
+def simulate_case(model, topo, x, replicas: int, steps: int, repeats: int, precision: str = "float32") -> dict:
     from cameo_eqx.simulate import Simulator
 
-    sim = Simulator(model, topo, temperature=320.0, timestep_fs=2.0, friction_per_ps=1.0, max_bond_length=1e3)
+    sim = Simulator(model, topo, temperature=320.0, timestep_fs=2.0, friction_per_ps=1.0, max_bond_length=1e3,
+                    matmul_precision=precision)  # fmt: skip
     state = sim.init(x, n_replicas=replicas, seed=0)
     save_every = min(50, steps)
     frames = steps // save_every
@@ -105,6 +110,18 @@ def simulate_case(model, topo, x, replicas: int, steps: int, repeats: int) -> di
     sps = frames * save_every / med
     return {"replicas": replicas, "beads": topo.n_beads, "steps": frames * save_every, "median_s": med,
             "compile_s": max(0.0, first - med), "steps_per_s": sps, "timestep_mol_per_s": sps * replicas}  # fmt: skip
+
+
+def precision_error(model, topo, x, precision: str) -> float | str:
+    """Relative force difference of `model` on the chain at `precision` against float32."""
+    from cameo_eqx.graph import single_frame_batch
+    from cameo_eqx.precision import PrecisionError, check_model_precision
+
+    batch = single_frame_batch(x, topo, CUTOFF)
+    try:
+        return check_model_precision(model, batch, precision, where="the 54-bead chain")
+    except PrecisionError as e:
+        return str(e)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -301,14 +318,20 @@ def main() -> None:
                     help="start no new case after this many seconds (default 420; 1,200 with --quick)")
     ap.add_argument("--bucket-nodes", type=int, default=8192, help="training bucket size (nodes)")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/gpu.json)")
+    ap.add_argument("--matmul-precision", choices=("float32", "tensorfloat32"), default="float32",
+                    help="precision of float32 matmuls (cameo_eqx.precision); tensorfloat32 also reports each "
+                         "model's relative force difference from float32 on the chain")
     args = ap.parse_args()
     if args.budget is None:
         args.budget = 1200.0 if args.quick else 420.0
 
     import jax
 
+    # every case below is traced at this precision (JAX's own GPU default would be TF32)
+    jax.config.update("jax_default_matmul_precision", args.matmul_precision)
     T0 = time.perf_counter()
     res: dict = {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()], "quick": args.quick,
+                 "matmul_precision": args.matmul_precision,
                  "issue_measured": {"sim_timestep_mol_per_s": ISSUE_SIM, "train_frames_per_s": ISSUE_TRAIN},
                  "targets": {"sim_timestep_mol_per_s_at_128": TARGET_SIM, "train_frames_per_s": TARGET_TRAIN},
                  "h200": H200}  # fmt: skip
@@ -334,6 +357,8 @@ def main() -> None:
     sim = []
     for name in ("prior",) + BACKBONES if args.only != "train" else ():
         model = prior if name == "prior" else ForceField(backbone(name), prior, cutoff=CUTOFF)
+        if args.matmul_precision != "float32":
+            res.setdefault("force_error_vs_float32", {})[name] = precision_error(model, topo, x, args.matmul_precision)
         for r in replicas:
             if over(f"sim {name} R={r}"):
                 continue
@@ -342,7 +367,7 @@ def main() -> None:
             else:
                 steps = 2000 if name == "prior" else (400 if r <= 128 else 100)
             try:
-                c = simulate_case(model, topo, x, r, steps, 1 if args.quick else 2)
+                c = simulate_case(model, topo, x, r, steps, 1 if args.quick else 2, args.matmul_precision)
             except Exception as e:  # an OOM at 1,024 replicas is a result, not the end of the run
                 c = {"replicas": r, "error": f"{type(e).__name__}: {str(e)[:300]}"}
             c["model"] = name

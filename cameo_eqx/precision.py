@@ -18,11 +18,14 @@ from __future__ import annotations
 import typing
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Literal
+from typing import Any, Literal
 
+import equinox as eqx
 import jax
 import numpy as np
 from jaxtyping import Array, Float
+
+from .energy import energy_and_forces
 
 MatmulPrecision = Literal["float32", "tensorfloat32"]
 """Precision of float32 matrix products: 'float32' (exact float32, default) or 'tensorfloat32'."""
@@ -116,6 +119,28 @@ def check_precision(
     return err
 
 
+def check_model_precision(model: Any, batch: Any, name: MatmulPrecision, *, where: str) -> float:
+    """`check_precision` of a model's forces on one batch (what training and simulation run before using
+    a reduced precision); also prints the measured difference.
+
+    **Arguments:**
+
+    - `model`: an `AbstractEnergyModel`.
+    - `batch`: a packed `Batch` (no leading device axis).
+    - `name`: the precision to use; 'float32' returns 0 at once.
+    - `where`: what the batch is, for the message.
+
+    **Returns:** the relative force difference.
+    """
+    if name == "float32":
+        return 0.0
+    f = eqx.filter_jit(energy_and_forces)  # a fresh trace under each precision context
+    err = check_precision(lambda: f(model, batch)[1], name, mask=batch.node_mask, where=where)
+    print(f"matmul_precision {name!r}: forces on {where} differ from float32 by {err:.2e} relative "
+          f"(tolerance {REDUCED_PRECISION_TOLERANCE:.0e})", flush=True)
+    return err
+
+
 def dot_precisions(lowered_text: str) -> set[str]:
     """The precisions named by the dot products of lowered StableHLO text (e.g. `{"HIGHEST"}`).
 
@@ -142,6 +167,7 @@ __all__ = [
     "REDUCED_PRECISION_TOLERANCE",
     "MatmulPrecision",
     "PrecisionError",
+    "check_model_precision",
     "check_precision",
     "dot_precisions",
     "matmul_precision",

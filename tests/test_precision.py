@@ -121,3 +121,75 @@ def test_export_artifact_carries_precision():
     assert dot_precisions(text) == {"HIGHEST"}
     text = export_model(model, platform="cpu", matmul_precision="tensorfloat32").mlir_module
     assert "HIGH" in dot_precisions(text)
+
+
+# ------------------------------------------------------------------------ the stages that trace models
+
+from tests.test_training import _cfg, _fit, records  # noqa: E402,F401  (the tiny PaiNN and its frames)
+
+
+def _record_precision(monkeypatch):
+    """Records the matmul precision in force whenever a PaiNN is traced."""
+    from cameo_eqx.modules.painn import PaiNN
+
+    seen: list = []
+    original = PaiNN.node_energies
+
+    def node_energies(self, batch):
+        seen.append(jax.config.jax_default_matmul_precision)
+        return original(self, batch)
+
+    monkeypatch.setattr(PaiNN, "node_energies", node_energies)
+    return seen
+
+
+@pytest.mark.parametrize("name", ["float32", "tensorfloat32"])
+def test_training_traces_at_the_configured_precision(tmp_path, records, monkeypatch, capsys, name):
+    from cameo_eqx.training.config import StageConfig
+
+    seen = _record_precision(monkeypatch)
+    cfg = _cfg(tmp_path, stages=(StageConfig(name="a", epochs=1, lr=1e-3),), max_steps=2, matmul_precision=name)
+    _fit(cfg, records)
+    if name == "tensorfloat32":  # the check traces its float32 reference first
+        assert seen[0] == "float32"
+        seen = seen[1:]
+    assert seen and set(seen) == {name}
+    checked = "differ from float32 by 0.00e+00" in capsys.readouterr().out  # CPU: the same arithmetic
+    assert checked == (name == "tensorfloat32")
+
+
+def test_simulator_traces_at_its_precision(monkeypatch, capsys):
+    from cameo_eqx.modules import make_backbone
+    from cameo_eqx.simulate import Simulator
+    from cameo_eqx.topology import CGTopology
+
+    seen = _record_precision(monkeypatch)
+    n = 8
+    x = (np.arange(n)[:, None] * np.array([[3.8, 0.0, 0.0]])).astype(np.float32)
+    topo = CGTopology(resname=("ALA",) * n, resid=np.arange(n), chain=("A",) * n,
+                      segment=np.zeros(n, np.int32), species=np.zeros(n, np.int32))  # fmt: skip
+    model = make_backbone("painn", 1, 6.0, "small", n_features=8, n_layers=1, n_radial_basis=4)
+    with pytest.raises(ValueError, match="matmul_precision must be one of"):
+        Simulator(model, topo, matmul_precision="bf16")
+    sim = Simulator(model, topo, matmul_precision="tensorfloat32")
+    res = sim.run(sim.init(x), 1, 2)
+    assert res.blowup is None
+    assert "starting structure differ from float32" in capsys.readouterr().out
+    assert seen[0] == "float32" and set(seen[1:]) == {"tensorfloat32"}  # the check's reference first
+    seen.clear()
+    sim = Simulator(model, topo)
+    sim.run(sim.init(x), 1, 2)
+    assert set(seen) == {"float32"}
+
+
+def test_old_run_config_hyperparameters_upgrade():
+    """A config.json written when hyperparameters were KEY=VALUE strings reads as the typed mapping, so
+    `--resume auto` of such a run sees the same config."""
+    from cameo_eqx.training.trainer import _upgrade_config
+
+    old = {"model": {"backbone": "allegro", "hyperparameters": ["num_layers=2", "latent_hidden=[32, 32]"]}}
+    new = _upgrade_config(old)
+    assert new["model"]["hyperparameters"] == {"n_layers": 2, "latent_hidden": [32, 32]}
+    assert old["model"]["hyperparameters"] == ["num_layers=2", "latent_hidden=[32, 32]"]  # not modified
+    typed = {"model": {"backbone": "painn", "hyperparameters": {"n_layers": 2}}}
+    assert _upgrade_config(typed) is typed

@@ -18,6 +18,7 @@ from ..data.splits import select_frames, split_frames, subsample_frames
 from ..data.store import PreparedDataset
 from ..fileio import write_atomic
 from ..modules import load
+from ..precision import DEFAULT_PRECISION, matmul_precision
 from . import metrics as M, plots
 from .config import EvaluateConfig
 
@@ -40,7 +41,8 @@ def _frames(cfg: EvaluateConfig, run_cfg: dict[str, Any], ds) -> dict[str, np.nd
 
 
 def evaluate(cfg: EvaluateConfig) -> Path:
-    """Evaluates `<run>/<model_file>` on the run's validation (or chosen) frames.
+    """Evaluates `<run>/<model_file>` on the run's validation (or chosen) frames, with true float32
+    matrix products (`cameo_eqx.precision`) whatever the model was trained with.
 
     **Arguments:**
 
@@ -48,6 +50,11 @@ def evaluate(cfg: EvaluateConfig) -> Path:
 
     **Returns:** the report directory.
     """
+    with matmul_precision(DEFAULT_PRECISION):
+        return _evaluate(cfg)
+
+
+def _evaluate(cfg: EvaluateConfig) -> Path:
     run = Path(cfg.run)
     mfile = run / cfg.model_file
     if not mfile.exists():

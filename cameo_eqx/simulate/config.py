@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..config import check
+from ..precision import DEFAULT_PRECISION, MatmulPrecision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,10 @@ class SimulateConfig:
     """Continue from output/checkpoint.npz if it exists (with the same config); False starts over."""
     progress: bool = True
     """Show a progress bar."""
+    matmul_precision: MatmulPrecision = DEFAULT_PRECISION
+    """Precision of the model's float32 matrix products: 'float32' (true float32, default) or
+    'tensorfloat32' (TF32 tensor cores on Ampere+ GPUs; refused when it moves the start structure's forces
+    by more than 1e-3 relative)."""
 
     def __post_init__(self) -> None:
         """Range checks (an invalid config cannot be constructed); a `ConfigError` names `simulate.key`."""

@@ -40,9 +40,11 @@ from ..config import to_dict
 from ..data.store import PreparedDataset
 from ..energy import AbstractEnergyModel, graph_cutoff
 from ..fileio import check_free_space, reporting_no_space, write_atomic
-from ..graph import Batch, make_batch
+from ..graph import Batch, make_batch, single_frame_batch
 from ..modules.forcefield import check_species
 from ..modules.forcefield import load as load_force_field
+from ..precision import DEFAULT_PRECISION, MatmulPrecision, check_model_precision
+from ..precision import matmul_precision as precision_context
 from ..priors.prior import Prior
 from ..priors.teacher import TeacherPotential
 from ..topology import SEPARATION_NONBONDED, CGTopology
@@ -337,6 +339,8 @@ class Simulator:
     - `skin` (Å), `capacity` (candidate pairs per replica; None: sized from the start structure).
     - `pair_min_sep`: non-bonded pair selection (None: the model's, else 2); `cutoff`: None: the model's.
     - `max_bond_length`: Å, the blow-up guard.
+    - `matmul_precision`: precision of the model's float32 matrix products ('float32', or
+      'tensorfloat32' after `cameo_eqx.precision.check_model_precision` on the first structure).
     """
 
     def __init__(
@@ -344,6 +348,7 @@ class Simulator:
         timestep_fs: float = 2.0, friction_per_ps: float = 1.0, masses: Any = "residue",
         uniform_mass: float = 110.0, skin: float = 2.0, capacity: int | None = None,
         pair_min_sep: int | None = None, cutoff: float | None = None, max_bond_length: float = 8.0,
+        matmul_precision: MatmulPrecision = DEFAULT_PRECISION,
     ):  # fmt: skip
         if not isinstance(model, AbstractEnergyModel):
             raise TypeError(f"model must be an AbstractEnergyModel, got {type(model)}")
@@ -363,6 +368,9 @@ class Simulator:
         self.integrator = BAOAB(float(timestep_fs), float(friction_per_ps), temps, float(max_bond_length))
         self.skin = float(skin)
         self.capacity = capacity
+        precision_context(matmul_precision)  # checks the name now, not at the first run
+        self.matmul_precision = matmul_precision
+        self._precision_checked = matmul_precision == "float32"
 
     # --------------------------------------------------------------------------------------- state
     def capacity_for(self, positions: Float[np.ndarray, "k n 3"]) -> int:
@@ -403,6 +411,11 @@ class Simulator:
             velocities = sd * jax.random.normal(sub, x.shape, jnp.float32)
         if self.capacity is None:
             self.capacity = self.capacity_for(x)
+        if not self._precision_checked:
+            batch = single_frame_batch(x[0], self.topology, self.system.cutoff,
+                                       pair_min_sep=self.system.pair_min_sep)  # fmt: skip
+            check_model_precision(self.model, batch, self.matmul_precision, where="the starting structure")
+            self._precision_checked = True
         return _host_state(jnp.asarray(x), jnp.asarray(velocities, jnp.float32), key, step, self.capacity,
                            self.system.cutoff, self.skin)  # fmt: skip
 
@@ -460,7 +473,8 @@ class Simulator:
             while done < n_frames:
                 k = min(chunk_frames, n_frames - done)
                 t0 = time.perf_counter()
-                new, out, e0 = run_chunk(self.model, self.system, self.integrator, state, k, save_every)
+                with precision_context(self.matmul_precision):  # traced at this precision
+                    new, out, e0 = run_chunk(self.model, self.system, self.integrator, state, k, save_every)
                 jax.block_until_ready(new.positions)
                 if done == 0:
                     compile_s = time.perf_counter() - t0  # compile + one chunk of work
@@ -677,7 +691,7 @@ def simulate(cfg: SimulateConfig) -> Path:
     sim = Simulator(model, begin.topology, temperature=cfg.temperature, timestep_fs=cfg.timestep_fs,
                     friction_per_ps=cfg.friction_per_ps, masses=cfg.masses, uniform_mass=cfg.uniform_mass,
                     skin=cfg.skin, capacity=cfg.neighbor_capacity, pair_min_sep=cfg.pair_min_sep,
-                    max_bond_length=cfg.max_bond_length)  # fmt: skip
+                    max_bond_length=cfg.max_bond_length, matmul_precision=cfg.matmul_precision)  # fmt: skip
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     traj_path, ckpt_path = out / TRAJECTORY_FILE, out / CHECKPOINT_FILE
@@ -734,7 +748,8 @@ def _resume_run(cfg: SimulateConfig, sim: Simulator, out: Path, cfg_json: str, t
     """Continues from the checkpoint: (reopened writer, state), or None when the run is already complete."""
     traj_path, ckpt_path = out / TRAJECTORY_FILE, out / CHECKPOINT_FILE
     with np.load(ckpt_path) as ck:
-        old = _physics(str(ck["config"]))
+        # options added since the checkpoint was written take their defaults there
+        old = {**_physics(_config_json(SimulateConfig())), **_physics(str(ck["config"]))}
         new = _physics(cfg_json)
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:

@@ -17,6 +17,7 @@ from typing import Literal
 
 from ..config import ConfigError, check, check_integers
 from ..modules.backbones import BackboneOverrides, check_hyperparameters
+from ..precision import DEFAULT_PRECISION, MatmulPrecision
 from ..priors.config import RefineConfig
 
 Optimizer = Literal["adabelief", "yogi", "adam", "adamw", "lion", "polyak_sgd", "fromage"]
@@ -309,6 +310,10 @@ class TrainConfig:
     lowest simulation score `sim_score` (needs sim_validation.enabled)."""
     distributed: DistributedConfig = DistributedConfig()
     """Multi-process settings."""
+    matmul_precision: MatmulPrecision = DEFAULT_PRECISION
+    """Precision of float32 matrix products in training: 'float32' (true float32, default) or
+    'tensorfloat32' (TF32 tensor cores on Ampere+ GPUs; refused when it moves the forces of the first
+    training batch by more than 1e-3 relative). Simulation validation runs at float32."""
 
     def __post_init__(self) -> None:
         """Range and cross-option checks (an invalid config cannot be constructed); a `ConfigError` names

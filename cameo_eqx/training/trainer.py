@@ -25,12 +25,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import yaml
 from jax.sharding import PartitionSpec as P
 
 from ..config import to_dict, to_json
 from ..fileio import DirLock, write_atomic
 from ..graph import Batch
 from ..modules import ForceField, make_backbone, save, trainable_filter
+from ..precision import check_model_precision
+from ..precision import matmul_precision as precision_context
 from ..priors.prior import Prior
 from . import checkpoint as ckpt
 from .callbacks import Callback, JsonlLogger, NaNGuard, NonFiniteError, ProgressBar, TensorBoardLogger
@@ -396,7 +399,8 @@ class Trainer:
         `resume` restart discards it first."""
         lock = DirLock(self.run_dir, "train").acquire() if self.is_main else None
         try:
-            return self._fit()
+            with precision_context(self.cfg.matmul_precision):  # every step is traced at this precision
+                return self._fit()
         finally:
             if lock is not None:
                 lock.release()
@@ -412,6 +416,12 @@ class Trainer:
         key = jax.random.PRNGKey(cfg.seed)
         model = build_model(cfg, self.dm.n_species, key)
         spec = trainable_spec(model, cfg)
+        if cfg.matmul_precision != "float32":
+            loader = self.dm.train
+            plan = loader.plan(0)
+            batch = loader.build_step(plan, loader.steps(0)[0])  # (devices, ...): check device 0's slice
+            check_model_precision(model, jax.tree.map(lambda a: a[0], batch), cfg.matmul_precision,
+                                  where="the first training batch (initial parameters)")
         state = None
         if resume is not None:
             path, meta = resume
@@ -488,7 +498,7 @@ class Trainer:
                 raise ValueError(f"{old_path}: unreadable ({e}); the run directory {rd} cannot be checked. "
                                  "Use --resume restart to discard it, or choose another --name") from None
             # options added since that run was written take their defaults there (not a different config)
-            old = _with_defaults(old, json.loads(to_json(TrainConfig())))
+            old = _with_defaults(_upgrade_config(old), json.loads(to_json(TrainConfig())))
             diff = _config_diff(old, json.loads(to_json(cfg)))
             if diff:
                 raise ValueError(f"run directory {rd} holds a run with another config ({', '.join(diff)} differ, "
@@ -695,6 +705,20 @@ def _config_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(key)
     return out
+
+
+def _upgrade_config(old: dict) -> dict:
+    """A config.json written before `model.hyperparameters` was typed: its KEY=VALUE strings become the
+    mapping they meant (Allegro's `num_layers`/`n_radial` renamed as in model files 1 → 2)."""
+    model = old.get("model")
+    if not (isinstance(model, dict) and isinstance(model.get("hyperparameters"), list)):
+        return old
+    renames = {"num_layers": "n_layers", "n_radial": "n_radial_basis"} if model.get("backbone") == "allegro" else {}
+    hp = {}
+    for kv in model["hyperparameters"]:
+        k, _, v = str(kv).partition("=")
+        hp[renames.get(k.strip(), k.strip())] = yaml.safe_load(v)
+    return {**old, "model": {**model, "hyperparameters": hp}}
 
 
 def _with_defaults(old: dict, defaults: dict) -> dict:
