@@ -50,9 +50,14 @@ def matmul_precision(name: MatmulPrecision) -> AbstractContextManager:
 
     **Returns:** a context manager (`jax.default_matmul_precision`).
     """
+    return jax.default_matmul_precision(check_name(name))
+
+
+def check_name(name: str) -> MatmulPrecision:
+    """`name` if it is one of `PRECISIONS`, else a ValueError listing them."""
     if name not in PRECISIONS:
         raise ValueError(f"matmul_precision must be one of {list(PRECISIONS)}, got {name!r}")
-    return jax.default_matmul_precision(name)
+    return typing.cast(MatmulPrecision, name)
 
 
 def relative_force_error(
@@ -168,6 +173,7 @@ __all__ = [
     "MatmulPrecision",
     "PrecisionError",
     "check_model_precision",
+    "check_name",
     "check_precision",
     "dot_precisions",
     "matmul_precision",

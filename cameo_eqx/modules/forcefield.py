@@ -312,13 +312,27 @@ def save(path: str | os.PathLike, ff: ForceField, config: Mapping[str, Any] | No
     return write_atomic(path, line.encode() + b"\n" + params)
 
 
+RENAMED_1_TO_2: dict[str, dict[str, str]] = {"allegro": {"num_layers": "n_layers", "n_radial": "n_radial_basis"}}
+"""Backbone name → {old hyperparameter name: shared name} of format 1 → 2."""
+
+
+def upgrade_hyperparameters(backbone: str, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+    """Hyperparameters written before format 2 (model files, run configs) under the shared names.
+
+    **Arguments:** the backbone's registry name and its hyperparameters (name → value).
+
+    **Returns:** a new dict with Allegro's `num_layers`/`n_radial` renamed `n_layers`/`n_radial_basis`.
+    """
+    renames = RENAMED_1_TO_2.get(backbone, {})
+    return {renames.get(k, k): v for k, v in hyperparameters.items()}
+
+
 def _upgrade_1_to_2(header: dict) -> dict:
     """Renames Allegro's `num_layers`/`n_radial` to the shared `n_layers`/`n_radial_basis`."""
     backbone = (header.get("model") or {}).get("backbone")
-    if isinstance(backbone, dict) and backbone.get("name") == "allegro":
-        renames = {"num_layers": "n_layers", "n_radial": "n_radial_basis"}
-        hp = backbone.get("hyperparameters") or {}
-        backbone["hyperparameters"] = {renames.get(k, k): v for k, v in hp.items()}
+    if isinstance(backbone, dict):
+        backbone["hyperparameters"] = upgrade_hyperparameters(str(backbone.get("name")),
+                                                              backbone.get("hyperparameters") or {})
     return header
 
 

@@ -44,6 +44,7 @@ from ..graph import Batch, make_batch, single_frame_batch
 from ..modules.forcefield import check_species
 from ..modules.forcefield import load as load_force_field
 from ..precision import DEFAULT_PRECISION, MatmulPrecision, check_model_precision
+from ..precision import check_name as check_precision_name
 from ..precision import matmul_precision as precision_context
 from ..priors.prior import Prior
 from ..priors.teacher import TeacherPotential
@@ -368,8 +369,7 @@ class Simulator:
         self.integrator = BAOAB(float(timestep_fs), float(friction_per_ps), temps, float(max_bond_length))
         self.skin = float(skin)
         self.capacity = capacity
-        precision_context(matmul_precision)  # checks the name now, not at the first run
-        self.matmul_precision = matmul_precision
+        self.matmul_precision = check_precision_name(matmul_precision)  # now, not at the first run
         self._precision_checked = matmul_precision == "float32"
 
     # --------------------------------------------------------------------------------------- state

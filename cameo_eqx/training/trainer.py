@@ -32,6 +32,7 @@ from ..config import to_dict, to_json
 from ..fileio import DirLock, write_atomic
 from ..graph import Batch
 from ..modules import ForceField, make_backbone, save, trainable_filter
+from ..modules.forcefield import upgrade_hyperparameters
 from ..precision import check_model_precision
 from ..precision import matmul_precision as precision_context
 from ..priors.prior import Prior
@@ -713,11 +714,8 @@ def _upgrade_config(old: dict) -> dict:
     model = old.get("model")
     if not (isinstance(model, dict) and isinstance(model.get("hyperparameters"), list)):
         return old
-    renames = {"num_layers": "n_layers", "n_radial": "n_radial_basis"} if model.get("backbone") == "allegro" else {}
-    hp = {}
-    for kv in model["hyperparameters"]:
-        k, _, v = str(kv).partition("=")
-        hp[renames.get(k.strip(), k.strip())] = yaml.safe_load(v)
+    pairs = (str(kv).partition("=") for kv in model["hyperparameters"])
+    hp = upgrade_hyperparameters(str(model.get("backbone")), {k.strip(): yaml.safe_load(v) for k, _, v in pairs})
     return {**old, "model": {**model, "hyperparameters": hp}}
 
 
