@@ -1,7 +1,8 @@
 """The packed batch: the one data structure every stage passes around.
 
 Frames of different proteins are packed into one graph of fixed capacity. Real entries come first,
-padding sits only at the end of every array, and every array has a mask. Two conventions make padding
+padding sits only at the end of every array (the edges of a paired batch: at the end of each of their
+two halves, see `Batch`), and every array has a mask. Two conventions make padding
 safe twice over:
 
 - masks: consumers multiply or `where` by `node_mask`, `edge_mask`, ... so padded entries contribute
@@ -50,6 +51,14 @@ class Batch(eqx.Module):
     `receivers[e]` (the centre i): the edge's message, and in Allegro its edge energy, belongs to
     `receivers[e]`. Every backbone follows it. Both directions of every pair are in the edge list, so
     the total energy would not depend on the choice.
+
+    **Paired edges:** when `edges_paired` is True (a static field), the edge list is laid out as
+    `E = 2h` edges with edge `e + h` the reverse of edge `e` for every `e < h` (senders and receivers
+    swapped, the same mask; padding mirrored too, so the first half ends with padding as well). The
+    backbones then compute everything that depends only on the pair (distance, radial basis, filters,
+    spherical harmonics up to parity) once per pair instead of once per direction. Every batch the
+    stages build is paired (`frame_graph` + `pack`, the Simulator, the LAMMPS connector); a batch
+    built by hand is not unless it says so (`check_paired` verifies the layout on the host).
     """
 
     positions: Float[Array, "n_node 3"]
@@ -74,6 +83,7 @@ class Batch(eqx.Module):
     temperature: Float[Array, " n_graph"]
     protein_index: Int[Array, " n_graph"]
     frame_index: Int[Array, " n_graph"]
+    edges_paired: bool = eqx.field(static=True, default=False)
 
     @property
     def capacity(self) -> Capacity:
@@ -129,6 +139,7 @@ def make_batch(
     temperature: Float[Array, " n_graph"] | None = None,
     protein_index: Int[Array, " n_graph"] | None = None,
     frame_index: Int[Array, " n_graph"] | None = None,
+    edges_paired: bool = False,
 ) -> Batch:
     """The one `Batch` factory: the host packer, the Simulator and the LAMMPS connector all build
     batches here, so every field has one meaning and one default.
@@ -139,7 +150,8 @@ def make_batch(
     optional masks (default: an entry is real when its first index is < `n_node`; `node_mask` all
     real); `graph_mask` (default one frame) and `graph_index` (default: real beads in frame 0, padded
     beads `n_graph`); labels (default: `forces`, `energy`, `temperature` NaN, so that any use of a
-    missing label as a target is loud; `protein_index`, `frame_index` 0).
+    missing label as a target is loud; `protein_index`, `frame_index` 0); `edges_paired`: the edges
+    are in the paired layout (see `Batch`; the caller guarantees it, `check_paired` verifies it).
 
     **Returns:** the `Batch`.
     """
@@ -171,7 +183,54 @@ def make_batch(
         temperature=label(temperature, np.nan, positions.dtype, (n_graph,)),
         protein_index=label(protein_index, 0, xp.int32, (n_graph,)),
         frame_index=label(frame_index, 0, xp.int32, (n_graph,)),
+        edges_paired=bool(edges_paired),
     )  # fmt: skip
+
+
+def paired_edges(
+    senders: Int[np.ndarray, " e"], receivers: Int[np.ndarray, " e"]
+) -> tuple[Int[np.ndarray, " e"], Int[np.ndarray, " e"]] | None:
+    """The paired layout (see `Batch`) of a host edge list that holds both directions of every pair:
+    the pairs (i, j) with `senders < receivers`, sorted, then the same pairs reversed.
+
+    **Arguments:**
+
+    - `senders`, `receivers`: directed edges (no self edges).
+
+    **Returns:** `(senders, receivers)` in the paired layout, or None when the list is not symmetric
+    (some edge lacks its reverse, or repeats).
+    """
+    s = np.asarray(senders, np.int64)
+    r = np.asarray(receivers, np.int64)
+    if len(s) % 2 or np.any(s == r):
+        return None
+    up = s < r
+    a, b = s[up], r[up]
+    order = np.lexsort((b, a))
+    a, b = a[order], b[order]
+    first, second = r[~up], s[~up]  # the reversed edges as (i < j) pairs
+    order = np.lexsort((second, first))
+    if not (np.array_equal(a, first[order]) and np.array_equal(b, second[order])):
+        return None
+    if len(a) > 1 and np.any((a[1:] == a[:-1]) & (b[1:] == b[:-1])):
+        return None
+    return (np.concatenate([a, b]).astype(np.int32), np.concatenate([b, a]).astype(np.int32))
+
+
+def check_paired(batch: Batch) -> None:
+    """Raises ValueError unless `batch` (host or device arrays, no device axis) has the paired edge
+    layout it claims (`edges_paired`); a batch that does not claim it passes."""
+    if not batch.edges_paired:
+        return
+    s, r, m = (np.asarray(a) for a in (batch.senders, batch.receivers, batch.edge_mask))
+    e = s.shape[-1]
+    h = e // 2
+    if e % 2:
+        raise ValueError(f"paired batch with an odd number of edge slots ({e})")
+    if not (np.array_equal(s[:h], r[h:]) and np.array_equal(r[:h], s[h:]) and np.array_equal(m[:h], m[h:])):
+        bad = np.flatnonzero((s[:h] != r[h:]) | (r[:h] != s[h:]) | (m[:h] != m[h:]))
+        raise ValueError(f"batch claims paired edges but edge {int(bad[0])} and edge {int(bad[0]) + h} "
+                         f"are not each other's reverse ({len(bad)} such slots)")  # fmt: skip
 
 
 def graph_sum(
@@ -234,7 +293,8 @@ def frame_graph(
     forces: Float[np.ndarray, "n 3"] | None = None,
     **meta,
 ) -> FrameGraph:
-    """Builds one frame's graph: radius-graph edges, the protein's bonded terms, non-bonded pairs.
+    """Builds one frame's graph: radius-graph edges (in the paired layout of `Batch`), the protein's
+    bonded terms, non-bonded pairs.
 
     Non-bonded pairs are the undirected radius-graph pairs (i < j) whose sequence separation is at
     least `pair_min_sep` (pairs in different chain segments always count). `pair_sep` keeps the
@@ -251,6 +311,7 @@ def frame_graph(
     **Returns:** a `FrameGraph`.
     """
     s, r = radius_graph(positions, cutoff)
+    s, r = paired_edges(s, r) or (s, r)  # a radius graph is symmetric: always paired
     upper = s < r
     pi, pj = s[upper], r[upper]
     sep = topology.sequence_separation(pi, pj)
@@ -318,8 +379,7 @@ def pack(frames: list[FrameGraph], capacity: Capacity) -> Batch:
         gidx[:n] = np.repeat(np.arange(len(frames), dtype=np.int32), n_nodes)
         node_mask[:n] = True
     fill = c.n_node
-    snd, edge_mask = _pad_idx([f.senders for f in frames], offsets, c.n_edge, fill, 0)
-    rcv, _ = _pad_idx([f.receivers for f in frames], offsets, c.n_edge, fill, 0)
+    snd, rcv, edge_mask, paired = _pack_edges(frames, offsets, c.n_edge, fill)
     bonds, bond_mask = _pad_idx([f.bonds for f in frames], offsets, c.n_bond, fill, 2)
     angles, angle_mask = _pad_idx([f.angles for f in frames], offsets, c.n_angle, fill, 3)
     dih, dih_mask = _pad_idx([f.dihedrals for f in frames], offsets, c.n_dih, fill, 4)
@@ -346,7 +406,31 @@ def pack(frames: list[FrameGraph], capacity: Capacity) -> Batch:
         temperature=per_graph([f.temperature for f in frames], np.nan, np.float32),
         protein_index=per_graph([f.protein_index for f in frames], -1, np.int32),
         frame_index=per_graph([f.frame_index for f in frames], -1, np.int32),
+        edges_paired=paired,
     )  # fmt: skip
+
+
+def _frame_is_paired(f: FrameGraph) -> bool:
+    h, rem = divmod(len(f.senders), 2)
+    s, r = f.senders, f.receivers
+    return rem == 0 and np.array_equal(s[:h], r[h:]) and np.array_equal(r[:h], s[h:])
+
+
+def _pack_edges(frames: list[FrameGraph], offsets: np.ndarray, cap: int, fill: int):
+    """The packed edge list: paired (all frames' first halves, padding, then their reverses) when every
+    frame is paired and `cap` is even, else the frames' edges in order. Returns (senders, receivers,
+    mask, paired)."""
+    k = sum(len(f.senders) for f in frames)
+    if k > cap:
+        raise ValueError(f"capacity overflow: {k} entries for capacity {cap}")
+    if cap % 2 == 0 and all(_frame_is_paired(f) for f in frames):
+        halves = [len(f.senders) // 2 for f in frames]
+        a, mask = _pad_idx([f.senders[:h] for f, h in zip(frames, halves)], offsets, cap // 2, fill, 0)
+        b, _ = _pad_idx([f.receivers[:h] for f, h in zip(frames, halves)], offsets, cap // 2, fill, 0)
+        return np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([mask, mask]), True
+    snd, mask = _pad_idx([f.senders for f in frames], offsets, cap, fill, 0)
+    rcv, _ = _pad_idx([f.receivers for f in frames], offsets, cap, fill, 0)
+    return snd, rcv, mask, False
 
 
 def single_frame_batch(

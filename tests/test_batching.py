@@ -8,6 +8,7 @@ import dataclasses
 import threading
 
 import h5py
+import jax
 import numpy as np
 import pytest
 
@@ -23,7 +24,7 @@ from cameo_eqx.data.store import (
     write_record,
 )
 from cameo_eqx.data.testdata import mdcath_like_sizes, synthetic_records
-from cameo_eqx.graph import frame_graph
+from cameo_eqx.graph import check_paired, frame_graph
 from cameo_eqx.topology import CGTopology, chain_segments, normalise_resname, species_of
 
 CUTOFF = 9.0
@@ -43,8 +44,7 @@ def _flat(b):
     """Host batch (or device-stacked batch) → list of single batches."""
     if b.node_mask.ndim == 1:
         return [b]
-    return [type(b)(**{f.name: getattr(b, f.name)[k] for f in dataclasses.fields(b)})
-            for k in range(b.node_mask.shape[0])]  # fmt: skip
+    return [jax.tree.map(lambda a: a[k], b) for k in range(b.node_mask.shape[0])]
 
 
 def check_batch_and_collect(b, records, cutoff, seen):
@@ -54,8 +54,12 @@ def check_batch_and_collect(b, records, cutoff, seen):
     k = int(nm.sum())
     assert nm[:k].all() and not nm[k:].any(), "real nodes first, padding at the end"
     assert (b.graph_index[k:] == g_cap).all() and (b.graph_index[:k] < g_cap).all()
-    for idx, mask in [(b.senders, b.edge_mask), (b.receivers, b.edge_mask), (b.bonds, b.bond_mask),
-                      (b.angles, b.angle_mask), (b.dihedrals, b.dihedral_mask),
+    # edges in the paired layout: each half is real-first, the second the first's reverse
+    assert b.edges_paired
+    check_paired(b)
+    h = b.edge_mask.shape[0] // 2
+    for idx, mask in [(b.senders[:h], b.edge_mask[:h]), (b.receivers[h:], b.edge_mask[h:]),
+                      (b.bonds, b.bond_mask), (b.angles, b.angle_mask), (b.dihedrals, b.dihedral_mask),
                       (b.pairs, b.pair_mask)]:  # fmt: skip
         m = int(mask.sum())
         assert mask[:m].all() and not mask[m:].any()

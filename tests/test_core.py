@@ -11,7 +11,7 @@ import pytest
 
 from cameo_eqx.config import from_dict, load_yaml_defaults
 from cameo_eqx.data.config import InspectConfig, PrepareConfig
-from cameo_eqx.graph import Capacity, frame_graph, graph_sum, pack, single_frame_batch
+from cameo_eqx.graph import Capacity, check_paired, frame_graph, graph_sum, pack, paired_edges, single_frame_batch
 from cameo_eqx.neighbors import radius_graph
 from cameo_eqx.topology import (
     SEPARATION_NONBONDED,
@@ -81,6 +81,33 @@ def test_radius_graph_matches_brute_force():
     assert len(s) == len(want)
 
 
+def test_paired_edges_layout_and_refusals():
+    """paired_edges lays out a symmetric list as sorted pairs then their reverses, and refuses lists
+    that are not symmetric; check_paired catches a batch that claims the layout falsely."""
+    x = chain(30, seed=5)
+    s, r = radius_graph(x, 7.5)
+    ps, pr = paired_edges(s, r)
+    h = len(s) // 2
+    assert set(zip(ps.tolist(), pr.tolist())) == set(zip(s.tolist(), r.tolist())) and len(ps) == len(s)
+    np.testing.assert_array_equal(ps[h:], pr[:h])
+    np.testing.assert_array_equal(pr[h:], ps[:h])
+    assert (ps[:h] < pr[:h]).all() and (np.diff(ps[:h] * 30 + pr[:h]) > 0).all()
+    assert paired_edges(s[1:], r[1:]) is None  # odd: one edge without its reverse
+    drop = np.flatnonzero(s < r)[0]
+    keep = np.ones(len(s), bool)
+    keep[drop] = False
+    other = np.flatnonzero((s > r) & ~((r == s[drop]) & (s == r[drop])))[0]
+    keep[other] = False  # even count, but two unmatched edges of different pairs
+    assert paired_edges(s[keep], r[keep]) is None
+    assert paired_edges(np.r_[s, 0, 1], np.r_[r, 1, 0]) is None  # a repeated pair
+    b = pack([frame_graph(x, topo(30), 7.5)], Capacity(30, len(s) + 8, 1, 40, 40, 40, 400))
+    check_paired(b)
+    bad = b.senders.copy()
+    bad[0] = b.receivers[0]
+    with pytest.raises(ValueError, match="not each other's reverse"):
+        check_paired(dataclasses.replace(b, senders=bad))
+
+
 def test_pack_padding_conventions_and_exact_content():
     t1, t2 = topo(10, species=np.arange(10) % 3), topo(6, segment=[0, 0, 0, 1, 1, 1])
     f1 = frame_graph(chain(10, 1), t1, 8.0, forces=np.ones((10, 3)), protein_index=0)
@@ -93,7 +120,19 @@ def test_pack_padding_conventions_and_exact_content():
     assert (b.bonds[~b.bond_mask] == 20).all() and (b.pairs[~b.pair_mask] == 20).all()
     ne = len(f1.senders) + len(f2.senders)
     assert b.edge_mask.sum() == ne
-    np.testing.assert_array_equal(b.senders[len(f1.senders) : ne], f2.senders + 10)
+    # paired edges: the frames' pairs (i < j) first, padding, then the same pairs reversed
+    assert b.edges_paired and f1.senders.size and f2.senders.size
+    check_paired(b)
+    h1, h2, h = len(f1.senders) // 2, len(f2.senders) // 2, cap.n_edge // 2
+    np.testing.assert_array_equal(b.senders[:h1], f1.senders[:h1])
+    np.testing.assert_array_equal(b.senders[h1 : h1 + h2], f2.senders[:h2] + 10)
+    np.testing.assert_array_equal(b.receivers[h : h + h1], f1.senders[:h1])
+    assert b.edge_mask[: h1 + h2].all() and not b.edge_mask[h1 + h2 : h].any()
+    assert (b.senders[: h1 + h2] < b.receivers[: h1 + h2]).all()
+    # an odd edge capacity cannot hold the layout: the frames' own order, still correct
+    odd = pack([f1, f2], cap._replace(n_edge=201))
+    assert not odd.edges_paired and odd.edge_mask[:ne].all() and not odd.edge_mask[ne:].any()
+    np.testing.assert_array_equal(odd.senders[len(f1.senders) : ne], f2.senders + 10)
     assert b.bond_mask.sum() == 9 + 4  # the second protein has a segment break
     # pairs: i < j, separation >= 2 inside a segment, all pairs across segments
     p = b.pairs[b.pair_mask]
