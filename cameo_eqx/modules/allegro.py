@@ -47,9 +47,10 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..energy import AbstractBackbone
 from ..graph import Batch
-from .radial import MLP, Irrep, SpeciesEmbedding, bessel_basis, hyperparameter_values, polynomial_envelope
+from .radial import (MLP, Irrep, SpeciesEmbedding, bessel_basis, edge_geometry, hyperparameter_values,
+                     polynomial_envelope, sh_flip)  # fmt: skip
 from .radial import irrep_dim as _dim
-from .radial import safe_norm, sh_irreps
+from .radial import sh_irreps
 
 PRESETS: dict[str, dict] = {
     "default": dict(n_layers=3, n_radial_basis=24),
@@ -298,27 +299,27 @@ class Allegro(AbstractBackbone):
         **Returns:** an `(n_edge,)` array.
         """
         center, nb = batch.receivers, batch.senders
-        pos = batch.positions
-        emask = batch.edge_mask
-        vec = jnp.where(emask[:, None], pos[nb] - pos[center], 0.0)
-        r = safe_norm(vec, emask)
-        ok = r > 0
-        unit = vec / jnp.where(ok, r, 1.0)[:, None]
-        u = polynomial_envelope(r, self.cutoff, self.envelope_p) * (emask & ok)
-        y = e3nn.spherical_harmonics(
-            e3nn.Irreps.spherical_harmonics(self.l_max), unit, normalize=False,
-            normalization="component",
-        ).array  # (e, d_sh)
-        y = y.astype(pos.dtype)
+        dtype = batch.positions.dtype
+        geo = edge_geometry(batch)
+        # envelope, radial basis and spherical harmonics once per pair (paired batch; else per edge)
+        pg = geo.pair_view()
+        u_p = polynomial_envelope(pg.distances, self.cutoff, self.envelope_p) * (pg.mask & (pg.distances > 0))
+        u = geo.spread(u_p)
+        sh = e3nn.Irreps.spherical_harmonics(self.l_max)
+        y = geo.per_pair(
+            lambda g: e3nn.spherical_harmonics(sh, g.unit, normalize=False, normalization="component").array,
+            flip=sh_flip(self.l_max),
+        ).astype(dtype)  # (e, d_sh)
         sh_index = _irrep_index(sh_irreps(self.l_max))
         c = self.n_tensor_features
         n_node = batch.n_node
 
-        # two-body latent; the first linear layer is split so species terms are done per node
+        # two-body latent; the first linear layer is split so species terms are done per node and
+        # the radial term per pair
         emb = self.embedding(batch.species)
-        radial = bessel_basis(r, self.cutoff, self.n_radial_basis) * u[:, None]
+        radial = bessel_basis(pg.distances, self.cutoff, self.n_radial_basis) * u_p[:, None]
         h = (emb @ self.two_body_center)[center] + (emb @ self.two_body_neighbour)[nb]
-        h = h + radial @ self.two_body_radial
+        h = h + geo.spread(radial @ self.two_body_radial)
         x = self.two_body(jax.nn.silu(h)) if self.two_body is not None else h
         x = x * u[:, None]
 

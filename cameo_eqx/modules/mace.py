@@ -50,7 +50,8 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ..energy import AbstractBackbone
 from ..graph import Batch
-from .radial import MLP, Dense, SpeciesEmbedding, bessel_basis, edge_geometry, hyperparameter_values
+from .radial import (MLP, Dense, SpeciesEmbedding, bessel_basis, edge_geometry, hyperparameter_values,
+                     sh_flip)  # fmt: skip
 from .radial import Irrep as Ir
 from .radial import irrep_dim as _dim
 from .radial import polynomial_envelope
@@ -250,8 +251,9 @@ class _Layer(eqx.Module):
         else:
             self.readout = Dense(c, 1, key=next(keys), bias=False)
 
-    def __call__(self, h, species, y, radial_in, senders, receivers, n_node, inv_avg):
-        """One layer: features per input irrep -> (features per output irrep, per-bead energy)."""
+    def __call__(self, h, species, y, radial_in, geo, senders, receivers, n_node, inv_avg):
+        """One layer: features per input irrep -> (features per output irrep, per-bead energy).
+        `radial_in` is per pair of `geo` (`EdgeGeometry.pair_view`): the radial MLP runs once per pair."""
         dtype = h[0].dtype
         c = self.channels
         blocks, path_irs = _conv_plan(self.in_irs, self.sh_irs)
@@ -266,7 +268,7 @@ class _Layer(eqx.Module):
             # unrolled broadcast-multiply-add over m
             msgs.append(jnp.einsum("ecm,emk->eck", x, yb))
         m = jnp.concatenate(msgs, axis=-1)  # (E, C, D)
-        r = self.radial(radial_in).reshape(-1, c, len(path_irs))  # (E, C, P); zero on padding
+        r = geo.spread(self.radial(radial_in)).reshape(-1, c, len(path_irs))  # (E, C, P); zero on padding
         offsets = np.concatenate([[0], np.cumsum([_dim(i) for i in path_irs])])
         m = jnp.concatenate(
             [m[..., offsets[p] : offsets[p + 1]] * r[..., p, None] for p in range(len(path_irs))],
@@ -428,15 +430,20 @@ class MACE(AbstractBackbone):
         dtype = batch.positions.dtype
         geo = edge_geometry(batch)
         sh = e3nn.Irreps(_irreps_str(_sh_irs(self.l_max)))
-        y = e3nn.spherical_harmonics(sh, geo.unit, normalize=False, normalization="component").array
-        radial_in = bessel_basis(geo.distances, self.cutoff, self.n_radial_basis)
-        env = polynomial_envelope(geo.distances, self.cutoff, self.envelope_p)
-        radial_in = radial_in * jnp.where(geo.mask, env, 0.0)[:, None]
+        # spherical harmonics and the radial basis once per pair (on a paired batch; else per edge)
+        y = geo.per_pair(
+            lambda g: e3nn.spherical_harmonics(sh, g.unit, normalize=False, normalization="component").array,
+            flip=sh_flip(self.l_max),
+        )
+        pg = geo.pair_view()
+        radial_in = bessel_basis(pg.distances, self.cutoff, self.n_radial_basis)
+        env = polynomial_envelope(pg.distances, self.cutoff, self.envelope_p)
+        radial_in = radial_in * jnp.where(pg.mask, env, 0.0)[:, None]
         species: Int[Array, " n_node"] = batch.species
         h = (self.embedding(species).astype(dtype)[:, :, None],)
         energy = jnp.zeros((n,), dtype)
         for layer in self.layers:
-            h, e = layer(h, species, y, radial_in, batch.senders, batch.receivers, n,
+            h, e = layer(h, species, y, radial_in, geo, batch.senders, batch.receivers, n,
                          1.0 / self.avg_num_neighbors)  # fmt: skip
             energy = energy + e
         return jnp.where(batch.node_mask, energy, 0.0)

@@ -169,12 +169,14 @@ class PaiNN(AbstractBackbone):
         f = self.n_features
         geo = edge_geometry(batch)
         dtype = batch.positions.dtype
-        rbf = bessel_basis(geo.distances, self.cutoff, self.n_radial_basis)
+        # radial basis, cutoff and filters once per pair (on a paired batch; else per edge)
+        pg = geo.pair_view()
+        rbf = bessel_basis(pg.distances, self.cutoff, self.n_radial_basis)
         if self.envelope == "cosine":
-            fcut = cosine_cutoff(geo.distances, self.cutoff)
+            fcut = cosine_cutoff(pg.distances, self.cutoff)
         else:
-            fcut = polynomial_envelope(geo.distances, self.cutoff, self.envelope_p)
-        fcut = jnp.where(geo.mask, fcut, 0.0)
+            fcut = polynomial_envelope(pg.distances, self.cutoff, self.envelope_p)
+        fcut = jnp.where(pg.mask, fcut, 0.0)
         snd, rcv = batch.senders, batch.receivers
         inv_avg = 1.0 / self.avg_num_neighbors
 
@@ -182,7 +184,7 @@ class PaiNN(AbstractBackbone):
         v = jnp.zeros((n, 3, f), dtype)  # (n, 3, F)
         for msg, upd in zip(self.messages, self.updates):
             # message block
-            x = msg.phi(s)[snd] * (msg.filter(rbf) * fcut[:, None])  # (E, 3F); zero on padding
+            x = msg.phi(s)[snd] * geo.spread(msg.filter(rbf) * fcut[:, None])  # (E, 3F); zero on padding
             x_s, x_vv, x_vs = x[:, :f], x[:, f : 2 * f], x[:, 2 * f :]
             dv_e = x_vv[:, None, :] * v[snd] + x_vs[:, None, :] * geo.unit[:, :, None]
             agg = jax.ops.segment_sum(jnp.concatenate([x_s[:, None, :], dv_e], axis=1), rcv, num_segments=n)

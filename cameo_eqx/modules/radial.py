@@ -67,12 +67,48 @@ class EdgeGeometry(eqx.Module):
 
     `vectors` point from the receiver (the centre bead i) to the sender (the neighbour j); padded
     edges get zero vectors, zero distance and a zero unit vector, with zero gradient.
+
+    On a batch with paired edges (`Batch.edges_paired`) the geometry is computed once per pair and
+    `per_pair` evaluates a function of the pair geometry once per pair: a backbone calls it for
+    everything that is the same for both directions (radial basis, envelope, filters) or changes only
+    by a parity sign (spherical harmonics, `flip`).
     """
 
     vectors: Float[Array, "n_edge 3"]
     distances: Float[Array, " n_edge"]
     unit: Float[Array, "n_edge 3"]
     mask: Bool[Array, " n_edge"]
+    paired: bool = eqx.field(static=True, default=False)
+
+    def pair_view(self) -> "EdgeGeometry":
+        """The geometry of one direction per pair: the first half of the edges when paired, else all."""
+        if not self.paired:
+            return self
+        h = self.mask.shape[0] // 2
+        return EdgeGeometry(self.vectors[:h], self.distances[:h], self.unit[:h], self.mask[:h])
+
+    def per_pair(
+        self, fn: Callable[["EdgeGeometry"], Array], flip: Array | float | None = None
+    ) -> Array:
+        """`fn` of the edge geometry, evaluated once per pair when paired and spread to both directions.
+
+        **Arguments:**
+
+        - `fn`: maps an `EdgeGeometry` (of `k` edges) to an array with leading axis `k`.
+        - `flip`: how the value changes when the edge is reversed (r̂ → -r̂): None for unchanged, else a
+          factor broadcast against the value of one edge (e.g. the parity `(-1)^l` of each spherical
+          harmonic component).
+
+        **Returns:** `fn(self)` (up to float rounding), with leading axis `n_edge`.
+        """
+        return self.spread(fn(self.pair_view()), flip)
+
+    def spread(self, y: Array, flip: Array | float | None = None) -> Array:
+        """Values computed on `pair_view()` edges spread to all edges (`flip` as in `per_pair`)."""
+        if not self.paired:
+            return y
+        back = y if flip is None else y * jnp.asarray(flip, y.dtype)
+        return jnp.concatenate([y, back], axis=0)
 
 
 def edge_geometry(batch: Batch) -> EdgeGeometry:
@@ -85,12 +121,19 @@ def edge_geometry(batch: Batch) -> EdgeGeometry:
     **Returns:** the `EdgeGeometry` of its edges.
     """
     pos = batch.positions
-    mask = batch.edge_mask
-    vec = pos[batch.senders] - pos[batch.receivers]
+    snd, rcv, mask = batch.senders, batch.receivers, batch.edge_mask
+    paired = bool(batch.edges_paired)
+    if paired:  # one direction per pair; the reverse edges are its mirror image
+        h = mask.shape[0] // 2
+        snd, rcv, mask = snd[:h], rcv[:h], mask[:h]
+    vec = pos[snd] - pos[rcv]
     vec = jnp.where(mask[:, None], vec, 0.0)
     r = safe_norm(vec, mask)
     unit = vec / jnp.where(r > 0, r, 1.0)[:, None]
-    return EdgeGeometry(vectors=vec, distances=r, unit=unit, mask=mask)
+    if paired:
+        vec, unit = jnp.concatenate([vec, -vec]), jnp.concatenate([unit, -unit])
+        r, mask = jnp.concatenate([r, r]), jnp.concatenate([mask, mask])
+    return EdgeGeometry(vectors=vec, distances=r, unit=unit, mask=mask, paired=paired)
 
 
 class Dense(eqx.Module):
@@ -147,6 +190,12 @@ def irrep_dim(ir: Irrep) -> int:
 def sh_irreps(l_max: int) -> tuple[Irrep, ...]:
     """The irreps of the spherical harmonics up to `l_max`: (0, +1), (1, -1), (2, +1), ..."""
     return tuple((l, (-1) ** l) for l in range(l_max + 1))
+
+
+def sh_flip(l_max: int) -> np.ndarray:
+    """Per component of the spherical harmonics up to `l_max`, the factor (-1)^l they take when the
+    direction is reversed (`EdgeGeometry.per_pair`'s `flip`)."""
+    return np.concatenate([np.full(2 * l + 1, (-1.0) ** l, np.float32) for l in range(l_max + 1)])
 
 
 def hyperparameter_names(cls: type) -> tuple[str, ...]:
