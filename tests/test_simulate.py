@@ -15,7 +15,7 @@ import pytest
 
 from cameo_eqx.data.store import PreparedDataset
 from cameo_eqx.energy import AbstractEnergyModel
-from cameo_eqx.graph import single_frame_batch
+from cameo_eqx.graph import check_paired, single_frame_batch
 from cameo_eqx.simulate import BlowUpError, SimulateConfig, Simulator, simulate, system_batch
 from cameo_eqx.simulate import neighborlist as nbl
 from cameo_eqx.topology import CGTopology
@@ -203,6 +203,9 @@ def test_system_batch_has_training_layout(villin, villin_prior):
     nl = jax.tree.map(lambda a: a[0], st.nbrs)
     b = system_batch(sim.system, jnp.asarray(x), nl)
     ref = single_frame_batch(x, villin.topology, 10.0)
+    assert b.edges_paired and ref.edges_paired  # both in the paired layout, which check_paired verifies
+    check_paired(b)
+    np.testing.assert_array_equal(np.asarray(b.edge_mask).sum(), np.asarray(ref.edge_mask).sum())
 
     def edge_set(bb):
         m = np.asarray(bb.edge_mask)

@@ -491,7 +491,7 @@ def _slot_batch(spec: _ConnectorSpec, frame: _ModelFrame, edges: _InputEdges, ke
     return make_batch(
         frame.positions, frame.species, node_mask=frame.node_mask,
         senders=jnp.concatenate([a, b]), receivers=jnp.concatenate([b, a]),
-        edge_mask=jnp.concatenate([slot_ok, slot_ok]),
+        edge_mask=jnp.concatenate([slot_ok, slot_ok]), edges_paired=True,
         bonds=frame.bonds, bond_mask=frame.bond_mask, angles=frame.angles, angle_mask=frame.angle_mask,
         dihedrals=frame.dihedrals, dihedral_mask=frame.dihedral_mask,
         pairs=pairs.astype(jnp.int32), pair_mask=pair_mask,

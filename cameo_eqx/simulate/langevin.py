@@ -129,15 +129,17 @@ class System(eqx.Module):
 def system_batch(system: System, positions: Float[Array, "n 3"], nl: nbl.NeighborList) -> Batch:
     """The one-frame `Batch` a model sees (training layout; see the module docstring)."""
     n = system.n_beads
-    s, r, emask, _ = nbl.edges(nl, positions)
+    # the pairs i < j within the cutoff, then the paired edge layout (`Batch`): pairs, reversed pairs
+    n_pair = (nl.capacity + 1) // 2
+    s, r, emask, _ = nbl.edges(nl, positions, n_pair, half=True)
     seg_s = system.segment[jnp.minimum(s, n - 1)]
     seg_r = system.segment[jnp.minimum(r, n - 1)]
-    sep = jnp.where(seg_s == seg_r, jnp.abs(s - r), SEPARATION_NONBONDED).astype(jnp.int32)
-    keep = emask & (s < r) & (sep >= system.pair_min_sep)
-    n_pair = (nl.capacity + 1) // 2
+    sep = jnp.where(seg_s == seg_r, r - s, SEPARATION_NONBONDED).astype(jnp.int32)
+    keep = emask & (sep >= system.pair_min_sep)
     ps, pr, psep, pmask = nbl.compact(keep, (s, r, sep), n_pair, (n, n, 0))
     return make_batch(
-        positions, system.species, senders=s, receivers=r, edge_mask=emask,
+        positions, system.species, senders=jnp.concatenate([s, r]), receivers=jnp.concatenate([r, s]),
+        edge_mask=jnp.concatenate([emask, emask]), edges_paired=True,
         bonds=system.bonds, angles=system.angles, dihedrals=system.dihedrals,
         pairs=jnp.stack([ps, pr], axis=-1), pair_sep=psep, pair_mask=pmask,
         temperature=jnp.broadcast_to(system.temperature, (1,)).astype(positions.dtype),

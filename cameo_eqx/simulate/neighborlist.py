@@ -118,7 +118,7 @@ def update(nl: NeighborList, positions: Float[Array, "R n 3"]) -> NeighborList:
 
 
 def edges(
-    nl: NeighborList, positions: Float[Array, "n 3"], capacity: int | None = None
+    nl: NeighborList, positions: Float[Array, "n 3"], capacity: int | None = None, *, half: bool = False
 ) -> tuple[Int[Array, " e"], Int[Array, " e"], Bool[Array, " e"], Float[Array, " e"]]:
     """The radius graph at `nl.cutoff` for the current positions, compacted from the candidates.
 
@@ -127,13 +127,14 @@ def edges(
     - `nl`: a neighbour list of one protein (no replica axis).
     - `positions`: current positions.
     - `capacity`: output size (default the list's capacity).
+    - `half`: keep only the pairs with `senders < receivers` (one direction per pair).
 
     **Returns:** `(senders, receivers, mask, distances)`: real edges first in row-major order, padding
     (index `n`, distance 0) at the end.
     """
     n = positions.shape[0]
     cap = nl.capacity if capacity is None else capacity
-    valid = nl.senders < n
+    valid = (nl.senders < nl.receivers) if half else (nl.senders < n)  # padding has senders = n
     pi = positions[jnp.minimum(nl.senders, n - 1)]
     pj = positions[jnp.minimum(nl.receivers, n - 1)]
     d2 = jnp.sum((pi - pj) ** 2, axis=-1)
