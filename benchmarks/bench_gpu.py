@@ -9,7 +9,9 @@ plus XLA's cost analysis (FLOPs and bytes) of energy + forces per backbone.
    N_max (same frames, same node budget per batch); host batch building and compiles are excluded.
 3. **Cost** (`--cost`, or part of the full run): `jit(...).lower(...).compile().cost_analysis()` of
    energy + forces of each backbone alone (no prior) on the 54-bead chain and on one training bucket,
-   per bead and per edge, and of the whole training step on that bucket per frame. The JSON keeps a
+   per bead and per edge, and of the whole training step on that bucket per frame; on the chain also
+   with the edge geometry computed per direction instead of once per pair (`Batch.edges_paired`
+   False), to show what the paired layout saves. The JSON keeps a
    FLOP/byte budget per backbone: today's measured costs as the baseline, and the FLOP and byte rates
    that the issue's targets imply (target rate x cost), next to the H200's float32 peak and memory
    bandwidth.
@@ -29,6 +31,7 @@ Writes benchmarks/results/gpu.json (or `--out`). On a GPU run it as
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -224,9 +227,10 @@ def cost_section(prior, bucket_nodes: int) -> dict:
     from cameo_eqx.modules import ForceField
 
     topo, x = chain_system()
-    out: dict = {"chain": {}, "bucket": {}, "train_step": {}, "budget": {}}
+    out: dict = {"chain": {}, "chain_per_edge": {}, "bucket": {}, "train_step": {}, "budget": {}}
     ff_chain = ForceField(None, prior, cutoff=CUTOFF)
     chain = ff_chain.batch_for(x, topo)
+    chain_per_edge = dataclasses.replace(chain, edges_paired=False)  # same edges, computed per direction
     n_edges_chain = int(np.sum(np.asarray(chain.edge_mask)))
     recs = training_frames(4 * int(bucket_nodes / MEAN_BEADS) + 16, MEAN_BEADS, 50, 500)
     packed, _, _ = packed_and_padded(recs, bucket_nodes)
@@ -244,6 +248,7 @@ def cost_section(prior, bucket_nodes: int) -> dict:
                               "flops_per_edge": c["flops"] / n_edges_chain,
                               "bytes_per_edge": c["bytes"] / n_edges_chain}  # fmt: skip
         if name != "prior":
+            out["chain_per_edge"][name] = ef_cost(model, chain_per_edge)
             c = ef_cost(model, b0)
             out["bucket"][name] = {**c, "flops_per_bead": c["flops"] / nodes, "bytes_per_bead": c["bytes"] / nodes,
                                    "flops_per_edge": c["flops"] / edges, "bytes_per_edge": c["bytes"] / edges}
@@ -294,6 +299,13 @@ def print_cost(c: dict) -> None:
                          r["flops"] / max(r["bytes"], 1.0)])  # fmt: skip
     print_table("XLA cost analysis of energy + forces (backbone alone; 'prior' the prior alone)",
                 ["model", "graph", "MFLOP", "kFLOP/bead", "kFLOP/edge", "kB/bead", "kB/edge", "FLOP/B"], rows)
+    if c.get("chain_per_edge"):
+        rows = [[name, r["flops"] / 1e6, c["chain"][name]["flops"] / 1e6,
+                 1 - c["chain"][name]["flops"] / r["flops"], r["bytes"] / 1e6, c["chain"][name]["bytes"] / 1e6,
+                 1 - c["chain"][name]["bytes"] / r["bytes"]] for name, r in c["chain_per_edge"].items()]  # fmt: skip
+        print_table("paired edges (the default) against per-direction geometry, chain energy + forces",
+                    ["backbone", "per-edge MFLOP", "paired MFLOP", "FLOPs saved", "per-edge MB", "paired MB",
+                     "bytes saved"], rows)  # fmt: skip
     rows = []
     for name, b in c["budget"].items():
         rows.append([name, c["train_step"][name]["flops_per_frame"] / 1e6, b["sim_target_timestep_mol_per_s"],
