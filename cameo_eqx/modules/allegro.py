@@ -316,26 +316,29 @@ class Allegro(AbstractBackbone):
 
         # two-body latent; the first linear layer is split so species terms are done per node and
         # the radial term per pair
-        emb = self.embedding(batch.species)
-        radial = bessel_basis(pg.distances, self.cutoff, self.n_radial_basis) * u_p[:, None]
-        h = (emb @ self.two_body_center)[center] + (emb @ self.two_body_neighbour)[nb]
-        h = h + geo.spread(radial @ self.two_body_radial)
-        x = self.two_body(jax.nn.silu(h)) if self.two_body is not None else h
-        x = x * u[:, None]
+        with jax.named_scope("allegro_two_body"):
+            emb = self.embedding(batch.species)
+            radial = bessel_basis(pg.distances, self.cutoff, self.n_radial_basis) * u_p[:, None]
+            h = (emb @ self.two_body_center)[center] + (emb @ self.two_body_neighbour)[nb]
+            h = h + geo.spread(radial @ self.two_body_radial)
+            x = self.two_body(jax.nn.silu(h)) if self.two_body is not None else h
+            x = x * u[:, None]
 
         env_w = x @ self.env0
         v = _env_features(env_w, y, sh_index, c)  # V^0 = w ⊙ Y
         norm = 1.0 / math.sqrt(self.avg_num_neighbors)
         for layer in self.layers:
-            wy = _env_features(env_w, y, sh_index, c)
-            gamma = jax.ops.segment_sum(wy, center, num_segments=n_node) * norm
-            v = layer.tensor_product(v, gamma, center)
-            scalars = v[..., 0]
-            new = layer.latent(jnp.concatenate([x, scalars], axis=-1)) * u[:, None]
-            b = jax.nn.sigmoid(layer.resnet)
-            x = (x + b * new) / jnp.sqrt(1.0 + b * b)
-            if layer.env is not None:
-                env_w = x @ layer.env
+            with jax.named_scope("allegro_tensor_product"):
+                wy = _env_features(env_w, y, sh_index, c)
+                gamma = jax.ops.segment_sum(wy, center, num_segments=n_node) * norm
+                v = layer.tensor_product(v, gamma, center)
+            with jax.named_scope("allegro_latent"):
+                scalars = v[..., 0]
+                new = layer.latent(jnp.concatenate([x, scalars], axis=-1)) * u[:, None]
+                b = jax.nn.sigmoid(layer.resnet)
+                x = (x + b * new) / jnp.sqrt(1.0 + b * b)
+                if layer.env is not None:
+                    env_w = x @ layer.env
         return self.edge_energy(x)[:, 0] * u
 
     @property

@@ -270,51 +270,54 @@ class _Layer(eqx.Module):
         # 1. linear_up on nodes, then per-edge channel-wise tensor products with Y(r̂), computed per
         # target irrep l3 (the A-basis' grouping) so that the radial weights multiply whole blocks
         # and no edge-sized array is sliced (a slice's backward pads it to full size)
-        x = [_channel_linear(xi, w)[senders] for xi, w in zip(h, self.linear_up)]  # (E, C, d1) each
-        r = geo.spread(self.radial(radial_in)).reshape(-1, c, len(path_irs))  # (E, C, P); zero on padding
-        a = []
-        for (blocks, paths), ir, w in zip(groups, self.sh_irs, self.linear_a):
-            if not paths:
-                a.append(jnp.zeros((_dim(ir), n_node, c), dtype))
-                continue
-            # a batched dot per edge: measured 5x faster in the backward pass on CPU than an
-            # unrolled broadcast-multiply-add over m
-            mg = jnp.concatenate(
-                [jnp.einsum("ecm,emk->eck", x[i], jnp.einsum("eq,qmk->emk", y, jnp.asarray(blk, dtype)))
-                 for i, blk in blocks], axis=-1,
-            ).reshape(-1, c, len(paths), _dim(ir))  # (E, C, P_l3, d_l3)
-            pick = np.zeros((len(path_irs), len(paths)), np.float32)
-            pick[list(paths), np.arange(len(paths))] = 1.0
-            mg = mg * (r @ jnp.asarray(pick, dtype))[..., None]  # the path's radial weight
-            mg = jax.ops.segment_sum(mg, receivers, num_segments=n_node) * inv_avg  # (n, C, P_l3, d_l3)
-            # 2. the A-basis: mix paths x channels per target irrep; layout (d_sh, n, C) for step 3
-            a.append(jnp.einsum("ncpm,cpd->mnd", mg, w))
-        a = jnp.concatenate(a + [jnp.ones((1, n_node, c), dtype)], axis=0)  # (d_sh + 1, n, C)
+        with jax.named_scope("mace_messages"):
+            x = [_channel_linear(xi, w)[senders] for xi, w in zip(h, self.linear_up)]  # (E, C, d1) each
+            r = geo.spread(self.radial(radial_in)).reshape(-1, c, len(path_irs))  # (E, C, P); zero on padding
+            a = []
+            for (blocks, paths), ir, w in zip(groups, self.sh_irs, self.linear_a):
+                if not paths:
+                    a.append(jnp.zeros((_dim(ir), n_node, c), dtype))
+                    continue
+                # a batched dot per edge: measured 5x faster in the backward pass on CPU than an
+                # unrolled broadcast-multiply-add over m
+                mg = jnp.concatenate(
+                    [jnp.einsum("ecm,emk->eck", x[i], jnp.einsum("eq,qmk->emk", y, jnp.asarray(blk, dtype)))
+                     for i, blk in blocks], axis=-1,
+                ).reshape(-1, c, len(paths), _dim(ir))  # (E, C, P_l3, d_l3)
+                pick = np.zeros((len(path_irs), len(paths)), np.float32)
+                pick[list(paths), np.arange(len(paths))] = 1.0
+                mg = mg * (r @ jnp.asarray(pick, dtype))[..., None]  # the path's radial weight
+                mg = jax.ops.segment_sum(mg, receivers, num_segments=n_node) * inv_avg  # (n, C, P_l3, d_l3)
+                # 2. the A-basis: mix paths x channels per target irrep; layout (d_sh, n, C) for step 3
+                a.append(jnp.einsum("ncpm,cpd->mnd", mg, w))
+            a = jnp.concatenate(a + [jnp.ones((1, n_node, c), dtype)], axis=0)  # (d_sh + 1, n, C)
         # 3. the B-basis: sparse symmetric contraction (row gathers of A, products, sorted segment
         # sum into basis functions), then species-dependent weights
-        idx, vals, cols, n_cols, slices = _sparse_symmetric_plan(
-            self.sh_irs, self.out_irs, self.correlation
-        )
-        prod = a[idx[:, 0]]
-        for j in range(1, idx.shape[1]):
-            prod = prod * a[idx[:, j]]
-        prod = prod * jnp.asarray(vals, dtype)[:, None, None]
-        basis = jax.ops.segment_sum(prod, cols, num_segments=n_cols, indices_are_sorted=True)
-        onehot = jax.nn.one_hot(species, self.sym_weights[0].shape[0], dtype=dtype)
-        # 4. update with the species-dependent residual
-        out = []
-        for i, (ir, (c0, k)) in enumerate(zip(self.out_irs, slices)):
-            d = _dim(ir)
-            b = basis[c0 : c0 + k * d].reshape(k, d, n_node, c)
-            wz = _by_species(onehot, self.sym_weights[i])  # (n, K, C)
-            b = jnp.sum(b * jnp.swapaxes(wz, 0, 1)[:, None], axis=0)  # (d, n, C)
-            b = jnp.transpose(b, (1, 2, 0))  # (n, C, d)
-            new = _channel_linear(b, self.linear_out[i])
-            if self.skip is not None and self.skip[i] is not None:
-                old = h[self.in_irs.index(ir)]
-                wz = _by_species(onehot, self.skip[i])  # (n, C, C)
-                new = new + jnp.sum(old[:, :, None, :] * wz[..., None], axis=1)
-            out.append(new)
+        with jax.named_scope("mace_symmetric_contraction"):
+            idx, vals, cols, n_cols, slices = _sparse_symmetric_plan(
+                self.sh_irs, self.out_irs, self.correlation
+            )
+            prod = a[idx[:, 0]]
+            for j in range(1, idx.shape[1]):
+                prod = prod * a[idx[:, j]]
+            prod = prod * jnp.asarray(vals, dtype)[:, None, None]
+            basis = jax.ops.segment_sum(prod, cols, num_segments=n_cols, indices_are_sorted=True)
+        with jax.named_scope("mace_update"):
+            onehot = jax.nn.one_hot(species, self.sym_weights[0].shape[0], dtype=dtype)
+            # 4. update with the species-dependent residual
+            out = []
+            for i, (ir, (c0, k)) in enumerate(zip(self.out_irs, slices)):
+                d = _dim(ir)
+                b = basis[c0 : c0 + k * d].reshape(k, d, n_node, c)
+                wz = _by_species(onehot, self.sym_weights[i])  # (n, K, C)
+                b = jnp.sum(b * jnp.swapaxes(wz, 0, 1)[:, None], axis=0)  # (d, n, C)
+                b = jnp.transpose(b, (1, 2, 0))  # (n, C, d)
+                new = _channel_linear(b, self.linear_out[i])
+                if self.skip is not None and self.skip[i] is not None:
+                    old = h[self.in_irs.index(ir)]
+                    wz = _by_species(onehot, self.skip[i])  # (n, C, C)
+                    new = new + jnp.sum(old[:, :, None, :] * wz[..., None], axis=1)
+                out.append(new)
         # 5. readout of the scalars
         scalars = out[self.out_irs.index((0, 1))][..., 0]  # (n, C)
         return tuple(out), self.readout(scalars)[:, 0]

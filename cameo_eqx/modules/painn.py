@@ -184,24 +184,26 @@ class PaiNN(AbstractBackbone):
         v = jnp.zeros((n, 3, f), dtype)  # (n, 3, F)
         for msg, upd in zip(self.messages, self.updates):
             # message block
-            x = msg.phi(s)[snd] * geo.spread(msg.filter(rbf) * fcut[:, None])  # (E, 3F); zero on padding
-            x_s, x_vv, x_vs = x[:, :f], x[:, f : 2 * f], x[:, 2 * f :]
-            dv_e = x_vv[:, None, :] * v[snd] + x_vs[:, None, :] * geo.unit[:, :, None]
-            agg = jax.ops.segment_sum(jnp.concatenate([x_s[:, None, :], dv_e], axis=1), rcv, num_segments=n)
-            ds, dv = agg[:, 0], agg[:, 1:]  # (n, F), (n, 3, F)
-            if self.avg_num_neighbors != 1.0:
-                ds, dv = ds * inv_avg, dv * inv_avg
-            s = s + ds
-            v = v + dv
+            with jax.named_scope("painn_message"):
+                x = msg.phi(s)[snd] * geo.spread(msg.filter(rbf) * fcut[:, None])  # (E, 3F); zero on padding
+                x_s, x_vv, x_vs = x[:, :f], x[:, f : 2 * f], x[:, 2 * f :]
+                dv_e = x_vv[:, None, :] * v[snd] + x_vs[:, None, :] * geo.unit[:, :, None]
+                agg = jax.ops.segment_sum(jnp.concatenate([x_s[:, None, :], dv_e], axis=1), rcv, num_segments=n)
+                ds, dv = agg[:, 0], agg[:, 1:]  # (n, F), (n, 3, F)
+                if self.avg_num_neighbors != 1.0:
+                    ds, dv = ds * inv_avg, dv * inv_avg
+                s = s + ds
+                v = v + dv
             # update block
-            uv = upd.u(v)
-            vv = upd.v(v)
-            sq = jnp.sum(vv * vv, axis=1)  # (n, F)
-            ok = sq > 1e-12
-            vnorm = jnp.where(ok, jnp.sqrt(jnp.where(ok, sq, 1.0)), 0.0)
-            a = upd.mlp(jnp.concatenate([s, vnorm], axis=-1))
-            a_vv, a_sv, a_ss = a[:, :f], a[:, f : 2 * f], a[:, 2 * f :]
-            v = v + a_vv[:, None, :] * uv
-            s = s + a_sv * jnp.sum(uv * vv, axis=1) + a_ss
+            with jax.named_scope("painn_update"):
+                uv = upd.u(v)
+                vv = upd.v(v)
+                sq = jnp.sum(vv * vv, axis=1)  # (n, F)
+                ok = sq > 1e-12
+                vnorm = jnp.where(ok, jnp.sqrt(jnp.where(ok, sq, 1.0)), 0.0)
+                a = upd.mlp(jnp.concatenate([s, vnorm], axis=-1))
+                a_vv, a_sv, a_ss = a[:, :f], a[:, f : 2 * f], a[:, 2 * f :]
+                v = v + a_vv[:, None, :] * uv
+                s = s + a_sv * jnp.sum(uv * vv, axis=1) + a_ss
         e = self.readout(s)[:, 0]
         return jnp.where(batch.node_mask, e, 0.0)
