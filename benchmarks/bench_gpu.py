@@ -187,8 +187,8 @@ def _cost(compiled) -> dict:
     return {"flops": float(c.get("flops", float("nan"))), "bytes": float(c.get("bytes accessed", float("nan")))}
 
 
-def ef_cost(model, batch) -> dict:
-    """FLOPs and bytes of one energy + forces evaluation of `model` on `batch` (compiled, not run)."""
+def ef_compiled(model, batch):
+    """One energy + forces evaluation of `model` (a backbone or a ForceField) on `batch`, compiled."""
     import equinox as eqx
     import jax
 
@@ -200,7 +200,12 @@ def ef_cost(model, batch) -> dict:
     def f(dyn, batch):
         return eqx.combine(dyn, st).energy_and_forces(batch)
 
-    return _cost(jax.jit(f).lower(dyn, batch).compile())
+    return jax.jit(f).lower(dyn, batch).compile()
+
+
+def ef_cost(model, batch) -> dict:
+    """FLOPs and bytes of one energy + forces evaluation of `model` on `batch` (compiled, not run)."""
+    return _cost(ef_compiled(model, batch))
 
 
 def train_step_cost(name: str, batch) -> dict:
