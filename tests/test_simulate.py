@@ -193,6 +193,52 @@ def test_overflow_is_detected_and_rebuilt_with_same_forces(villin, villin_prior)
     np.testing.assert_allclose(np.asarray(res_tiny.state.forces[0]), np.asarray(f_ref), atol=2e-3, rtol=1e-4)
 
 
+def test_edge_slots_counted_and_overflow_flagged():
+    """The radius graph has its own slots: a build with fewer slots than pairs within the cutoff sets
+    the overflow flag and records the count; `update` recounts at every step."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.uniform(0, 8, (30, 3)), jnp.float32)
+    n_edges = len(nbl.brute_force_pairs(np.asarray(x), 5.0))
+    cap = nbl.grow_capacity(len(nbl.brute_force_pairs(np.asarray(x), 6.0)))
+    full = nbl.build(x, 5.0, 1.0, cap)
+    assert full.edge_slots == cap and int(full.max_edges) == n_edges and not bool(full.overflow)
+    tight = nbl.build(x, 5.0, 1.0, cap, edge_capacity=n_edges)
+    assert tight.edge_slots == n_edges < cap and not bool(tight.overflow)
+    s, r, mask, _ = nbl.edges(tight, x)
+    assert s.shape == (n_edges,) and bool(mask.all())
+    short = nbl.build(x, 5.0, 1.0, cap, edge_capacity=n_edges - 2)
+    assert bool(short.overflow) and int(short.max_edges) == n_edges
+    # squeeze the structure: more pairs within the cutoff, no rebuild needed yet, still counted
+    nl = jax.tree.map(lambda a: a[None], tight)
+    y = x[None] * 0.97  # beads move < skin / 2
+    more = len(nbl.brute_force_pairs(np.asarray(y[0]), 5.0))
+    assert more > n_edges
+    upd = nbl.update(nl, y)
+    assert int(upd.n_builds[0]) == 1  # not rebuilt: counted on the step itself
+    assert int(upd.max_edges[0]) == more and bool(upd.overflow[0])
+
+
+def test_model_graph_sized_by_cutoff_and_grown_on_overflow(villin, villin_prior):
+    """The model's graph has slots for the pairs within the cutoff (not the cutoff + skin candidates);
+    a run that starts with too few redoes the chunk with more and ends as a run with enough room."""
+    prior, _ = villin_prior
+    x0 = villin.positions[0]
+    sim = Simulator(prior, villin.topology, **STD)
+    st = sim.init(x0, n_replicas=2, seed=5)
+    n_edges = len(nbl.brute_force_pairs(np.asarray(x0), sim.system.cutoff))
+    assert sim.edge_capacity == nbl.grow_capacity(n_edges, factor=1.25)
+    assert n_edges <= st.nbrs.edge_slots < st.nbrs.capacity
+    res = sim.run(st, 5, 10, chunk_frames=5)
+    assert res.n_rebuilds_for_overflow == 0
+    tiny = Simulator(prior, villin.topology, edge_capacity=32, **STD)
+    res_tiny = tiny.run(tiny.init(x0, n_replicas=2, seed=5), 5, 10, chunk_frames=5)
+    assert res_tiny.n_rebuilds_for_overflow == 1 and tiny.edge_capacity >= n_edges
+    assert not bool(res_tiny.state.nbrs.overflow.any())
+    # only the amount of padding differs between the two runs
+    np.testing.assert_allclose(np.asarray(res_tiny.frames.positions), np.asarray(res.frames.positions),
+                               atol=1e-4)  # fmt: skip
+
+
 def test_system_batch_has_training_layout(villin, villin_prior):
     """Edges, bonded terms and non-bonded pairs (with pair_sep) equal those of the host packer; so do
     the energy and forces the integrator carries."""

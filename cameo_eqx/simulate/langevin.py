@@ -130,7 +130,7 @@ def system_batch(system: System, positions: Float[Array, "n 3"], nl: nbl.Neighbo
     """The one-frame `Batch` a model sees (training layout; see the module docstring)."""
     n = system.n_beads
     # the pairs i < j within the cutoff, then the paired edge layout (`Batch`): pairs, reversed pairs
-    n_pair = (nl.capacity + 1) // 2
+    n_pair = (nl.edge_slots + 1) // 2
     s, r, emask, _ = nbl.edges(nl, positions, n_pair, half=True)
     seg_s = system.segment[jnp.minimum(s, n - 1)]
     seg_r = system.segment[jnp.minimum(r, n - 1)]
@@ -248,14 +248,16 @@ def kinetic_energy(system: System, velocities: Float[Array, "R n 3"]) -> Float[A
     return 0.5 * jnp.sum(system.masses[None, :, None] * velocities**2, axis=(-2, -1)) / ACCELERATION
 
 
-def _host_state(positions, velocities, key, step, capacity: int, cutoff: float, skin: float) -> LangevinState:
+def _host_state(positions, velocities, key, step, capacity: int, cutoff: float, skin: float,
+                edge_capacity: int = 0) -> LangevinState:  # fmt: skip
     """A state whose neighbour lists, forces and energies are placeholders: `run_chunk` refreshes them
     first (so making a state compiles nothing)."""
     r, n = positions.shape[:2]
     nbrs = nbl.NeighborList(
         senders=jnp.full((r, capacity), n, jnp.int32), receivers=jnp.full((r, capacity), n, jnp.int32),
         count=jnp.zeros((r,), jnp.int32), max_count=jnp.zeros((r,), jnp.int32), reference=positions,
-        overflow=jnp.zeros((r,), bool), n_builds=jnp.zeros((r,), jnp.int32), cutoff=cutoff, skin=skin,
+        overflow=jnp.zeros((r,), bool), n_builds=jnp.zeros((r,), jnp.int32),
+        max_edges=jnp.zeros((r,), jnp.int32), cutoff=cutoff, skin=skin, edge_capacity=int(edge_capacity),
     )  # fmt: skip
     return LangevinState(
         positions=positions, velocities=velocities, forces=jnp.zeros_like(positions),
@@ -340,6 +342,9 @@ class Simulator:
       may be a sequence, one per replica (then `init` needs that many replicas).
     - `masses`: "residue", "uniform" (`uniform_mass` g/mol) or an array.
     - `skin` (Å), `capacity` (candidate pairs per replica; None: sized from the start structure).
+    - `edge_capacity`: radius-graph slots per replica, the edges the model computes (ordered pairs
+      within the cutoff; None: sized from the start structure, `edge_capacity_for`). A step with more
+      pairs sets the overflow flag and `run` redoes the chunk with more slots, as for `capacity`.
     - `pair_min_sep`: non-bonded pair selection (None: the model's, else 2); `cutoff`: None: the model's.
     - `max_bond_length`: Å, the blow-up guard.
     - `matmul_precision`: precision of the model's float32 matrix products ('float32', or
@@ -350,7 +355,7 @@ class Simulator:
         self, model: AbstractEnergyModel, topology: CGTopology, *, temperature: float | Any = 300.0,
         timestep_fs: float = 2.0, friction_per_ps: float = 1.0, masses: Any = "residue",
         uniform_mass: float = 110.0, skin: float = 2.0, capacity: int | None = None,
-        pair_min_sep: int | None = None, cutoff: float | None = None, max_bond_length: float = 8.0,
+        edge_capacity: int | None = None, pair_min_sep: int | None = None, cutoff: float | None = None, max_bond_length: float = 8.0,
         matmul_precision: MatmulPrecision = DEFAULT_PRECISION,
     ):  # fmt: skip
         if not isinstance(model, AbstractEnergyModel):
@@ -371,6 +376,7 @@ class Simulator:
         self.integrator = BAOAB(float(timestep_fs), float(friction_per_ps), temps, float(max_bond_length))
         self.skin = float(skin)
         self.capacity = capacity
+        self.edge_capacity = edge_capacity
         self.matmul_precision = check_precision_name(matmul_precision)  # now, not at the first run
         self._precision_checked = matmul_precision == "float32"
 
@@ -380,6 +386,28 @@ class Simulator:
         with headroom): what `init` sizes the neighbour list with."""
         counts = [len(nbl.brute_force_pairs(p, self.system.cutoff + self.skin)) for p in positions]
         return nbl.grow_capacity(max(counts))
+
+    def edge_capacity_for(self, positions: Float[np.ndarray, "k n 3"]) -> int:
+        """Radius-graph slots for structures `positions`: the largest number of ordered pairs within the
+        cutoff, with 25% headroom (a folded protein's count moves by a few percent; a collapse that
+        needs more slots redoes one chunk). What `init` sizes the model's graph with."""
+        counts = [len(nbl.brute_force_pairs(p, self.system.cutoff)) for p in positions]
+        return nbl.grow_capacity(max(counts), factor=1.25)
+
+    def grow_for(self, state: LangevinState) -> bool:
+        """After an overflow in `state`, sets `capacity` and `edge_capacity` to hold every pair it saw.
+
+        **Returns:** whether `state` had overflowed (False: nothing changed).
+        """
+        if not bool(jnp.any(state.nbrs.overflow)):
+            return False
+        need = int(jnp.max(state.nbrs.max_count))
+        if need > state.nbrs.capacity:
+            self.capacity = nbl.grow_capacity(need)
+        need_edges = int(jnp.max(state.nbrs.max_edges))
+        if need_edges > state.nbrs.edge_slots:
+            self.edge_capacity = nbl.grow_capacity(need_edges)
+        return True
 
     def init(
         self,
@@ -413,19 +441,25 @@ class Simulator:
             velocities = sd * jax.random.normal(sub, x.shape, jnp.float32)
         if self.capacity is None:
             self.capacity = self.capacity_for(x)
+        if self.edge_capacity is None:
+            self.edge_capacity = self.edge_capacity_for(x)
         if not self._precision_checked:
             batch = single_frame_batch(x[0], self.topology, self.system.cutoff,
                                        pair_min_sep=self.system.pair_min_sep)  # fmt: skip
             check_model_precision(self.model, batch, self.matmul_precision, where="the starting structure")
             self._precision_checked = True
         return _host_state(jnp.asarray(x), jnp.asarray(velocities, jnp.float32), key, step, self.capacity,
-                           self.system.cutoff, self.skin)  # fmt: skip
+                           self.system.cutoff, self.skin, self.edge_capacity)  # fmt: skip
 
-    def with_capacity(self, state: LangevinState, capacity: int) -> LangevinState:
-        """The same state with (placeholder) neighbour lists of a new capacity."""
-        self.capacity = int(capacity)
+    def with_capacity(self, state: LangevinState, capacity: int | None = None,
+                      edge_capacity: int | None = None) -> LangevinState:  # fmt: skip
+        """The same state with (placeholder) neighbour lists of new capacities (None: the current)."""
+        if capacity is not None:
+            self.capacity = int(capacity)
+        if edge_capacity is not None:
+            self.edge_capacity = int(edge_capacity)
         return _host_state(state.positions, state.velocities, state.key, state.step, self.capacity,
-                           self.system.cutoff, self.skin)  # fmt: skip
+                           self.system.cutoff, self.skin, self.edge_capacity or 0)  # fmt: skip
 
     def kinetic_energy(self, state: LangevinState) -> np.ndarray:
         return np.asarray(kinetic_energy(self.system, state.velocities))
@@ -480,9 +514,8 @@ class Simulator:
                 jax.block_until_ready(new.positions)
                 if done == 0:
                     compile_s = time.perf_counter() - t0  # compile + one chunk of work
-                if bool(jnp.any(new.nbrs.overflow)):
-                    need = int(jnp.max(new.nbrs.max_count))
-                    state = self.with_capacity(state, nbl.grow_capacity(need))
+                if self.grow_for(new):
+                    state = self.with_capacity(state)
                     n_rebuilds += 1
                     continue  # redo the chunk from its start with room for every pair
                 frames = self._chunk_frames(state, out, e0, k, save_every, include_start and done == 0)
@@ -647,14 +680,15 @@ class TrajectoryWriter:
         self.h5.close()
 
 
-def _save_checkpoint(path: Path, state: LangevinState, n_frames: int, capacity: int, cfg_json: str) -> None:
+def _save_checkpoint(path: Path, state: LangevinState, n_frames: int, sim: Simulator, cfg_json: str) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
     try:
         with reporting_no_space(path, "the trajectory up to the previous checkpoint is kept; free some space "
                                       "and rerun the same command to resume"):  # fmt: skip
             np.savez(tmp, positions=np.asarray(state.positions), velocities=np.asarray(state.velocities),
                      key=np.asarray(state.key),
-                     step=int(state.step), n_frames=n_frames, capacity=capacity, config=cfg_json)  # fmt: skip
+                     step=int(state.step), n_frames=n_frames, capacity=sim.capacity,
+                     edge_capacity=sim.edge_capacity or 0, config=cfg_json)  # fmt: skip
             os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # no half-written (or zero-byte) temporary is left behind
@@ -759,6 +793,8 @@ def _resume_run(cfg: SimulateConfig, sim: Simulator, out: Path, cfg_json: str, t
                              "rerun with --no-resume to start over or choose another --output")  # fmt: skip
         n_done = int(ck["n_frames"])
         sim.capacity = int(ck["capacity"]) if cfg.neighbor_capacity is None else cfg.neighbor_capacity
+        if int(ck.get("edge_capacity", 0)) > 0:  # the same graph size: a resumed run continues bit for bit
+            sim.edge_capacity = int(ck["edge_capacity"])
         state = sim.init(ck["positions"], velocities=ck["velocities"], key=ck["key"], step=int(ck["step"]))
     if n_done > total:
         raise ValueError(f"{ckpt_path} holds {n_done} frames, more than n_steps/save_every + 1 = {total}")
@@ -799,7 +835,7 @@ def _chunk_writer(writer: TrajectoryWriter, sim: Simulator, traj_path: Path, ckp
         with reporting_no_space(traj_path, hint):
             writer.append(frames)
         if st is not None:  # a good chunk: the checkpoint moves on
-            _save_checkpoint(ckpt_path, st, writer.n_frames, sim.capacity, cfg_json)
+            _save_checkpoint(ckpt_path, st, writer.n_frames, sim, cfg_json)
 
     return on_chunk
 
@@ -810,7 +846,7 @@ def _close_run(cfg: SimulateConfig, sim: Simulator, writer: TrajectoryWriter, re
     rate = steps / result.wall_s if result.wall_s > 0 and steps else 0.0
     timing = {"wall_s": result.wall_s, "compile_s": result.compile_s, "steps_per_s": rate,
               "ns_per_day": rate * cfg.timestep_fs * 1e-6 * 86400.0,
-              "neighbor_capacity": int(sim.capacity or 0)}  # fmt: skip
+              "neighbor_capacity": int(sim.capacity or 0), "edge_capacity": int(sim.edge_capacity or 0)}  # fmt: skip
     if result.blowup:
         writer.close(status="blown_up", message=result.blowup, **timing)
         raise BlowUpError(f"{traj_path}: {result.blowup}")

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float, Int
 
@@ -218,9 +217,8 @@ def model_forces(
         pad = np.concatenate([x, np.repeat(x[-1:], chunk - m, axis=0)]) if m < chunk else x
         while True:
             st = go(model, sim.system, sim.integrator, sim.init(pad, velocities=np.zeros_like(pad)))
-            if not bool(jnp.any(st.nbrs.overflow)):
+            if not sim.grow_for(st):
                 break
-            sim.capacity = int(np.max(np.asarray(st.nbrs.max_count))) * 3 // 2 + 16
         forces[a : a + m] = np.asarray(st.forces)[:m]
         energies[a : a + m] = np.asarray(st.potential)[:m]
     return forces, energies

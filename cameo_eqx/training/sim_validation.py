@@ -236,6 +236,7 @@ class SimValidation(Callback):
         self.sv: SimValidationConfig = cfg.sim_validation
         self.proteins: list[ProteinTargets] | None = None
         self.capacity: dict[str, int] = {}
+        self.edge_capacity: dict[str, int] = {}
 
     def due(self, epoch: int, stage_end: bool) -> bool:
         """Whether the epoch that just ended (1-based within its stage) is simulated."""
@@ -260,13 +261,15 @@ class SimValidation(Callback):
         start = np.concatenate([t.start for t in pt.targets])
         try:
             sim = Simulator(model, pt.topology, temperature=temps, timestep_fs=sv.timestep_fs,
-                            friction_per_ps=sv.friction_per_ps, capacity=self.capacity.get(pt.protein))  # fmt: skip
+                            friction_per_ps=sv.friction_per_ps, capacity=self.capacity.get(pt.protein),
+                            edge_capacity=self.edge_capacity.get(pt.protein))  # fmt: skip
             state = sim.init(start, seed=self.cfg.seed)
             res = sim.run(state, sv.n_frames, sv.save_every, chunk_frames=min(sv.n_frames, 50))
         except BlowUpError as e:
             return None, str(e)
-        if sim.capacity is not None:
-            self.capacity[pt.protein] = int(sim.capacity)  # the same shapes next time: no recompilation
+        if sim.capacity is not None:  # the same shapes next time: no recompilation
+            self.capacity[pt.protein] = int(sim.capacity)
+            self.edge_capacity[pt.protein] = int(sim.edge_capacity)
         if res.blowup:
             return None, res.blowup
         x = np.asarray(res.frames.positions)
