@@ -20,6 +20,7 @@ plus XLA's cost analysis (FLOPs and bytes) of energy + forces per backbone.
     python benchmarks/bench_gpu.py --quick    # 4 replicas, 512-node buckets, a few steps: CPU, minutes
     python benchmarks/bench_gpu.py --cost     # the cost analysis only (compiles, runs nothing)
     python benchmarks/bench_gpu.py --matmul-precision tensorfloat32   # TF32 matmuls + their force error
+    python benchmarks/bench_gpu.py --only sim --graph-slots candidates   # the model graph as large as the neighbour list
 
 Every case is traced at `--matmul-precision` (default float32, the project's default; JAX alone would use
 TF32 on Ampere+ GPUs, which is what the issue's baseline figures ran at).
@@ -91,11 +92,16 @@ def demo_prior():
 # ------------------------------------------------------------------------------------------ simulation
 
 
-def simulate_case(model, topo, x, replicas: int, steps: int, repeats: int, precision: str = "float32") -> dict:
+def simulate_case(model, topo, x, replicas: int, steps: int, repeats: int, precision: str = "float32",
+                  graph_slots: str = "cutoff") -> dict:  # fmt: skip
+    """Timestep·molecules/s of the Simulator on `x`. `graph_slots` "candidates" gives the model's graph as
+    many slots as the neighbour list (cutoff + skin), as before the graph had its own size."""
     from cameo_eqx.simulate import Simulator
 
     sim = Simulator(model, topo, temperature=320.0, timestep_fs=2.0, friction_per_ps=1.0, max_bond_length=1e3,
                     matmul_precision=precision)  # fmt: skip
+    if graph_slots == "candidates":
+        sim.edge_capacity = sim.capacity = sim.capacity_for(np.asarray(x)[None])
     state = sim.init(x, n_replicas=replicas, seed=0)
     save_every = min(50, steps)
     frames = steps // save_every
@@ -114,7 +120,7 @@ def simulate_case(model, topo, x, replicas: int, steps: int, repeats: int, preci
     sps = frames * save_every / med
     return {"replicas": replicas, "beads": topo.n_beads, "steps": frames * save_every, "median_s": med,
             "compile_s": max(0.0, first - med), "steps_per_s": sps, "timestep_mol_per_s": sps * replicas,
-            "edge_slots": int(sim.edge_capacity), "candidate_slots": int(sim.capacity),
+            "graph_slots": graph_slots, "edge_slots": int(sim.edge_capacity), "candidate_slots": int(sim.capacity),
             "regrown": res.n_rebuilds_for_overflow}  # fmt: skip
 
 
@@ -341,6 +347,10 @@ def main() -> None:
     ap.add_argument("--matmul-precision", choices=("float32", "tensorfloat32"), default="float32",
                     help="precision of float32 matmuls (cameo_eqx.precision); tensorfloat32 also reports each "
                          "model's relative force difference from float32 on the chain")
+    ap.add_argument("--graph-slots", choices=("cutoff", "candidates"), default="cutoff",
+                    help="simulation: the model's graph sized by the pairs within the cutoff (the Simulator's "
+                         "default), or by the neighbour list's candidates (cutoff + skin: the size before it had "
+                         "its own), to measure what the smaller graph saves")
     args = ap.parse_args()
     if args.budget is None:
         args.budget = 1200.0 if args.quick else 420.0
@@ -351,7 +361,7 @@ def main() -> None:
     jax.config.update("jax_default_matmul_precision", args.matmul_precision)
     T0 = time.perf_counter()
     res: dict = {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()], "quick": args.quick,
-                 "matmul_precision": args.matmul_precision,
+                 "matmul_precision": args.matmul_precision, "graph_slots": args.graph_slots,
                  "issue_measured": {"sim_timestep_mol_per_s": ISSUE_SIM, "train_frames_per_s": ISSUE_TRAIN},
                  "targets": {"sim_timestep_mol_per_s_at_128": TARGET_SIM, "train_frames_per_s": TARGET_TRAIN},
                  "h200": H200}  # fmt: skip
@@ -387,7 +397,8 @@ def main() -> None:
             else:
                 steps = 2000 if name == "prior" else (400 if r <= 128 else 100)
             try:
-                c = simulate_case(model, topo, x, r, steps, 1 if args.quick else 2, args.matmul_precision)
+                c = simulate_case(model, topo, x, r, steps, 3 if args.quick else 2, args.matmul_precision,
+                                  args.graph_slots)  # fmt: skip
             except Exception as e:  # an OOM at 1,024 replicas is a result, not the end of the run
                 c = {"replicas": r, "error": f"{type(e).__name__}: {str(e)[:300]}"}
             c["model"] = name
