@@ -20,7 +20,7 @@ plus XLA's cost analysis (FLOPs and bytes) of energy + forces per backbone.
     python benchmarks/bench_gpu.py --quick    # 4 replicas, 512-node buckets, a few steps: CPU, minutes
     python benchmarks/bench_gpu.py --cost     # the cost analysis only (compiles, runs nothing)
     python benchmarks/bench_gpu.py --matmul-precision tensorfloat32   # TF32 matmuls + their force error
-    python benchmarks/bench_gpu.py --only sim --graph-slots candidates   # the model graph as large as the neighbour list
+    python benchmarks/bench_gpu.py --only sim --graph-slots candidates  # model graph as large as the list
 
 Every case is traced at `--matmul-precision` (default float32, the project's default; JAX alone would use
 TF32 on Ampere+ GPUs, which is what the issue's baseline figures ran at).

@@ -355,8 +355,8 @@ class Simulator:
         self, model: AbstractEnergyModel, topology: CGTopology, *, temperature: float | Any = 300.0,
         timestep_fs: float = 2.0, friction_per_ps: float = 1.0, masses: Any = "residue",
         uniform_mass: float = 110.0, skin: float = 2.0, capacity: int | None = None,
-        edge_capacity: int | None = None, pair_min_sep: int | None = None, cutoff: float | None = None, max_bond_length: float = 8.0,
-        matmul_precision: MatmulPrecision = DEFAULT_PRECISION,
+        edge_capacity: int | None = None, pair_min_sep: int | None = None, cutoff: float | None = None,
+        max_bond_length: float = 8.0, matmul_precision: MatmulPrecision = DEFAULT_PRECISION,
     ):  # fmt: skip
         if not isinstance(model, AbstractEnergyModel):
             raise TypeError(f"model must be an AbstractEnergyModel, got {type(model)}")

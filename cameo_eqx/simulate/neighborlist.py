@@ -149,13 +149,12 @@ def needs_rebuild(nl: NeighborList, positions: Float[Array, "... n 3"]) -> Bool[
 def update(nl: NeighborList, positions: Float[Array, "R n 3"]) -> NeighborList:
     """Rebuilds the lists of all replicas (leading axis) if any replica needs it; one `lax.cond`, so
     the O(n²) build runs only on the steps that need it. The pairs within the cutoff are counted at
-    every step (`track_edges`)."""
-    nl = jax.lax.cond(
+    every step (`track_edges`, which a rebuild does too)."""
+    return jax.lax.cond(
         needs_rebuild(nl, positions),
         lambda: jax.vmap(rebuild)(nl, positions),
-        lambda: nl,
+        lambda: jax.vmap(track_edges)(nl, positions),
     )
-    return jax.vmap(track_edges)(nl, positions)
 
 
 def edges(
