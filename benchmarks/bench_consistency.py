@@ -101,8 +101,9 @@ def simulate_protocol(model, topo, starts, temps, *, ps: float, save_ps: float, 
     from cameo_eqx.simulate.langevin import Simulator
     from cameo_eqx.synthetic.generate import full_capacity
 
+    full = full_capacity(topo.n_beads)
     sim = Simulator(model, topo, temperature=temps, timestep_fs=timestep_fs, friction_per_ps=1.0,
-                    capacity=full_capacity(topo.n_beads))  # fmt: skip
+                    capacity=full, edge_capacity=full)  # fmt: skip
     save = max(1, int(round(save_ps * 1e3 / timestep_fs)))
     n_frames = max(5, int(round(ps / save_ps)))
     res = sim.run(sim.init(starts, seed=seed), n_frames, save, chunk_frames=min(n_frames, 100))

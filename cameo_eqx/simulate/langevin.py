@@ -248,6 +248,11 @@ def kinetic_energy(system: System, velocities: Float[Array, "R n 3"]) -> Float[A
     return 0.5 * jnp.sum(system.masses[None, :, None] * velocities**2, axis=(-2, -1)) / ACCELERATION
 
 
+def _max_pairs(positions: Float[np.ndarray, "k n 3"], radius: float) -> int:
+    """The largest number of ordered pairs closer than `radius` over structures `positions` (host)."""
+    return max(len(nbl.brute_force_pairs(p, radius)) for p in positions)
+
+
 def _host_state(positions, velocities, key, step, capacity: int, cutoff: float, skin: float,
                 edge_capacity: int = 0) -> LangevinState:  # fmt: skip
     """A state whose neighbour lists, forces and energies are placeholders: `run_chunk` refreshes them
@@ -384,15 +389,13 @@ class Simulator:
     def capacity_for(self, positions: Float[np.ndarray, "k n 3"]) -> int:
         """Candidate-pair slots for structures `positions` (the largest pair count at cutoff + skin,
         with headroom): what `init` sizes the neighbour list with."""
-        counts = [len(nbl.brute_force_pairs(p, self.system.cutoff + self.skin)) for p in positions]
-        return nbl.grow_capacity(max(counts))
+        return nbl.grow_capacity(_max_pairs(positions, self.system.cutoff + self.skin))
 
     def edge_capacity_for(self, positions: Float[np.ndarray, "k n 3"]) -> int:
         """Radius-graph slots for structures `positions`: the largest number of ordered pairs within the
         cutoff, with 25% headroom (a folded protein's count moves by a few percent; a collapse that
         needs more slots redoes one chunk). What `init` sizes the model's graph with."""
-        counts = [len(nbl.brute_force_pairs(p, self.system.cutoff)) for p in positions]
-        return nbl.grow_capacity(max(counts), factor=1.25)
+        return nbl.grow_capacity(_max_pairs(positions, self.system.cutoff), factor=1.25)
 
     def grow_for(self, state: LangevinState) -> bool:
         """After an overflow in `state`, sets `capacity` and `edge_capacity` to hold every pair it saw.

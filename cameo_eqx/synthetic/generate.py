@@ -143,7 +143,8 @@ def extended_chain(n: int, rng: np.random.Generator, *, bond: float = 3.8, persi
 
 def full_capacity(n: int, up_to: int = 64) -> int | None:
     """A neighbour-list capacity holding every pair of an `n`-bead chain when n ≤ `up_to` (then every
-    protein of that length compiles once, whatever its shape), else None (sized from the structure)."""
+    protein of that length compiles once, whatever its shape), else None (sized from the structure).
+    Pass it as both the Simulator's `capacity` and `edge_capacity` for that guarantee."""
     return grow_capacity(n * (n - 1), factor=1.0) if n <= up_to else None
 
 
@@ -181,8 +182,9 @@ def sample(
     **Returns:** `Samples`. **Raises:** `BlowUpError` if the dynamics blow up.
     """
     temps = np.repeat(np.asarray(temperatures, np.float32), n_replicas)
+    full = full_capacity(topology.n_beads)
     sim = Simulator(model, topology, temperature=temps, timestep_fs=timestep_fs, friction_per_ps=friction_per_ps,
-                    capacity=full_capacity(topology.n_beads))  # fmt: skip
+                    capacity=full, edge_capacity=full)  # fmt: skip
     state = sim.init(start, n_replicas=len(temps), seed=seed)
     t0 = time.perf_counter()
     if equilibrate > 0:
@@ -206,9 +208,11 @@ def model_forces(
     the Simulator's own batch layout (the radius graph, bonded terms and pairs a model sees in MD)."""
     positions = np.asarray(positions, np.float32)
     k = len(positions)
-    sim = Simulator(model, topology, capacity=full_capacity(topology.n_beads))
-    if sim.capacity is None:
-        sim.capacity = sim.capacity_for(positions[:: max(1, k // 64)])
+    full = full_capacity(topology.n_beads)
+    sim = Simulator(model, topology, capacity=full, edge_capacity=full)
+    if full is None:  # sized from a sample of all the structures, not from the first chunk alone
+        sample = positions[:: max(1, k // 64)]
+        sim.capacity, sim.edge_capacity = sim.capacity_for(sample), sim.edge_capacity_for(sample)
     go = eqx.filter_jit(refresh)
     forces, energies = np.empty_like(positions), np.empty(k, np.float32)
     for a in range(0, k, chunk):
