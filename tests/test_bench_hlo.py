@@ -66,3 +66,49 @@ def test_named_scopes_of_a_compiled_gradient():
     n_arrays = sum(1 for line in entry.splitlines()[1:] if re.match(r"\s*(ROOT\s+)?%?[\w.\-]+\s*=\s*f32\[", line))
     assert sum(n for _, n in groups.values()) >= n_arrays > 0
     assert np.isfinite(total)
+
+
+_GPU_HLO = ROOT / "tests" / "data" / "gpu_compile.hlo.txt"  # tests/data/make_gpu_compile.py wrote it
+
+
+def test_kernels_of_a_gpu_compile():
+    """A real H200 compile (made without a GPU): every kernel with the bytes it reads and writes, the
+    FLOPs of its dots counted from their shapes, the elements it scatters, one branch of the `cond`."""
+    ks = bench_hlo.kernels(_GPU_HLO.read_text())
+    assert len(ks) == 10
+    gemms = [k for k in ks if k.name.startswith("gemm_fusion")]
+    # x[idx] @ w forward and its transpose: (64, 16) x (16, 16), 2 * 64 * 16 * 16 FLOPs each
+    assert [k.dot_flops for k in gemms] == [32768, 32768]
+    assert gemms[0].bytes_in == 64 * 16 * 4 + 16 * 16 * 4 and gemms[0].bytes_out == 64 * 16 * 4
+    assert sum(k.dot_flops for k in ks) == 65536
+    # the segment sum and the gather's transpose each scatter 64 rows of 16
+    scatters = [k for k in ks if k.scatter_updates]
+    assert [k.scatter_updates for k in scatters] == [1024, 1024]
+    assert {bench_hlo.op_group(k.op_name, 2) for k in scatters} == {"jvp(nodes)/scatter-add",
+                                                                   "transpose(jvp(edges))/scatter-add"}  # fmt: skip
+    # the conditional: one of its branches (both launch one kernel of the same size), tagged as such
+    branch = [k for k in ks if k.branch]
+    assert len(branch) == 1 and branch[0].branch in ("region_4.5", "region_5.6")
+    s = bench_hlo.kernel_summary(ks, bandwidth=4.8e12)
+    assert s["kernels"] == 10 and s["dot_flops"] == 65536 and s["scatter_updates"] == 2048
+    for f in ("kernels", "bytes_moved", "scatter_updates", "dot_flops", "other_flops"):
+        assert sum(r[f] for r in s["scopes"].values()) == s[f]
+    assert s["scopes"]["edges"]["dot_flops"] == 65536 and s["scopes"]["nodes"]["scatter_updates"] == 1024
+    assert s["floor_s"] == pytest.approx(s["bytes_moved"] / 4.8e12 + 10 * bench_hlo.LAUNCH_S)
+    assert "floor_s" not in bench_hlo.kernel_summary(ks, bandwidth=None)
+
+
+def test_kernels_of_a_cpu_compile():
+    """The same accounting on this machine's compile: a matmul's FLOPs and a segment sum's scattered
+    elements are found wherever XLA put them (an entry instruction or inside a fusion)."""
+
+    def f(a, b, idx):
+        return jax.ops.segment_sum(jnp.tanh(a @ b), idx, num_segments=7)
+
+    args = (jnp.ones((64, 32)), jnp.ones((32, 16)), jnp.arange(64) % 7)
+    ks = bench_hlo.kernels(bench_hlo.compile_for(f, args, bench_hlo.target_sharding("cpu")).as_text())
+    assert sum(k.dot_flops for k in ks) == 2 * 64 * 32 * 16
+    assert sum(k.scatter_updates for k in ks) == 64 * 16
+    assert all(k.bytes_out > 0 for k in ks) and not any(k.branch for k in ks)
+    with pytest.raises(ValueError, match="ENTRY"):
+        bench_hlo.kernels("HloModule m\n")
