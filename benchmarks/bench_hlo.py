@@ -107,7 +107,7 @@ class Kernel:
     name: str
     opcode: str
     op_name: str
-    bytes_in: int  # its operands' sizes: what it reads from memory
+    bytes_in: int  # its operands' sizes (of a sliced operand, the slices): what it reads from memory
     bytes_out: int
     scatter_updates: int  # elements scattered (atomic read-modify-writes on a GPU)
     dot_flops: int  # in dots (matrix units or GEMM kernels)
@@ -156,6 +156,8 @@ def _computations(hlo_text: str) -> tuple[dict[str, list[tuple]], str]:
         m = _LINE.match(line) if cur is not None else None
         if m:
             ops, attrs = _operands(m.group(4))
+            if m.group(3) == "parameter":  # parameter(k): keep k, there are no operands
+                attrs = f"number={m.group(4).split(')')[0]}{attrs}"
             op = _OP_NAME.search(line)
             comps[cur].append((m.group(1), m.group(2), m.group(3), ops, attrs, op.group(1) if op else ""))
     if entry is None:
@@ -193,6 +195,23 @@ def _instr_work(instr: tuple, shapes: dict[str, str], comps: dict) -> tuple[int,
     return dot, other, scattered
 
 
+def _bytes_read(comps: dict, instr: tuple, shapes: dict[str, str]) -> int:
+    """The bytes a kernel reads: its operands' sizes, except that an operand a fusion only slices is
+    charged the slices (XLA passes a fusion whole arrays of which it may read a part)."""
+    _, _, _, ops, attrs, _ = instr
+    sizes = [_type_bytes(shapes.get(o, "")) for o in ops]
+    for c in re.findall(r"calls=%([\w.\-]+)", attrs)[:1]:
+        inner = comps.get(c, [])
+        for name, typ, opcode, _, attrs_p, _ in inner:
+            k = re.match(r"number=(\d+)", attrs_p) if opcode == "parameter" else None
+            if k is None or int(k.group(1)) >= len(sizes):
+                continue
+            users = [u for u in inner if name in u[3]]
+            if users and all(u[2] in ("slice", "dynamic-slice") for u in users):
+                sizes[int(k.group(1))] = min(sizes[int(k.group(1))], sum(_type_bytes(u[1]) for u in users))
+    return sum(sizes)
+
+
 def kernels(hlo_text: str) -> list[Kernel]:
     """The kernels one call of a compiled program launches, with the bytes each reads and writes.
 
@@ -226,7 +245,7 @@ def kernels(hlo_text: str) -> list[Kernel]:
                     out += walk(body, branch)
             else:
                 dot, other, upd = _instr_work(instr, shapes, comps)
-                out.append(Kernel(iname, opcode, op_name, sum(_type_bytes(shapes.get(o, "")) for o in ops),
+                out.append(Kernel(iname, opcode, op_name, _bytes_read(comps, instr, shapes),
                                   _type_bytes(typ), upd, dot, other, branch))  # fmt: skip
         return out
 

@@ -112,3 +112,49 @@ def test_kernels_of_a_cpu_compile():
     assert all(k.bytes_out > 0 for k in ks) and not any(k.branch for k in ks)
     with pytest.raises(ValueError, match="ENTRY"):
         bench_hlo.kernels("HloModule m\n")
+
+
+_KERNEL_TEXT = """HloModule m
+
+%fused_slice (param_0: f32[100,8]) -> f32[10,8] {
+  %param_0 = f32[100,8]{1,0} parameter(0)
+  ROOT %s = f32[10,8]{1,0} slice(%param_0), slice={[0:10], [0:8]}
+}
+
+%fused_mul (param_0.1: f32[100,8]) -> f32[100,8] {
+  %param_0.1 = f32[100,8]{1,0} parameter(0)
+  ROOT %m = f32[100,8]{1,0} multiply(%param_0.1, %param_0.1)
+}
+
+%body (p: f32[100,8]) -> f32[100,8] {
+  %p = f32[100,8]{1,0} parameter(0)
+  ROOT %k = f32[100,8]{1,0} fusion(%p), kind=kLoop, calls=%fused_mul, metadata={op_name="jit(f)/while/body/mul"}
+}
+
+%cheap (q: f32[100,8]) -> f32[10,8] {
+  %q = f32[100,8]{1,0} parameter(0)
+  ROOT %c = f32[10,8]{1,0} fusion(%q), kind=kLoop, calls=%fused_slice
+}
+
+%dear (r: f32[100,8]) -> f32[10,8] {
+  %r = f32[100,8]{1,0} parameter(0)
+  %d = f32[100,8]{1,0} fusion(%r), kind=kLoop, calls=%fused_mul
+  ROOT %e = f32[10,8]{1,0} fusion(%d), kind=kLoop, calls=%fused_slice
+}
+
+ENTRY %main (a: f32[100,8], i: s32[]) -> f32[10,8] {
+  %a = f32[100,8]{1,0} parameter(0)
+  %i = s32[] parameter(1)
+  %w = f32[100,8]{1,0} while(%a), condition=%cond, body=%body
+  ROOT %b = f32[10,8]{1,0} conditional(%i, %w, %w), branch_computations={%dear, %cheap}
+}
+"""
+
+
+def test_kernels_of_loops_branches_and_slices():
+    """A while body counts once; a conditional its cheapest branch; a fusion that only slices an operand
+    is charged the slice it reads, not the whole operand."""
+    ks = bench_hlo.kernels(_KERNEL_TEXT)
+    assert [(k.name, k.branch) for k in ks] == [("k", ""), ("c", "cheap")]
+    assert ks[0].bytes_in == ks[0].bytes_out == 3200 and ks[0].other_flops == 800
+    assert ks[1].bytes_in == ks[1].bytes_out == 320
