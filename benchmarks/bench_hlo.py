@@ -1,13 +1,14 @@
-"""Where the bytes go (issue 15): the compiled HLO of energy + forces (or of a simulation step) per
+"""Where the bytes go (issue 15): the compiled HLO of energy + forces (or of a simulation or training step) per
 backbone, its instructions' output bytes summed by the JAX operation that produced them, and its kernels.
 
 XLA's `cost_analysis()` gives one FLOP and one byte count per program (`bench_gpu.py --cost`); this
 splits the bytes. Each instruction of the compiled entry computation (after fusion: one fused kernel
 is one instruction) is charged its output size and grouped by its `op_name` metadata cut to `--depth`
 path components, e.g. `jvp()/gather` (forward) or `transpose(jvp())/scatter-add` (backward). A group
-that is large for its FLOPs is what to restructure: the MACE message slices whose backward XLA wrote as
-full-size pads were found this way. Output bytes count each buffer once, where it is written; reads are
-not counted, so the total is below `cost_analysis()`'s "bytes accessed".
+that is large for its FLOPs is what to restructure: the CPU compile writes the backward of MACE's per-path
+message slices as full-size pads (the GPU compile fuses them; compare both before restructuring). Output
+bytes count each buffer once, where it is written; reads are not counted, so the total is below
+`cost_analysis()`'s "bytes accessed".
 
     python benchmarks/bench_hlo.py                    # every backbone on the 54-bead chain, top 12 groups
     python benchmarks/bench_hlo.py mace --top 25      # one backbone, more groups
@@ -16,11 +17,16 @@ not counted, so the total is below `cost_analysis()`'s "bytes accessed".
 Then the kernels (`kernels`): each entry instruction after fusion is one kernel launch, charged the bytes
 it reads and writes, the FLOPs of its dots and elementwise work and the elements it scatters, per scope.
 `--case step` compiles one BAOAB step of backbone + prior on `--replicas` copies of the chain, as the
-Simulator does, and `--target h100|h200` compiles for that GPU on this machine (a deviceless compile; needs
-jax's CUDA plugin, no GPU), with a floor time from the bytes and the kernel count:
+Simulator does, `--case train` one training step on a packed bucket, and `--target h100|h200` compiles
+for that GPU on this machine (a deviceless compile; needs jax's CUDA plugin, no GPU), with a floor time
+from the bytes and the kernel count:
 
     python benchmarks/bench_hlo.py --case step --target h200          # issue 15's simulation case
     python benchmarks/bench_hlo.py allegro prior --case step --replicas 1024 --target h200
+    python benchmarks/bench_hlo.py --case train --target h200    # one training step, 8,192-node bucket
+
+Without a device XLA's Triton GEMM tiler can fail on some dots ("Couldn't find output tile sizes");
+`XLA_FLAGS=--xla_gpu_enable_triton_gemm=false` hands them to cuBLAS.
 
 On a GPU, `--target cpu` (the default) compiles for the GPU itself. Writes benchmarks/results/hlo.json (or
 `--out`).
@@ -176,11 +182,13 @@ def _instr_work(instr: tuple, shapes: dict[str, str], comps: dict) -> tuple[int,
     _, typ, opcode, ops, attrs, _ = instr
     dot = other = 0
     n_out = _type_bytes(typ, elements=True)
-    if opcode == "dot" and ops:
+    gemm = opcode == "custom-call" and re.search(r'custom_call_target="[^"]*(gemm|matmul)', attrs)
+    if (opcode == "dot" or gemm) and ops:
         m = _SHAPE.search(shapes.get(ops[0], ""))
         dims = [int(d) for d in m.group(2).split(",") if d] if m else []
-        lhs_c = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", attrs)
-        contracted = [dims[int(i)] for i in lhs_c.group(1).split(",") if i] if lhs_c and dims else []
+        lhs_c = re.search(r'lhs_contracting_dim\w*"?[=:]\W*([\d,"]*)', attrs)  # HLO attribute or cuBLAS config
+        contracted = [dims[int(i)] for i in lhs_c.group(1).replace('"', "").split(",") if i] if lhs_c and dims else []
+        n_out = _type_bytes(_SHAPE.search(typ).group(0), elements=True) if gemm else n_out  # not the workspace
         dot = 2 * n_out * int(np.prod(contracted))
     elif opcode in _ARITH:
         other = n_out
@@ -245,8 +253,9 @@ def kernels(hlo_text: str) -> list[Kernel]:
                     out += walk(body, branch)
             else:
                 dot, other, upd = _instr_work(instr, shapes, comps)
-                out.append(Kernel(iname, opcode, op_name, _bytes_read(comps, instr, shapes),
-                                  _type_bytes(typ), upd, dot, other, branch))  # fmt: skip
+                written = _type_bytes(_SHAPE.search(typ).group(0)) if opcode == "custom-call" else _type_bytes(typ)
+                out.append(Kernel(iname, opcode, op_name, _bytes_read(comps, instr, shapes), written, upd, dot,
+                                  other, branch))  # fmt: skip
         return out
 
     return walk(entry, "")
@@ -324,37 +333,34 @@ def target_sharding(target: str):
 
 
 def compile_for(fn, args: tuple, sharding):
-    """`jax.jit(fn)` compiled for `args` (pytrees of arrays; `eqx.is_array` leaves are traced): here, or
-    for the target of `sharding` without running anything there."""
+    """`fn(*args)` compiled (its array leaves traced, the rest fixed) at float32 matmul precision: here
+    (`sharding` None), or for the target of `sharding` without running anything there."""
     import equinox as eqx
     import jax
 
+    from cameo_eqx.precision import matmul_precision
+
+    dyn, st = eqx.partition(args, eqx.is_array)
     if sharding is not None:
-        args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
-                            if eqx.is_array(a) else a, args)  # fmt: skip
-    return jax.jit(fn).lower(*args).compile()
+        dyn = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), dyn)
+    with matmul_precision("float32"):  # as training and simulation trace by default
+        return jax.jit(lambda d: fn(*eqx.combine(d, st))).lower(dyn).compile()
 
 
 def ef_case(name: str, sharding):
     """Energy + forces of backbone `name` alone on the chain: (compiled, edge slots)."""
-    import equinox as eqx
-
     from cameo_eqx.modules import ForceField
 
     topo, x = chain_system()
     ff = ForceField(backbone(name), None, cutoff=CUTOFF)
     batch = ff.batch_for(x, topo)
-    dyn, st = eqx.partition(ff, eqx.is_array)
-    compiled = compile_for(lambda d, b: eqx.combine(d, st).energy_and_forces(b), (dyn, batch), sharding)
-    return compiled, int(batch.senders.shape[0])
+    return compile_for(lambda ff, b: ff.energy_and_forces(b), (ff, batch), sharding), int(batch.senders.shape[0])
 
 
 def step_case(name: str, prior, replicas: int, sharding):
     """One BAOAB step of backbone `name` + prior (or the prior alone: `name` "prior") on `replicas` copies
     of the chain, as the Simulator runs it (bench_gpu.py's simulation case): (compiled, model edge slots
     per replica)."""
-    import equinox as eqx
-
     from cameo_eqx.modules import ForceField
     from cameo_eqx.simulate import Simulator
 
@@ -362,13 +368,30 @@ def step_case(name: str, prior, replicas: int, sharding):
     model = prior if name == "prior" else ForceField(backbone(name), prior, cutoff=CUTOFF)
     sim = Simulator(model, topo, temperature=320.0, timestep_fs=2.0, friction_per_ps=1.0, max_bond_length=1e3)
     state = sim.init(x, n_replicas=replicas, seed=0)
-    parts = [eqx.partition(t, eqx.is_array) for t in (sim.model, sim.system, state)]
-    (md, ms), (sd, ss), (xd, xs) = parts
+    compiled = compile_for(sim.integrator.step, (sim.model, sim.system, state), sharding)
+    return compiled, int(sim.edge_capacity)
 
-    def step(md, sd, xd):
-        return sim.integrator.step(eqx.combine(md, ms), eqx.combine(sd, ss), eqx.combine(xd, xs))
 
-    return compile_for(step, (md, sd, xd), sharding), int(sim.edge_capacity)
+def train_case(name: str, bucket_nodes: int, sharding):
+    """One training step (force matching, AdaBelief) of backbone `name` on one packed bucket of
+    mdCATH-like frames (bench_gpu.py's training case): (compiled, frames in the bucket)."""
+    import equinox as eqx
+    import jax
+    import optax
+    from bench_gpu import MEAN_BEADS, packed_and_padded, training_frames
+
+    from cameo_eqx.training.distributed import make_mesh
+    from cameo_eqx.training.task import Task
+    from cameo_eqx.training.trainer import make_train_step
+
+    recs = training_frames(4 * int(bucket_nodes / MEAN_BEADS) + 16, MEAN_BEADS, 50, 500)
+    bucket = packed_and_padded(recs, bucket_nodes)[0][0]
+    params, static = eqx.partition(backbone(name), eqx.is_inexact_array)
+    opt = optax.adabelief(1e-3)
+    mesh = make_mesh(jax.devices()[:1] if sharding is None else list(sharding.mesh.devices.flat))
+    step = make_train_step(Task(), opt, mesh)
+    compiled = compile_for(lambda p, o, b: step(p, static, o, None, b), (params, opt.init(params), bucket), sharding)
+    return compiled, int(np.sum(np.asarray(bucket.graph_mask)))
 
 
 def print_kernels(title: str, ks: list[Kernel], summary: dict, top: int) -> None:
@@ -391,10 +414,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("backbones", nargs="*", help=f"some of {', '.join(BACKBONES)} (default: all); with "
                     "--case step also 'prior' (the prior alone)")
-    ap.add_argument("--case", choices=("ef", "step"), default="ef",
+    ap.add_argument("--case", choices=("ef", "step", "train"), default="ef",
                     help="ef: energy + forces of the backbone on the chain (default); step: one BAOAB step of "
-                    "backbone + prior on --replicas copies of the chain, as the Simulator compiles it")
+                    "backbone + prior on --replicas copies of the chain, as the Simulator compiles it; train: one "
+                    "training step on a packed bucket of --bucket-nodes mdCATH-like beads")
     ap.add_argument("--replicas", type=int, default=128, help="replicas for --case step (default 128)")
+    ap.add_argument("--bucket-nodes", type=int, default=8192, help="bucket size for --case train (default 8192)")
     ap.add_argument("--target", choices=("cpu", *_GPU), default="cpu",
                     help="compile for this machine (cpu, default) or, without a GPU, for an H100/H200 "
                     "(needs jax's CUDA plugin)")
@@ -402,8 +427,8 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=12, help="groups and kernels printed per backbone (default 12)")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/hlo.json)")
     args = ap.parse_args()
-    if args.depth < 1 or args.top < 1 or args.replicas < 1:
-        ap.error("--depth, --top and --replicas must be at least 1")
+    if min(args.depth, args.top, args.replicas) < 1 or args.bucket_nodes < 512:
+        ap.error("--depth, --top and --replicas must be at least 1, --bucket-nodes at least 512")
     allowed = (*BACKBONES, "prior") if args.case == "step" else BACKBONES
     unknown = [b for b in args.backbones if b not in allowed]
     if unknown:
@@ -416,22 +441,25 @@ def main() -> None:
     print(f"jax {jax.__version__}, compiled for {where}", flush=True)
     bandwidth = _GPU[args.target][1] if args.target in _GPU else None
     prior = demo_prior() if args.case == "step" else None
-    what = "E+F on the chain" if args.case == "ef" else f"one step, {args.replicas} replicas of the chain"
+    what = {"ef": "E+F on the chain", "step": f"one step, {args.replicas} replicas of the chain",
+            "train": f"one training step, a {args.bucket_nodes}-node bucket"}[args.case]
     res: dict = {"jax": jax.__version__, "target": where, "case": args.case, "depth": args.depth,
                  "system": f"chain ({N_CHAIN} beads)", "backbones": {}}  # fmt: skip
-    if args.case == "step":
-        res["replicas"] = args.replicas
+    res.update({"step": {"replicas": args.replicas}, "train": {"bucket_nodes": args.bucket_nodes}}.get(args.case, {}))
     for name in args.backbones or BACKBONES:
         if args.case == "ef":
-            compiled, edges = ef_case(name, sharding)
+            compiled, size = ef_case(name, sharding)
+        elif args.case == "step":
+            compiled, size = step_case(name, prior, args.replicas, sharding)
         else:
-            compiled, edges = step_case(name, prior, args.replicas, sharding)
+            compiled, size = train_case(name, args.bucket_nodes, sharding)
         text = compiled.as_text()
         groups, total = output_bytes_by_op(text, args.depth)
         ranked = sorted(groups.items(), key=lambda kv: -kv[1][0])
         ks = kernels(text)
         summary = kernel_summary(ks, bandwidth)
-        res["backbones"][name] = {"output_bytes": total, "edges": edges, "scopes": by_scope(groups),
+        size_key = {"ef": "edges", "step": "edge_slots_per_replica", "train": "frames"}[args.case]
+        res["backbones"][name] = {"output_bytes": total, size_key: size, "scopes": by_scope(groups),
                                   "groups": {k: {"bytes": b, "instructions": n} for k, (b, n) in ranked},
                                   "kernels": summary}  # fmt: skip
         rows = [[f"{b / 1e6:.2f}", f"{b / total:.0%}", k] for k, b in res["backbones"][name]["scopes"].items()]
@@ -441,6 +469,10 @@ def main() -> None:
         print_table(f"{name}: the {min(args.top, len(ranked))} largest op_name groups",
                     ["MB", "share", "instr", "op_name group"], rows)  # fmt: skip
         print_kernels(f"{name}: {what}", ks, summary, args.top)
+        if "floor_s" in summary and args.case != "ef":
+            rate = size / summary["floor_s"] if args.case == "train" else args.replicas / summary["floor_s"]
+            unit = "frames/s" if args.case == "train" else "timestep*mol/s"
+            print(f"{name}: at the floor, {rate:,.0f} {unit}")
     write_results("hlo", res, args.out)
 
 

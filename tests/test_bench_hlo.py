@@ -158,3 +158,20 @@ def test_kernels_of_loops_branches_and_slices():
     assert [(k.name, k.branch) for k in ks] == [("k", ""), ("c", "cheap")]
     assert ks[0].bytes_in == ks[0].bytes_out == 3200 and ks[0].other_flops == 800
     assert ks[1].bytes_in == ks[1].bytes_out == 320
+
+
+def test_kernels_of_a_cublas_call():
+    """A GEMM that XLA hands to cuBLAS (a custom call): FLOPs from its dimension numbers, and its
+    workspace is not counted as written."""
+    text = """HloModule m
+
+ENTRY %main (a: f32[100,8], w: f32[8,4]) -> f32[100,4] {
+  %a = f32[100,8]{1,0} parameter(0)
+  %w = f32[8,4]{1,0} parameter(1)
+  %g = (f32[100,4]{1,0}, s8[4194304]{0}) custom-call(%a, %w), custom_call_target="__cublas$lt$matmul", backend_config={"gemm_backend_config":{"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"]}}}
+  ROOT %r = f32[100,4]{1,0} get-tuple-element(%g), index=0
+}
+"""
+    (k,) = bench_hlo.kernels(text)
+    assert k.opcode == "custom-call" and k.dot_flops == 2 * 100 * 4 * 8
+    assert k.bytes_in == (100 * 8 + 8 * 4) * 4 and k.bytes_out == 100 * 4 * 4
