@@ -94,20 +94,15 @@ def _irreps_str(irs: Sequence[Ir]) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _conv_plan(in_irs: tuple[Ir, ...], sh_irs: tuple[Ir, ...]):
-    """Paths `l1 ⊗ l2 → l3` (l3 among the spherical-harmonic irreps) and their CG blocks, grouped by
-    target irrep.
+    """Paths `l1 ⊗ l2 → l3` (l3 among the spherical-harmonic irreps) and their CG blocks.
 
-    Returns `(groups, path_irs)`. `path_irs` is the target irrep of every path in the radial MLP's
-    output order (by input irrep, then spherical harmonic, then target). `groups` has one entry per
-    spherical-harmonic irrep `l3`: `(blocks, paths)` with `blocks` a tuple of `(i, (d_sh, d1, k d3))`
-    arrays mapping `Y ⊗ h_i` (input irrep `i`) to the outputs of its `k` paths into `l3`, and `paths`
-    the indices (into `path_irs`) of all the group's paths in the order of those outputs.
+    Returns `(blocks, path_irs)`: per input irrep a `(d_sh, d1, D1)` array mapping `Y ⊗ h` to the
+    concatenated outputs of its paths, and the target irrep of every path (in output order).
     """
     sh_off = np.concatenate([[0], np.cumsum([_dim(i) for i in sh_irs])])
-    path_irs: list[Ir] = []
-    cols: dict[tuple[int, Ir], list[np.ndarray]] = {}
-    paths: dict[Ir, list[int]] = {ir: [] for ir in sh_irs}
-    for i, (l1, p1) in enumerate(in_irs):
+    blocks, path_irs = [], []
+    for l1, p1 in in_irs:
+        cols = []
         for j, (l2, p2) in enumerate(sh_irs):
             for l3, p3 in sh_irs:
                 if p3 != p1 * p2 or not abs(l1 - l2) <= l3 <= l1 + l2:
@@ -115,15 +110,10 @@ def _conv_plan(in_irs: tuple[Ir, ...], sh_irs: tuple[Ir, ...]):
                 cg = np.asarray(e3nn.clebsch_gordan(l1, l2, l3), np.float64) * np.sqrt(2 * l3 + 1)
                 block = np.zeros((sh_off[-1], 2 * l1 + 1, 2 * l3 + 1))
                 block[sh_off[j] : sh_off[j + 1]] = cg.transpose(1, 0, 2)
-                cols.setdefault((i, (l3, p3)), []).append(block)
-                paths[(l3, p3)].append(len(path_irs))
+                cols.append(block)
                 path_irs.append((l3, p3))
-    groups = tuple(
-        (tuple((i, np.concatenate(cols[(i, ir)], axis=-1)) for i in range(len(in_irs)) if (i, ir) in cols),
-         tuple(paths[ir]))
-        for ir in sh_irs
-    )  # fmt: skip
-    return groups, tuple(path_irs)
+        blocks.append(np.concatenate(cols, axis=-1) if cols else np.zeros((sh_off[-1], 2 * l1 + 1, 0)))
+    return tuple(blocks), tuple(path_irs)
 
 
 @functools.lru_cache(maxsize=None)
@@ -266,30 +256,38 @@ class _Layer(eqx.Module):
         `radial_in` is per pair of `geo` (`EdgeGeometry.pair_view`): the radial MLP runs once per pair."""
         dtype = h[0].dtype
         c = self.channels
-        groups, path_irs = _conv_plan(self.in_irs, self.sh_irs)
-        # 1. linear_up on nodes, then per-edge channel-wise tensor products with Y(r̂), computed per
-        # target irrep l3 (the A-basis' grouping) so that the radial weights multiply whole blocks
-        # and no edge-sized array is sliced (a slice's backward pads it to full size)
+        blocks, path_irs = _conv_plan(self.in_irs, self.sh_irs)
+        # 1. linear_up on nodes, then per-edge channel-wise tensor products with Y(r̂), one batched dot
+        # per input irrep for all its paths, the radial weight per path, one segment sum. On a GPU the
+        # slices, scaling and concatenation fuse into the segment sum's kernel: grouping the paths by
+        # target irrep instead (825189e, faster on CPU) made the H200 compile of a simulation step move
+        # 12.4 GB instead of 7.3 and of a training step 37 GB instead of 24 (benchmarks/bench_hlo.py).
         with jax.named_scope("mace_messages"):
-            x = [_channel_linear(xi, w)[senders] for xi, w in zip(h, self.linear_up)]  # (E, C, d1) each
-            r = geo.spread(self.radial(radial_in)).reshape(-1, c, len(path_irs))  # (E, C, P); zero on padding
-            a = []
-            for (blocks, paths), ir, w in zip(groups, self.sh_irs, self.linear_a):
-                if not paths:
-                    a.append(jnp.zeros((_dim(ir), n_node, c), dtype))
+            msgs = []
+            for x, w, blk in zip(h, self.linear_up, blocks):
+                if blk.shape[-1] == 0:
                     continue
+                x = _channel_linear(x, w)[senders]  # (E, C, d1)
+                yb = jnp.einsum("eq,qmk->emk", y, jnp.asarray(blk, dtype))  # (E, d1, D1)
                 # a batched dot per edge: measured 5x faster in the backward pass on CPU than an
                 # unrolled broadcast-multiply-add over m
-                mg = jnp.concatenate(
-                    [jnp.einsum("ecm,emk->eck", x[i], jnp.einsum("eq,qmk->emk", y, jnp.asarray(blk, dtype)))
-                     for i, blk in blocks], axis=-1,
-                ).reshape(-1, c, len(paths), _dim(ir))  # (E, C, P_l3, d_l3)
-                pick = np.zeros((len(path_irs), len(paths)), np.float32)
-                pick[list(paths), np.arange(len(paths))] = 1.0
-                mg = mg * (r @ jnp.asarray(pick, dtype))[..., None]  # the path's radial weight
-                mg = jax.ops.segment_sum(mg, receivers, num_segments=n_node) * inv_avg  # (n, C, P_l3, d_l3)
-                # 2. the A-basis: mix paths x channels per target irrep; layout (d_sh, n, C) for step 3
-                a.append(jnp.einsum("ncpm,cpd->mnd", mg, w))
+                msgs.append(jnp.einsum("ecm,emk->eck", x, yb))
+            m = jnp.concatenate(msgs, axis=-1)  # (E, C, D)
+            r = geo.spread(self.radial(radial_in)).reshape(-1, c, len(path_irs))  # (E, C, P); zero on padding
+            offsets = np.concatenate([[0], np.cumsum([_dim(i) for i in path_irs])])
+            m = jnp.concatenate(
+                [m[..., offsets[p] : offsets[p + 1]] * r[..., p, None] for p in range(len(path_irs))],
+                axis=-1,
+            )
+            m = jax.ops.segment_sum(m, receivers, num_segments=n_node) * inv_avg  # (n, C, D)
+            # 2. the A-basis: mix paths x channels per target irrep; layout (d_sh, n, C) for step 3
+            a = []
+            for ir, w in zip(self.sh_irs, self.linear_a):
+                parts = [m[..., offsets[p] : offsets[p + 1]] for p, q in enumerate(path_irs) if q == ir]
+                if not parts:
+                    a.append(jnp.zeros((_dim(ir), n_node, c), dtype))
+                else:
+                    a.append(jnp.einsum("ncpm,cpd->mnd", jnp.stack(parts, axis=2), w))
             a = jnp.concatenate(a + [jnp.ones((1, n_node, c), dtype)], axis=0)  # (d_sh + 1, n, C)
         # 3. the B-basis: sparse symmetric contraction (row gathers of A, products, sorted segment
         # sum into basis functions), then species-dependent weights
