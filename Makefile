@@ -59,6 +59,7 @@ lammps-venv:
 CUDA_PLUGIN ?= .venv-cudaplugin
 
 $(CUDA_PLUGIN)/.installed-stamp: $(STAMP)
+	rm -rf $(CUDA_PLUGIN)
 	v=$$($(PY) -c 'import jax; print(jax.__version__)'); \
 		$(PY) -m pip install -q --target $(CUDA_PLUGIN) "jax-cuda12-plugin[with-cuda]==$$v"
 	@touch $@

@@ -92,14 +92,19 @@ def demo_prior():
 # ------------------------------------------------------------------------------------------ simulation
 
 
+def chain_simulator(model, topo, precision: str = "float32"):
+    """The simulation case's Simulator: BAOAB at 2 fs, 320 K, friction 1/ps, no bond-length blow-up check."""
+    from cameo_eqx.simulate import Simulator
+
+    return Simulator(model, topo, temperature=320.0, timestep_fs=2.0, friction_per_ps=1.0, max_bond_length=1e3,
+                     matmul_precision=precision)  # fmt: skip
+
+
 def simulate_case(model, topo, x, replicas: int, steps: int, repeats: int, precision: str = "float32",
                   graph_slots: str = "cutoff") -> dict:  # fmt: skip
     """Timestep·molecules/s of the Simulator on `x`. `graph_slots` "candidates" gives the model's graph as
     many slots as the neighbour list (cutoff + skin), as before the graph had its own size."""
-    from cameo_eqx.simulate import Simulator
-
-    sim = Simulator(model, topo, temperature=320.0, timestep_fs=2.0, friction_per_ps=1.0, max_bond_length=1e3,
-                    matmul_precision=precision)  # fmt: skip
+    sim = chain_simulator(model, topo, precision)
     if graph_slots == "candidates":
         sim.edge_capacity = sim.capacity = sim.capacity_for(np.asarray(x)[None])
     state = sim.init(x, n_replicas=replicas, seed=0)
@@ -196,20 +201,28 @@ def _cost(compiled) -> dict:
     return {"flops": float(c.get("flops", float("nan"))), "bytes": float(c.get("bytes accessed", float("nan")))}
 
 
-def ef_compiled(model, batch):
-    """One energy + forces evaluation of `model` (a backbone or a ForceField) on `batch`, compiled."""
+def compile_for(fn, args: tuple, sharding=None):
+    """`fn(*args)` compiled (its array leaves traced, the rest fixed) at float32 matmul precision, as
+    training and simulation trace by default: for this machine's default device (`sharding` None) or for
+    the device of `sharding`, which may be a GPU this machine does not have (bench_hlo.py --target)."""
     import equinox as eqx
     import jax
 
+    from cameo_eqx.precision import matmul_precision
+
+    dyn, st = eqx.partition(args, eqx.is_array)
+    if sharding is not None:
+        dyn = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), dyn)
+    with matmul_precision("float32"):
+        return jax.jit(lambda d: fn(*eqx.combine(d, st))).lower(dyn).compile()
+
+
+def ef_compiled(model, batch, sharding=None):
+    """One energy + forces evaluation of `model` (a backbone or a ForceField) on `batch`, compiled."""
     from cameo_eqx.modules import ForceField
 
     ff = model if isinstance(model, ForceField) else ForceField(model, None, cutoff=CUTOFF)
-    dyn, st = eqx.partition(ff, eqx.is_array)
-
-    def f(dyn, batch):
-        return eqx.combine(dyn, st).energy_and_forces(batch)
-
-    return jax.jit(f).lower(dyn, batch).compile()
+    return compile_for(lambda ff, b: ff.energy_and_forces(b), (ff, batch), sharding)
 
 
 def ef_cost(model, batch) -> dict:
@@ -217,22 +230,31 @@ def ef_cost(model, batch) -> dict:
     return _cost(ef_compiled(model, batch))
 
 
-def train_step_cost(name: str, batch) -> dict:
+def bucket_batch(bucket_nodes: int):
+    """One packed training bucket (leading device axis of 1) of mdCATH-like frames, as the loader builds it."""
+    recs = training_frames(4 * int(bucket_nodes / MEAN_BEADS) + 16, MEAN_BEADS, 50, 500)
+    return packed_and_padded(recs, bucket_nodes)[0][0]
+
+
+def train_step_compiled(name: str, batch, sharding=None):
+    """One training step (force matching, AdaBelief) of backbone `name` on the packed `batch`, compiled."""
     import equinox as eqx
     import jax
     import optax
 
-    from cameo_eqx.training.distributed import make_mesh, replicate, shard_leading
+    from cameo_eqx.training.distributed import make_mesh
     from cameo_eqx.training.task import Task
     from cameo_eqx.training.trainer import make_train_step
 
     params, static = eqx.partition(backbone(name), eqx.is_inexact_array)
     opt = optax.adabelief(1e-3)
-    mesh = make_mesh(jax.devices()[:1])
+    mesh = make_mesh(jax.devices()[:1] if sharding is None else list(sharding.mesh.devices.flat))
     step = make_train_step(Task(), opt, mesh)
-    args = (replicate(params, mesh), replicate(static, mesh), replicate(opt.init(params), mesh), None,
-            shard_leading(batch, mesh))  # fmt: skip
-    return _cost(step.lower(*args).compile())
+    return compile_for(lambda p, o, b: step(p, static, o, None, b), (params, opt.init(params), batch), sharding)
+
+
+def train_step_cost(name: str, batch) -> dict:
+    return _cost(train_step_compiled(name, batch))
 
 
 def cost_section(prior, bucket_nodes: int) -> dict:
@@ -246,9 +268,7 @@ def cost_section(prior, bucket_nodes: int) -> dict:
     chain = ff_chain.batch_for(x, topo)
     chain_per_edge = dataclasses.replace(chain, edges_paired=False)  # same edges, computed per direction
     n_edges_chain = int(np.sum(np.asarray(chain.edge_mask)))
-    recs = training_frames(4 * int(bucket_nodes / MEAN_BEADS) + 16, MEAN_BEADS, 50, 500)
-    packed, _, _ = packed_and_padded(recs, bucket_nodes)
-    bucket = packed[0]
+    bucket = bucket_batch(bucket_nodes)
     b0 = jax.tree.map(lambda a: a[0], bucket)  # one device's slice
     nodes, edges = int(np.sum(b0.node_mask)), int(np.sum(b0.edge_mask))
     frames = int(np.sum(b0.graph_mask))

@@ -23,10 +23,12 @@ from the bytes and the kernel count:
 
     python benchmarks/bench_hlo.py --case step --target h200          # issue 15's simulation case
     python benchmarks/bench_hlo.py allegro prior --case step --replicas 1024 --target h200
-    python benchmarks/bench_hlo.py --case train --target h200    # one training step, 8,192-node bucket
+    XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python benchmarks/bench_hlo.py --case train --target h200
 
-Without a device XLA's Triton GEMM tiler can fail on some dots ("Couldn't find output tile sizes");
-`XLA_FLAGS=--xla_gpu_enable_triton_gemm=false` hands them to cuBLAS.
+Without a device XLA's Triton GEMM tiler fails on some dots (MACE's training step: "Couldn't find output
+tile sizes"); that flag hands them to cuBLAS. `make bench-hlo-gpu` installs the plugin and runs both cases.
+The floor is an estimate, not a bound: reads are charged per kernel (caches may serve some) and the
+per-kernel overhead is fitted to one measured step (`LAUNCH_S`).
 
 On a GPU, `--target cpu` (the default) compiles for the GPU itself. Writes benchmarks/results/hlo.json (or
 `--out`).
@@ -48,16 +50,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import print_table, write_results  # noqa: E402
-from bench_gpu import BACKBONES, CUTOFF, N_CHAIN, backbone, chain_system, demo_prior  # noqa: E402
+from bench_gpu import (BACKBONES, CUTOFF, H200, N_CHAIN, backbone, bucket_batch, chain_simulator,  # noqa: E402
+                       chain_system, compile_for, demo_prior, ef_compiled, train_step_compiled)
 
-_ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
-               "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}  # fmt: skip
-_INSTR = re.compile(r"\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(\w+)\[([\d,]*)\]")
+_ITEM_BYTES = {"pred": 1, "s2": 1, "u2": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1,
+               "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4, "c64": 8, "f64": 8, "s64": 8,
+               "u64": 8, "c128": 16}  # fmt: skip
 _OP_NAME = re.compile(r'op_name="([^"]+)"')
 
 
 def output_bytes_by_op(hlo_text: str, depth: int) -> tuple[dict[str, tuple[int, int]], int]:
-    """Output bytes of the entry computation's array-valued instructions, grouped by `op_name`.
+    """Output bytes of the entry computation's array-valued instructions, grouped by `op_name` (not those
+    inside its conditional branches or loop bodies: `kernels` walks those).
 
     **Arguments:**
 
@@ -68,19 +72,14 @@ def output_bytes_by_op(hlo_text: str, depth: int) -> tuple[dict[str, tuple[int, 
     parameters, copies XLA adds) are the group `"(no op_name)"`. Tuple-valued instructions are skipped
     (their elements are counted where they are produced).
     """
-    start = hlo_text.find("ENTRY")
-    if start < 0:
-        raise ValueError("no ENTRY computation in the HLO text")
+    comps, entry = _computations(hlo_text)
     groups: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     total = 0
-    for line in hlo_text[start:].splitlines()[1:]:
-        m = _INSTR.match(line)
-        if m is None or m.group(1) not in _ITEM_BYTES:
+    for _, typ, _, _, _, op_name in comps[entry]:
+        if typ.startswith("("):
             continue
-        dims = [int(d) for d in m.group(2).split(",") if d]
-        size = int(np.prod(dims, dtype=np.int64)) * _ITEM_BYTES[m.group(1)]
-        op = _OP_NAME.search(line)
-        key = op_group(op.group(1) if op else "", depth)
+        size = _type_bytes(typ)
+        key = op_group(op_name, depth)
         groups[key][0] += size
         groups[key][1] += 1
         total += size
@@ -103,7 +102,7 @@ _FREE = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "opt-
          "after-all", "domain"}  # fmt: skip
 _HEADER = re.compile(r"(?:ENTRY\s+)?%?([\w.\-]+)\s*[({]")
 _LINE = re.compile(r"\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s([a-z][\w\-]*)\((.*)$")
-_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16)\[([\d,]*)\]")
+_SHAPE = re.compile(r"\b(pred|[sufc]\d+|bf16|f8e\w+)\[([\d,]*)\]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +122,9 @@ class Kernel:
 
 def _type_bytes(t: str, *, elements: bool = False) -> int:
     """Bytes (or elements) of the arrays in an HLO type, e.g. `(f32[8,3]{1,0}, s32[8]{0})`."""
+    unknown = {m.group(1) for m in _SHAPE.finditer(t)} - set(_ITEM_BYTES)
+    if unknown:
+        raise ValueError(f"HLO element type(s) {sorted(unknown)} not in bench_hlo._ITEM_BYTES: {t[:80]}")
     return sum(int(np.prod([int(d) for d in m.group(2).split(",") if d], dtype=np.int64))
                * (1 if elements else _ITEM_BYTES[m.group(1)]) for m in _SHAPE.finditer(t))  # fmt: skip
 
@@ -186,9 +188,10 @@ def _instr_work(instr: tuple, shapes: dict[str, str], comps: dict) -> tuple[int,
     if (opcode == "dot" or gemm) and ops:
         m = _SHAPE.search(shapes.get(ops[0], ""))
         dims = [int(d) for d in m.group(2).split(",") if d] if m else []
-        lhs_c = re.search(r'lhs_contracting_dim\w*"?[=:]\W*([\d,"]*)', attrs)  # HLO attribute or cuBLAS config
-        contracted = [dims[int(i)] for i in lhs_c.group(1).replace('"', "").split(",") if i] if lhs_c and dims else []
-        n_out = _type_bytes(_SHAPE.search(typ).group(0), elements=True) if gemm else n_out  # not the workspace
+        lhs_c = re.search(r'lhs_contracting_dim\w*\\?"?[=:]\W*([\d,"\\]*)', attrs)  # HLO attribute or cuBLAS config
+        nums = re.findall(r"\d+", lhs_c.group(1)) if lhs_c else []
+        contracted = [dims[int(i)] for i in nums] if dims else []
+        n_out = _type_bytes(_without_workspace(typ), elements=True) if gemm else n_out
         dot = 2 * n_out * int(np.prod(contracted))
     elif opcode in _ARITH:
         other = n_out
@@ -203,11 +206,34 @@ def _instr_work(instr: tuple, shapes: dict[str, str], comps: dict) -> tuple[int,
     return dot, other, scattered
 
 
+def _without_workspace(typ: str) -> str:
+    """A GEMM custom call's result type without the trailing s8 workspace cuBLAS returns beside it."""
+    return re.sub(r",\s*s8\[\d+\](\{[\d,]*\})?\)$", ")", typ)
+
+
+def _scatter_root(comps: dict, instr: tuple) -> int | None:
+    """For a scatter, or a fusion whose root is one, the operand it updates in place (its number), else None."""
+    _, _, opcode, ops, attrs, _ = instr
+    if opcode == "scatter":
+        return 0
+    for c in re.findall(r"calls=%([\w.\-]+)", attrs)[:1]:
+        inner = comps.get(c, [])
+        root = [i for i in inner if i[2] == "scatter"][-1:] if inner and inner[-1][2] == "scatter" else []
+        params = {i[0]: int(re.match(r"number=(\d+)", i[4]).group(1)) for i in inner if i[2] == "parameter"}
+        if root and root[0][3] and root[0][3][0] in params:
+            return params[root[0][3][0]]
+    return None
+
+
 def _bytes_read(comps: dict, instr: tuple, shapes: dict[str, str]) -> int:
     """The bytes a kernel reads: its operands' sizes, except that an operand a fusion only slices is
-    charged the slices (XLA passes a fusion whole arrays of which it may read a part)."""
+    charged the slices (XLA passes a fusion whole arrays of which it may read a part), and a scatter's
+    target, updated in place, is not read whole (its read-modify-writes are the scattered elements)."""
     _, _, _, ops, attrs, _ = instr
     sizes = [_type_bytes(shapes.get(o, "")) for o in ops]
+    k = _scatter_root(comps, instr)
+    if k is not None and k < len(sizes):
+        sizes[k] = 0
     for c in re.findall(r"calls=%([\w.\-]+)", attrs)[:1]:
         inner = comps.get(c, [])
         for name, typ, opcode, _, attrs_p, _ in inner:
@@ -253,7 +279,9 @@ def kernels(hlo_text: str) -> list[Kernel]:
                     out += walk(body, branch)
             else:
                 dot, other, upd = _instr_work(instr, shapes, comps)
-                written = _type_bytes(_SHAPE.search(typ).group(0)) if opcode == "custom-call" else _type_bytes(typ)
+                written = _type_bytes(_without_workspace(typ) if "gemm" in attrs or "matmul" in attrs else typ)
+                if _scatter_root(comps, instr) is not None:  # in place: only the scattered elements are written
+                    written = min(written, upd * _ITEM_BYTES[_SHAPE.search(typ).group(1)])
                 out.append(Kernel(iname, opcode, op_name, _bytes_read(comps, instr, shapes), written, upd, dot,
                                   other, branch))  # fmt: skip
         return out
@@ -288,7 +316,7 @@ def kernel_summary(ks: list[Kernel], bandwidth: float | None) -> dict:
 
 # Deviceless GPU compiles: XLA's GpuTargetConfig for sm_90 parts (datasheet bandwidth and memory).
 _GPU = {"h100": ("NVIDIA H100 80GB HBM3", 3.35e12, 84_929_347_584),
-        "h200": ("NVIDIA H200", 4.8e12, 150_754_820_096)}  # fmt: skip
+        "h200": ("NVIDIA H200", H200["hbm_bytes_per_s"], 150_754_820_096)}  # fmt: skip
 LAUNCH_S = 1.4e-6
 """Per-kernel overhead: the issue's prior-only step on an H200 took 96 µs for its 59 kernels (less 15 µs of
 traffic), 128 replicas, before the work on issue 15 (commit 725d0ec)."""
@@ -332,21 +360,6 @@ def target_sharding(target: str):
     return NamedSharding(topologies.make_mesh(topo, (1,), ("d",)), PartitionSpec())
 
 
-def compile_for(fn, args: tuple, sharding):
-    """`fn(*args)` compiled (its array leaves traced, the rest fixed) at float32 matmul precision: here
-    (`sharding` None), or for the target of `sharding` without running anything there."""
-    import equinox as eqx
-    import jax
-
-    from cameo_eqx.precision import matmul_precision
-
-    dyn, st = eqx.partition(args, eqx.is_array)
-    if sharding is not None:
-        dyn = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), dyn)
-    with matmul_precision("float32"):  # as training and simulation trace by default
-        return jax.jit(lambda d: fn(*eqx.combine(d, st))).lower(dyn).compile()
-
-
 def ef_case(name: str, sharding):
     """Energy + forces of backbone `name` alone on the chain: (compiled, edge slots)."""
     from cameo_eqx.modules import ForceField
@@ -354,7 +367,7 @@ def ef_case(name: str, sharding):
     topo, x = chain_system()
     ff = ForceField(backbone(name), None, cutoff=CUTOFF)
     batch = ff.batch_for(x, topo)
-    return compile_for(lambda ff, b: ff.energy_and_forces(b), (ff, batch), sharding), int(batch.senders.shape[0])
+    return ef_compiled(ff, batch, sharding), int(batch.senders.shape[0])
 
 
 def step_case(name: str, prior, replicas: int, sharding):
@@ -362,36 +375,20 @@ def step_case(name: str, prior, replicas: int, sharding):
     of the chain, as the Simulator runs it (bench_gpu.py's simulation case): (compiled, model edge slots
     per replica)."""
     from cameo_eqx.modules import ForceField
-    from cameo_eqx.simulate import Simulator
 
     topo, x = chain_system()
     model = prior if name == "prior" else ForceField(backbone(name), prior, cutoff=CUTOFF)
-    sim = Simulator(model, topo, temperature=320.0, timestep_fs=2.0, friction_per_ps=1.0, max_bond_length=1e3)
+    sim = chain_simulator(model, topo)
     state = sim.init(x, n_replicas=replicas, seed=0)
     compiled = compile_for(sim.integrator.step, (sim.model, sim.system, state), sharding)
     return compiled, int(sim.edge_capacity)
 
 
-def train_case(name: str, bucket_nodes: int, sharding):
-    """One training step (force matching, AdaBelief) of backbone `name` on one packed bucket of
-    mdCATH-like frames (bench_gpu.py's training case): (compiled, frames in the bucket)."""
-    import equinox as eqx
-    import jax
-    import optax
-    from bench_gpu import MEAN_BEADS, packed_and_padded, training_frames
-
-    from cameo_eqx.training.distributed import make_mesh
-    from cameo_eqx.training.task import Task
-    from cameo_eqx.training.trainer import make_train_step
-
-    recs = training_frames(4 * int(bucket_nodes / MEAN_BEADS) + 16, MEAN_BEADS, 50, 500)
-    bucket = packed_and_padded(recs, bucket_nodes)[0][0]
-    params, static = eqx.partition(backbone(name), eqx.is_inexact_array)
-    opt = optax.adabelief(1e-3)
-    mesh = make_mesh(jax.devices()[:1] if sharding is None else list(sharding.mesh.devices.flat))
-    step = make_train_step(Task(), opt, mesh)
-    compiled = compile_for(lambda p, o, b: step(p, static, o, None, b), (params, opt.init(params), bucket), sharding)
-    return compiled, int(np.sum(np.asarray(bucket.graph_mask)))
+def train_step_case(name: str, bucket_nodes: int, sharding):
+    """One training step of backbone `name` on one packed bucket of mdCATH-like frames (bench_gpu.py's
+    training case): (compiled, frames in the bucket)."""
+    bucket = bucket_batch(bucket_nodes)
+    return train_step_compiled(name, bucket, sharding), int(np.sum(np.asarray(bucket.graph_mask)))
 
 
 def print_kernels(title: str, ks: list[Kernel], summary: dict, top: int) -> None:
@@ -452,7 +449,7 @@ def main() -> None:
         elif args.case == "step":
             compiled, size = step_case(name, prior, args.replicas, sharding)
         else:
-            compiled, size = train_case(name, args.bucket_nodes, sharding)
+            compiled, size = train_step_case(name, args.bucket_nodes, sharding)
         text = compiled.as_text()
         groups, total = output_bytes_by_op(text, args.depth)
         ranked = sorted(groups.items(), key=lambda kv: -kv[1][0])

@@ -84,6 +84,9 @@ def test_kernels_of_a_gpu_compile():
     # the segment sum and the gather's transpose each scatter 64 rows of 16
     scatters = [k for k in ks if k.scatter_updates]
     assert [k.scatter_updates for k in scatters] == [1024, 1024]
+    # in place: the updates and indices are read, the (32, 16) target is not read whole; written are at most
+    # the scattered elements, here all of the target
+    assert [(k.bytes_in, k.bytes_out) for k in scatters] == [(64 * 16 * 4 + 64 * 4, 32 * 16 * 4)] * 2
     assert {bench_hlo.op_group(k.op_name, 2) for k in scatters} == {"jvp(nodes)/scatter-add",
                                                                    "transpose(jvp(edges))/scatter-add"}  # fmt: skip
     # the conditional: one of its branches (both launch one kernel of the same size), tagged as such
@@ -175,3 +178,11 @@ ENTRY %main (a: f32[100,8], w: f32[8,4]) -> f32[100,4] {
     (k,) = bench_hlo.kernels(text)
     assert k.opcode == "custom-call" and k.dot_flops == 2 * 100 * 4 * 8
     assert k.bytes_in == (100 * 8 + 8 * 4) * 4 and k.bytes_out == 100 * 4 * 4
+    # the same config printed as an escaped JSON string
+    escaped = text.replace('backend_config={"gemm', 'backend_config="{\\"gemm').replace('"]}}}', '"]}}}"')
+    escaped = re.sub(r'(?<=[{,\[])"([^"]+)"(?=[:\],])', r'\\"\1\\"', escaped)
+    assert '\\"lhs_contracting_dimensions\\"' in escaped
+    assert bench_hlo.kernels(escaped)[0].dot_flops == 2 * 100 * 4 * 8
+    assert bench_hlo._type_bytes("(c64[2,3]{1,0}, s4[8]{0})") == 2 * 3 * 8 + 8
+    with pytest.raises(ValueError, match="s3"):
+        bench_hlo._type_bytes("s3[4]{0}")

@@ -261,7 +261,7 @@ class _Layer(eqx.Module):
         # per input irrep for all its paths, the radial weight per path, one segment sum. On a GPU the
         # slices, scaling and concatenation fuse into the segment sum's kernel: grouping the paths by
         # target irrep instead (825189e, faster on CPU) made the H200 compile of a simulation step move
-        # 12.4 GB instead of 7.3 and of a training step 37 GB instead of 24 (benchmarks/bench_hlo.py).
+        # 1.7x the bytes and of a training step 1.5x (benchmarks/bench_hlo.py --target h200).
         with jax.named_scope("mace_messages"):
             msgs = []
             for x, w, blk in zip(h, self.linear_up, blocks):
