@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import print_table, time_train_epochs, write_results  # noqa: E402
+import variants  # noqa: E402
 
 BACKBONES = ("painn", "mace", "allegro")
 CUTOFF = 10.0
@@ -367,11 +368,15 @@ def main() -> None:
     ap.add_argument("--matmul-precision", choices=("float32", "tensorfloat32"), default="float32",
                     help="precision of float32 matmuls (cameo_eqx.precision); tensorfloat32 also reports each "
                          "model's relative force difference from float32 on the chain")
+    ap.add_argument("--variant", choices=variants.NAMES, default=None,
+                    help="swap one backbone block for an experimental formulation of the same function "
+                    "(benchmarks/variants.py), to A/B it against the default")
     ap.add_argument("--graph-slots", choices=("cutoff", "candidates"), default="cutoff",
                     help="simulation: the model's graph sized by the pairs within the cutoff (the Simulator's "
                          "default), or by the neighbour list's candidates (cutoff + skin: the size before it had "
                          "its own), to measure what the smaller graph saves")
     args = ap.parse_args()
+    variants.apply(args.variant)
     if args.budget is None:
         args.budget = 1200.0 if args.quick else 420.0
 
@@ -381,7 +386,7 @@ def main() -> None:
     jax.config.update("jax_default_matmul_precision", args.matmul_precision)
     T0 = time.perf_counter()
     res: dict = {"jax": jax.__version__, "devices": [str(d) for d in jax.devices()], "quick": args.quick,
-                 "matmul_precision": args.matmul_precision, "graph_slots": args.graph_slots,
+                 "variant": args.variant, "matmul_precision": args.matmul_precision, "graph_slots": args.graph_slots,
                  "issue_measured": {"sim_timestep_mol_per_s": ISSUE_SIM, "train_frames_per_s": ISSUE_TRAIN},
                  "targets": {"sim_timestep_mol_per_s_at_128": TARGET_SIM, "train_frames_per_s": TARGET_TRAIN},
                  "h200": H200}  # fmt: skip

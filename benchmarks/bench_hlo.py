@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import print_table, write_results  # noqa: E402
+import variants  # noqa: E402
 from bench_gpu import (BACKBONES, CUTOFF, H200, N_CHAIN, backbone, bucket_batch, chain_simulator,  # noqa: E402
                        chain_system, compile_for, demo_prior, ef_compiled, train_step_compiled)
 
@@ -420,10 +421,14 @@ def main() -> None:
     ap.add_argument("--target", choices=("cpu", *_GPU), default="cpu",
                     help="compile for this machine (cpu, default) or, without a GPU, for an H100/H200 "
                     "(needs jax's CUDA plugin)")
+    ap.add_argument("--variant", choices=variants.NAMES, default=None,
+                    help="swap one backbone block for an experimental formulation of the same function "
+                    "(benchmarks/variants.py), to A/B it against the default")
     ap.add_argument("--depth", type=int, default=2, help="op_name components per group (default 2)")
     ap.add_argument("--top", type=int, default=12, help="groups and kernels printed per backbone (default 12)")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/hlo.json)")
     args = ap.parse_args()
+    variants.apply(args.variant)
     if min(args.depth, args.top, args.replicas) < 1 or args.bucket_nodes < 512:
         ap.error("--depth, --top and --replicas must be at least 1, --bucket-nodes at least 512")
     allowed = (*BACKBONES, "prior") if args.case == "step" else BACKBONES
@@ -440,7 +445,8 @@ def main() -> None:
     prior = demo_prior() if args.case == "step" else None
     what = {"ef": "E+F on the chain", "step": f"one step, {args.replicas} replicas of the chain",
             "train": f"one training step, a {args.bucket_nodes}-node bucket"}[args.case]
-    res: dict = {"jax": jax.__version__, "target": where, "case": args.case, "depth": args.depth,
+    res: dict = {"jax": jax.__version__, "target": where, "case": args.case, "variant": args.variant,
+                 "depth": args.depth,
                  "system": f"chain ({N_CHAIN} beads)", "backbones": {}}  # fmt: skip
     res.update({"step": {"replicas": args.replicas}, "train": {"bucket_nodes": args.bucket_nodes}}.get(args.case, {}))
     for name in args.backbones or BACKBONES:

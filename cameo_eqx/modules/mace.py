@@ -251,9 +251,9 @@ class _Layer(eqx.Module):
         else:
             self.readout = Dense(c, 1, key=next(keys), bias=False)
 
-    def __call__(self, h, species, y, radial_in, geo, senders, receivers, n_node, inv_avg):
-        """One layer: features per input irrep -> (features per output irrep, per-bead energy).
-        `radial_in` is per pair of `geo` (`EdgeGeometry.pair_view`): the radial MLP runs once per pair."""
+    def messages(self, h, y, radial_in, geo, senders, receivers, n_node, inv_avg):
+        """Steps 1-2 of the layer: the A-basis `(d_sh + 1, n, C)` from the node features `h` (per input
+        irrep), the spherical harmonics `y` of the edges and the radial input per pair."""
         dtype = h[0].dtype
         c = self.channels
         blocks, path_irs = _conv_plan(self.in_irs, self.sh_irs)
@@ -289,6 +289,14 @@ class _Layer(eqx.Module):
                 else:
                     a.append(jnp.einsum("ncpm,cpd->mnd", jnp.stack(parts, axis=2), w))
             a = jnp.concatenate(a + [jnp.ones((1, n_node, c), dtype)], axis=0)  # (d_sh + 1, n, C)
+        return a
+
+    def __call__(self, h, species, y, radial_in, geo, senders, receivers, n_node, inv_avg):
+        """One layer: features per input irrep -> (features per output irrep, per-bead energy).
+        `radial_in` is per pair of `geo` (`EdgeGeometry.pair_view`): the radial MLP runs once per pair."""
+        dtype = h[0].dtype
+        c = self.channels
+        a = self.messages(h, y, radial_in, geo, senders, receivers, n_node, inv_avg)
         # 3. the B-basis: sparse symmetric contraction (row gathers of A, products, sorted segment
         # sum into basis functions), then species-dependent weights
         with jax.named_scope("mace_symmetric_contraction"):
