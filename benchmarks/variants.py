@@ -9,10 +9,12 @@ gradients.
   weighting and one segment sum per l3. Faster on CPU (chain E+F 23 against 31 ms); the H200 compile moves
   1.7x the bytes of the default in a simulation step and 1.5x in a training step.
 - `allegro-sparse-tp`: Allegro's tensor product over the 83 nonzeros of the summed Clebsch-Gordan tensor,
-  per edge with the node's environment Γ, instead of per-node (C, 9, 9) matrices gathered per edge; a
-  custom VJP whose backward is the same gather-multiply-reduce. The H200 compile of a 128-replica step moves
-  7.3 GB instead of 10.9 and scatters 191 M elements instead of 493; training moves 27.3 GB instead of 33.4
-  but scatters 2,420 M instead of 1,221 (its weight gradient is plain autodiff). CPU E+F is 4.5x slower.
+  per edge with the node's environment Γ, instead of per-node (C, 9, 9) matrices gathered per edge. Custom
+  VJPs whose backward passes are again gather-multiply-reduce (to any order: training differentiates the
+  forces). The H200 compile of a 128-replica step moves 7.3 GB instead of 10.9 and scatters 191 M elements
+  instead of 493; a training step 24.8 GB instead of 33.4 and 483 M instead of 1,221 (floor 11,100 instead of
+  8,400 frames/s). CPU E+F is 3.5-4.5x slower. Not a default: a custom VJP has no forward mode, which the
+  configurational temperature (`simulate/stationarity.py`, `jax.jvp` of the gradient) uses.
 """
 
 from __future__ import annotations
@@ -112,9 +114,10 @@ def _mace_grouped_messages():
 # ------------------------------------------------------------------------- Allegro, sparse per edge
 
 
-def _grouped(keys: np.ndarray, n: int) -> np.ndarray:
+def _grouped(keys: tuple[int, ...], n: int) -> np.ndarray:
     """Indices of the nonzeros grouped by `keys` (values 0..n-1), each group padded with -1 to one length."""
-    groups = [np.flatnonzero(keys == k) for k in range(n)]
+    keys_a = np.asarray(keys)
+    groups = [np.flatnonzero(keys_a == k) for k in range(n)]
     out = np.full((n, max(1, max(len(g) for g in groups))), -1, np.int64)
     for k, g in enumerate(groups):
         out[k, : len(g)] = g
@@ -123,55 +126,72 @@ def _grouped(keys: np.ndarray, n: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _sparse_plan(irs_in, irs_sh, irs_out):
-    """The nonzeros (i, j, k) of the summed path tensor, its per-path values on them, and the nonzeros
-    grouped by k (forward), by i (gradient of the edge features) and by j (gradient of Γ)."""
+    """The nonzeros of the summed path tensor as a spec `(k, i, j, d_out, d_in, d_sh)` (out, first and
+    second factor index per nonzero, and the three sizes), and the per-path values on them."""
     from cameo_eqx.modules import allegro
 
     t = allegro._path_tensors(irs_in, irs_sh, irs_out)
     nz = np.argwhere(np.abs(t).sum(0) > 1e-12)
     d_in, d_sh, d_out = t.shape[1:]
-    groups = (_grouped(nz[:, 2], d_out), _grouped(nz[:, 0], d_in), _grouped(nz[:, 1], d_sh))
-    return nz, t[:, nz[:, 0], nz[:, 1], nz[:, 2]], groups
+    spec = (tuple(nz[:, 2].tolist()), tuple(nz[:, 0].tolist()), tuple(nz[:, 1].tolist()), d_out, d_in, d_sh)
+    return spec, t[:, nz[:, 0], nz[:, 1], nz[:, 2]]
 
 
-def _contract(x, y, wz, groups, xi, yi):
-    """`out[e, c, o] = sum_z wz[c, z] x[e, c, xi[z]] y[e, c, yi[z]]` over the nonzeros z of group o."""
+def _swap(spec, first: str):
+    """The spec of a gradient: the same nonzeros, output and factors permuted (`first` the new output)."""
+    o, xi, yi, n_o, n_x, n_y = spec
+    return (xi, o, yi, n_x, n_o, n_y) if first == "x" else (yi, o, xi, n_y, n_o, n_x)
+
+
+def _sparse_ops():
+    """`bilinear(x, y, w, spec)`: `out[e, c, o] = sum_z w[c, z] x[e, c, xi_z] y[e, c, yi_z]` over the
+    nonzeros z with output o; `weight_grad(d, x, y, spec)`: `sum_e d[e, c, o_z] x[e, c, xi_z] y[e, c, yi_z]`.
+    Each one's VJP is made of the two, so they differentiate to any order with gathers and reductions only
+    (plain autodiff would turn the constant-index gathers into scatters)."""
+    import jax
     import jax.numpy as jnp
 
-    z = np.where(groups < 0, 0, groups)
-    w = wz[:, z] * jnp.asarray(groups >= 0, wz.dtype)  # (c, O, G); padding weighs 0
-    return jnp.sum(x[:, :, xi[z]] * y[:, :, yi[z]] * w, axis=-1)
+    def gather(a, idx):
+        return a[:, :, np.asarray(idx)]
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+    def bilinear(x, y, w, spec):
+        o, xi, yi, n_o, _, _ = spec
+        groups = _grouped(o, n_o)
+        z = np.where(groups < 0, 0, groups)
+        wg = w[:, z] * jnp.asarray(groups >= 0, w.dtype)  # (c, O, G); padding weighs 0
+        return jnp.sum(x[:, :, np.asarray(xi)[z]] * y[:, :, np.asarray(yi)[z]] * wg, axis=-1)
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+    def weight_grad(d, x, y, spec):
+        o, xi, yi = spec[:3]
+        return jnp.einsum("ecz,ecz,ecz->cz", gather(d, o), gather(x, xi), gather(y, yi))
+
+    def bilinear_bwd(spec, res, dout):
+        x, y, w = res
+        return (bilinear(dout, y, w, _swap(spec, "x")), bilinear(dout, x, w, _swap(spec, "y")),
+                weight_grad(dout, x, y, spec))  # fmt: skip
+
+    def weight_grad_bwd(spec, res, t):
+        d, x, y = res
+        return (bilinear(x, y, t, spec), bilinear(d, y, t, _swap(spec, "x")), bilinear(d, x, t, _swap(spec, "y")))
+
+    bilinear.defvjp(lambda x, y, w, spec: (bilinear(x, y, w, spec), (x, y, w)), bilinear_bwd)
+    weight_grad.defvjp(lambda d, x, y, spec: (weight_grad(d, x, y, spec), (d, x, y)), weight_grad_bwd)
+    return bilinear
 
 
 def _allegro_sparse_tp():
-    import jax
     import jax.numpy as jnp
 
     from cameo_eqx.modules import allegro
 
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-    def sparse_tp(v, g, wz, irs):
-        nz, _, (by_k, _, _) = _sparse_plan(*irs)
-        return _contract(v, g, wz, by_k, nz[:, 0], nz[:, 1])
-
-    def fwd(v, g, wz, irs):
-        return sparse_tp(v, g, wz, irs), (v, g, wz)
-
-    def bwd(irs, res, dout):
-        v, g, wz = res
-        nz, _, (_, by_i, by_j) = _sparse_plan(*irs)
-        dv = _contract(dout, g, wz, by_i, nz[:, 2], nz[:, 1])
-        dg = _contract(dout, v, wz, by_j, nz[:, 2], nz[:, 0])
-        dwz = jnp.einsum("ecz,ecz,ecz->cz", dout[:, :, nz[:, 2]], v[:, :, nz[:, 0]], g[:, :, nz[:, 1]])
-        return dv, dg, dwz
-
-    sparse_tp.defvjp(fwd, bwd)
+    bilinear = _sparse_ops()
 
     def tensor_product(self, v, gamma, center):
-        irs = (self.irs_in, self.irs_sh, self.irs_out)
-        _, values, _ = _sparse_plan(*irs)
+        spec, values = _sparse_plan(self.irs_in, self.irs_sh, self.irs_out)
         wz = self.path_weights.astype(v.dtype) @ jnp.asarray(values, v.dtype)  # (c, n_nz)
-        out = sparse_tp(v, gamma[center], wz, irs)
+        out = bilinear(v, gamma[center], wz, spec)
         return jnp.einsum("ecd,dcf->efd", out, self.mix[allegro._irrep_index(self.irs_out)])
 
     return allegro._AllegroLayer, "tensor_product", tensor_product
