@@ -201,3 +201,23 @@ def test_analyze_reports_stationarity(villin_prepared, tmp_path):
 
     text = "\n".join(verdict_lines(summ))
     assert "stationary: no" in text and "potential energy drifts" in text and "RMSD" in text and "T_conf n/a" in text
+
+
+def test_laplacian_through_allegro_gpu_tensor_product(monkeypatch):
+    """The Hessian-vector products go through custom VJPs: Allegro's GPU formulation (forced on CPU here)
+    gives the Laplacian the CPU formulation gives, with the same probes. Forward mode (jax.jvp) cannot
+    differentiate that formulation at all."""
+    from cameo_eqx.data.testdata import compact_chain
+    from cameo_eqx.modules import ForceField, make_backbone
+    from cameo_eqx.modules.allegro import _AllegroLayer
+
+    topo = _chain(10)
+    x = compact_chain(10, np.random.default_rng(0)).astype(np.float32)[None]
+    ff = ForceField(make_backbone("allegro", 1, 6.0, "default", key=jax.random.PRNGKey(0)), None, cutoff=6.0)
+    kw = dict(cutoff=6.0, pair_min_sep=3, key=jax.random.PRNGKey(1), n_probes=4)
+    g0, lap0 = st.configurational_terms(ff, topo, x, **kw)
+    monkeypatch.setattr(_AllegroLayer, "node_matrices", _AllegroLayer.sparse_tp)
+    g1, lap1 = st.configurational_terms(ff, topo, x, **kw)
+    assert np.isfinite(lap0).all() and abs(lap0[0]) > 0
+    np.testing.assert_allclose(g1, g0, rtol=1e-4)
+    np.testing.assert_allclose(lap1, lap0, rtol=1e-3)

@@ -57,26 +57,22 @@ def test_unknown_variant_is_named():
         variants.apply("nope")
 
 
-def test_sparse_tensor_product_and_its_derivatives():
-    """allegro-sparse-tp's building block equals the dense contraction with the summed path tensor, and its
-    custom VJPs agree with finite differences to third order (training differentiates forces once more)."""
-    from jax.test_util import check_grads
+def test_allegro_formulation_variants_pick_one_for_every_platform():
+    """The two Allegro variants force one tensor-product formulation whatever the compile target: lowered
+    for a GPU, `allegro-node-matrices` is the CPU path and the default the sparse one; lowered for CPU,
+    `allegro-sparse-tp` is the sparse path. Names in the lowered text come from each formulation's scope."""
+    topo, x = chain_system(12)
+    ff = ForceField(backbone("allegro"), None, cutoff=CUTOFF)
+    batch = ff.batch_for(x, topo)
 
-    from cameo_eqx.modules import allegro
-    from cameo_eqx.modules.radial import sh_irreps
+    def scopes(platform):
+        f = jax.jit(lambda ff, b: ff.energy_and_forces(b)[1])
+        text = f.trace(ff, batch).lower(lowering_platforms=(platform,)).as_text(debug_info=True)
+        return {s for s in ("allegro_node_matrices", "allegro_sparse_tp") if s in text}
 
-    irs_in, irs_out = allegro.layer_irreps(3, 2, False)[0]
-    spec, values = variants._sparse_plan(irs_in, sh_irreps(2), irs_out)
-    o, xi, yi, n_o, n_x, n_y = spec
-    assert values.shape == (allegro._path_tensors(irs_in, sh_irreps(2), irs_out).shape[0], len(o))
-    dense = np.zeros((3, n_x, n_y, n_o))
-    bilinear = variants._sparse_ops()
-    with jax.enable_x64(True):  # finite differences of second derivatives need float64
-        k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-        x = jax.random.normal(k1, (5, 3, n_x), jnp.float64)
-        y = jax.random.normal(k2, (5, 3, n_y), jnp.float64)
-        w = jax.random.normal(k3, (3, len(o)), jnp.float64)
-        dense[:, np.asarray(xi), np.asarray(yi), np.asarray(o)] = np.asarray(w)
-        np.testing.assert_allclose(bilinear(x, y, w, spec), jnp.einsum("eci,ecj,cijk->eck", x, y, dense),
-                                   rtol=1e-12, atol=1e-12)  # fmt: skip
-        check_grads(lambda x, y, w: bilinear(x, y, w, spec), (x, y, w), order=3, modes=["rev"])
+    assert scopes("cuda") == {"allegro_sparse_tp"} and scopes("cpu") == {"allegro_node_matrices"}
+    with variants.applied("allegro-node-matrices"):
+        assert scopes("cuda") == {"allegro_node_matrices"}
+    with variants.applied("allegro-sparse-tp"):
+        assert scopes("cpu") == {"allegro_sparse_tp"}
+    assert scopes("cuda") == {"allegro_sparse_tp"}  # restored

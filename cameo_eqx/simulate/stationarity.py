@@ -5,7 +5,7 @@
 - `linear_drift`: the least-squares slope of a series with a standard error that accounts for
   autocorrelation (the statistical inefficiency of the residuals, measured by blocking).
 - `hutchinson_laplacian` and `configurational_terms`: |∇U|² and ∇²U of a model per frame, the Laplacian
-  by Hutchinson's estimator vᵀ(∇²U)v with Rademacher probes v (a forward-over-reverse Hessian-vector
+  by Hutchinson's estimator vᵀ(∇²U)v with Rademacher probes v (a reverse-over-reverse Hessian-vector
   product). T_conf = <|∇U|²> / (k_B <∇²U>) (Rugh 1997; Butler et al. 1998) equals the bath temperature for
   configurations sampled from exp(-U/kT), whatever the masses and the integrator's velocities do.
 - `verdict`: per-replica numbers and a stationary yes/no with human-readable reasons (thresholds in
@@ -154,16 +154,17 @@ def hutchinson_laplacian(
     grad_fn: Callable[[Array], Array], x: Float[Array, "..."], key: PRNGKeyArray, n_probes: int = 8
 ) -> Float[Array, ""]:
     """Hutchinson's estimate of the Laplacian tr(∇∇U) at `x`: the mean of vᵀ H v over Rademacher probes v,
-    each H v a forward-mode derivative (`jax.jvp`) of `grad_fn`. Unbiased; its variance is
-    2 Σ_{i≠j} H_ij² / n_probes (exact for a diagonal Hessian).
+    each H v the gradient of v·∇U (reverse over reverse: models with custom VJPs, such as Allegro's GPU
+    tensor product, have no forward mode). Unbiased; its variance is 2 Σ_{i≠j} H_ij² / n_probes (exact
+    for a diagonal Hessian).
 
-    **Arguments:** `grad_fn` (x → ∇U(x), same shape as x, differentiable in forward mode); `x`; a PRNG
+    **Arguments:** `grad_fn` (x → ∇U(x), same shape as x, differentiable in reverse mode); `x`; a PRNG
     `key`; `n_probes`.
 
     **Returns:** a scalar.
     """
     v = rademacher(key, (n_probes, *x.shape), x.dtype)
-    hv = jax.vmap(lambda p: jax.jvp(grad_fn, (x,), (p,))[1])(v)
+    hv = jax.vmap(lambda p: jax.grad(lambda y: jnp.vdot(grad_fn(y), p))(x))(v)
     return jnp.mean(jnp.sum((v * hv).reshape(n_probes, -1), axis=-1))
 
 
@@ -200,8 +201,8 @@ def configurational_terms(
 
     Frames see the simulation's batch layout (`langevin.system_batch`: radius graph at `cutoff`, bonded
     terms, non-bonded pairs from `pair_min_sep`), with a neighbour list built at each frame that has room
-    for every pair. Second derivatives go through `graph_sum(model.node_energies(batch))`, which is plain
-    JAX (the prior's fast `energy` is a custom VJP that forward mode cannot differentiate).
+    for every pair. Second derivatives go through `graph_sum(model.node_energies(batch))`, in reverse mode
+    twice, so custom VJPs (Allegro's tensor product on a GPU) are differentiated by their own rules.
 
     **Arguments:** `model` (an `AbstractEnergyModel`); the protein's `topology` (`CGTopology`); `positions`
     (Å); `cutoff` (Å), `pair_min_sep`: as in the simulation; a PRNG `key`; `n_probes` per frame.
