@@ -30,7 +30,8 @@ tile sizes"); that flag hands them to cuBLAS. `make bench-hlo-gpu` installs the 
 The floor is an estimate, not a bound: reads are charged per kernel (caches may serve some) and the
 per-kernel overhead is fitted to one measured step (`LAUNCH_S`).
 
-On a GPU, `--target cpu` (the default) compiles for the GPU itself. Writes benchmarks/results/hlo.json (or
+On a GPU, `--target cpu` (the default) compiles for the GPU itself, with Triton GEMMs as it runs them, and
+prints floors on an SXM H100 or H200. Writes benchmarks/results/hlo.json after each backbone (or
 `--out`).
 """
 
@@ -341,6 +342,16 @@ device_description_str: "{desc}"
 """
 
 
+def local_bandwidth() -> float | None:
+    """The datasheet bandwidth of this machine's own GPU when it is one of `_GPU` (an SXM H100 or H200, by
+    its exact device kind: PCIe and NVL parts differ), since `--target cpu` on a GPU host compiles for that
+    GPU; else None (no floor)."""
+    import jax
+
+    kind = jax.devices()[0].device_kind if jax.default_backend() == "gpu" else ""
+    return next((bw for desc, bw, _ in _GPU.values() if desc == kind), None)
+
+
 def target_sharding(target: str):
     """Where to compile: `None` for this machine's default device, else the sharding of a deviceless
     one-GPU topology (needs jax's CUDA plugin, `pip install "jax[cuda12]"` at the installed jax's version;
@@ -441,7 +452,7 @@ def main() -> None:
 
     where = args.target if sharding is not None else str(jax.devices())
     print(f"jax {jax.__version__}, compiled for {where}", flush=True)
-    bandwidth = _GPU[args.target][1] if args.target in _GPU else None
+    bandwidth = _GPU[args.target][1] if args.target in _GPU else local_bandwidth()
     prior = demo_prior() if args.case == "step" else None
     what = {"ef": "E+F on the chain", "step": f"one step, {args.replicas} replicas of the chain",
             "train": f"one training step, a {args.bucket_nodes}-node bucket"}[args.case]
@@ -476,7 +487,7 @@ def main() -> None:
             rate = size / summary["floor_s"] if args.case == "train" else args.replicas / summary["floor_s"]
             unit = "frames/s" if args.case == "train" else "timestep*mol/s"
             print(f"{name}: at the floor, {rate:,.0f} {unit}")
-    write_results("hlo", res, args.out)
+        write_results("hlo", res, args.out)  # after each backbone: a later failure keeps these
 
 
 if __name__ == "__main__":

@@ -186,3 +186,19 @@ ENTRY %main (a: f32[100,8], w: f32[8,4]) -> f32[100,4] {
     assert bench_hlo._type_bytes("(c64[2,3]{1,0}, s4[8]{0})") == 2 * 3 * 8 + 8
     with pytest.raises(ValueError, match="s3"):
         bench_hlo._type_bytes("s3[4]{0}")
+
+
+def test_floor_bandwidth_of_the_local_gpu(monkeypatch):
+    """On a GPU host a `--target cpu` run gets the floor of its own card, matched by the exact device kind
+    (an H200 NVL or H100 PCIe has another bandwidth: no floor); on CPU there is none."""
+    assert bench_hlo.local_bandwidth() is None  # this machine: CPU
+
+    class Dev:
+        def __init__(self, kind):
+            self.device_kind = kind
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    for kind, want in (("NVIDIA H200", bench_hlo._GPU["h200"][1]), ("NVIDIA H100 80GB HBM3", 3.35e12),
+                       ("NVIDIA H200 NVL", None), ("NVIDIA H100 PCIe", None)):  # fmt: skip
+        monkeypatch.setattr(jax, "devices", lambda k=kind: [Dev(k)])
+        assert bench_hlo.local_bandwidth() == want, kind
