@@ -2,8 +2,9 @@
 `bench_hlo.py --variant NAME` swap one block of a backbone for another formulation of the same function,
 in this process only. They exist because some choices can only be decided by a GPU: a CPU compile and an
 H200 compile (`bench_hlo.py --target h200`) can rank two formulations in opposite orders. Not used by the
-library; `tests/test_variants.py` checks that each one gives the default's energies, forces and training
-gradients.
+library; `tests/test_variants.py` checks that each one that changes the CPU computation gives the default's
+energies, forces and training gradients, and that the Allegro ones force their formulation in a CPU and a
+CUDA lowering.
 
 - `mace-grouped-messages`: MACE's messages grouped by target irrep (825189e), one block, one radial
   weighting and one segment sum per l3. Faster on CPU (chain E+F 23 against 31 ms); the H200 compile moves
@@ -13,7 +14,7 @@ gradients.
   per-edge contraction with closed custom VJPs on GPUs, chosen from the H200 compile: a 128-replica step
   7.3 GB instead of 10.9, 191 M scattered elements instead of 493; a training step 24.8 GB instead of 33.4).
   These force one of them on every platform: `allegro-node-matrices` is the GPU A/B baseline (on CPU it is
-  the default itself), `allegro-sparse-tp` runs the GPU path on CPU (3.5-4.5x slower there).
+  the default itself), `allegro-sparse-tp` runs the GPU path on CPU (3.5-5.5x slower there).
 """
 
 from __future__ import annotations

@@ -31,8 +31,9 @@ irreps 0e, 1o, 2e, ... are tracked ("o3_restricted", ~4x cheaper tensor products
 The tensor product has two formulations of one function, picked by the compile target
 (`_AllegroLayer.tensor_product`): per-node matrices gathered per edge on CPU, and on GPUs a per-edge
 contraction over the nonzeros of the Clebsch-Gordan tensor whose custom VJPs avoid scatter-adds (fewer bytes
-and atomics in the H200 compile). Use reverse mode for derivatives of any order: custom VJPs have no forward
-mode.
+and atomics in the H200 compile). Use reverse mode for derivatives of any order, on every platform: both
+formulations are traced (the compile keeps one), and a custom VJP has no forward mode, so `jax.jvp` of an
+Allegro energy fails on CPU too.
 
 The energy is O(3) invariant (it cannot tell a protein from its mirror image: chirality must come from the
 prior's dihedral term).
@@ -234,7 +235,8 @@ class _AllegroLayer(eqx.Module):
         """Channel-wise TP `V_ij ⊗ Γ_i` with per-channel path weights, then a per-irrep channel mix.
 
         Two formulations of the same function, chosen by the platform the program is compiled for
-        (`lax.platform_dependent`, so one saved model or exported artifact runs either way):
+        (`lax.platform_dependent`: a saved model runs either way; an exported artifact carries the formulation of
+        the platform it was lowered for):
         `node_matrices` on CPU, `sparse_tp` on GPUs (see each).
 
         **Arguments:** the edge features `v`, the node environments `gamma`, each edge's centre `center`.
@@ -269,7 +271,7 @@ class _AllegroLayer(eqx.Module):
         are again gathers, products and reductions, to any order (`_bilinear`), where autodiff of the node
         matrices scatters onto nodes. The H200 compile of a 128-replica simulation step moves 7.3 GB
         instead of 10.9 and scatters 191 M elements instead of 493; a training step 24.8 GB instead of
-        33.4 (`benchmarks/bench_hlo.py --target h200`). On CPU it is 3.5-4.5x slower."""
+        33.4 (`benchmarks/bench_hlo.py --target h200`). On CPU it is 3.5-5.5x slower."""
         with jax.named_scope("allegro_sparse_tp"):
             spec, values = _sparse_plan(self.irs_in, self.irs_sh, self.irs_out)
             wz = self.path_weights.astype(v.dtype) @ jnp.asarray(values, v.dtype)  # (c, n_nonzero)

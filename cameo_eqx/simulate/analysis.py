@@ -387,7 +387,7 @@ def _configurational_temperatures(cfg: AnalyzeConfig, tr: dict[str, Any], topo, 
     try:
         g2, lap = configurational_terms(model, topo, frames, cutoff=cutoff, pair_min_sep=pair_min_sep,
                                         key=jax.random.PRNGKey(cfg.seed), n_probes=cfg.tconf_probes)  # fmt: skip
-    except Exception as e:  # e.g. a model that forward-mode autodiff cannot differentiate twice
+    except Exception as e:  # e.g. a model that reverse-over-reverse autodiff cannot differentiate
         return None, f"model {name} could not be evaluated ({type(e).__name__}: {e})"
     g2, lap = g2.reshape(n_rep, -1), lap.reshape(n_rep, -1)
     return [configurational_temperature(g2[r], lap[r]) for r in range(n_rep)], ""
