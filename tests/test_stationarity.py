@@ -206,8 +206,8 @@ def test_analyze_reports_stationarity(villin_prepared, tmp_path):
 def test_laplacian_through_allegro_gpu_tensor_product(monkeypatch):
     """The Hessian-vector products go through custom VJPs: Allegro's GPU formulation (forced on CPU here)
     gives the Laplacian the CPU formulation gives, with the same probes (other rounding: it did run). Forward
-    mode (jax.jvp) cannot differentiate an Allegro model at all, on any platform: both formulations are
-    traced."""
+    mode (jax.jvp of the gradient under jit and vmap, as the estimator used it) fails on an Allegro model
+    on any platform: both formulations are traced."""
     from cameo_eqx.data.testdata import compact_chain
     from cameo_eqx.modules import ForceField, make_backbone
     from cameo_eqx.modules.allegro import _AllegroLayer

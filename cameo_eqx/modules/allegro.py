@@ -32,8 +32,8 @@ The tensor product has two formulations of one function, picked by the compile t
 (`_AllegroLayer.tensor_product`): per-node matrices gathered per edge on CPU, and on GPUs a per-edge
 contraction over the nonzeros of the Clebsch-Gordan tensor whose custom VJPs avoid scatter-adds (fewer bytes
 and atomics in the H200 compile). Use reverse mode for derivatives of any order, on every platform: both
-formulations are traced (the compile keeps one), and a custom VJP has no forward mode, so `jax.jvp` of an
-Allegro energy fails on CPU too.
+formulations are traced (the compile keeps one) and a custom VJP has no forward mode, so forward mode can fail
+on CPU too (`jax.jvp` of the gradient under `jit` and `vmap` does).
 
 The energy is O(3) invariant (it cannot tell a protein from its mirror image: chirality must come from the
 prior's dihedral term).
