@@ -203,23 +203,30 @@ def test_analyze_reports_stationarity(villin_prepared, tmp_path):
     assert "stationary: no" in text and "potential energy drifts" in text and "RMSD" in text and "T_conf n/a" in text
 
 
-def test_laplacian_through_allegro_gpu_tensor_product(monkeypatch):
-    """The Hessian-vector products go through custom VJPs: Allegro's GPU formulation (forced on CPU here)
-    gives the Laplacian the CPU formulation gives, with the same probes (other rounding: it did run). Forward
-    mode (jax.jvp of the gradient under jit and vmap, as the estimator used it) fails on an Allegro model
-    on any platform: both formulations are traced."""
+@pytest.mark.parametrize("name", ["allegro", "mace"])
+def test_laplacian_through_gpu_tensor_products(name, monkeypatch):
+    """The Hessian-vector products go through custom VJPs: the GPU formulation of Allegro's tensor product
+    and of MACE's edge products (forced on CPU here) gives the Laplacian the CPU formulation gives, with the
+    same probes (the patched formulation records that it was traced). Forward mode (jax.jvp of the gradient under jit and vmap, as
+    the estimator used it) fails on such a model on any platform: both formulations are traced."""
     from cameo_eqx.data.testdata import compact_chain
-    from cameo_eqx.modules import ForceField, make_backbone
+    from cameo_eqx.modules import ForceField, make_backbone, mace
     from cameo_eqx.modules.allegro import _AllegroLayer
 
     topo = _chain(10)
     x = compact_chain(10, np.random.default_rng(0)).astype(np.float32)[None]
-    ff = ForceField(make_backbone("allegro", 1, 6.0, "default", key=jax.random.PRNGKey(0)), None, cutoff=6.0)
+    preset = "small" if name == "mace" else "default"
+    ff = ForceField(make_backbone(name, 1, 6.0, preset, key=jax.random.PRNGKey(0)), None, cutoff=6.0)
     kw = dict(cutoff=6.0, pair_min_sep=3, key=jax.random.PRNGKey(1), n_probes=4)
     g0, lap0 = st.configurational_terms(ff, topo, x, **kw)
-    monkeypatch.setattr(_AllegroLayer, "node_matrices", _AllegroLayer.sparse_tp)
+    traced = []
+    if name == "allegro":
+        sparse_tp = _AllegroLayer.sparse_tp
+        monkeypatch.setattr(_AllegroLayer, "node_matrices", lambda *a: traced.append(1) or sparse_tp(*a))
+    else:
+        monkeypatch.setattr(mace, "_edge_products", lambda x, y, blk, sp: traced.append(1) or mace._edge_sparse(x, y, sp))
     g1, lap1 = st.configurational_terms(ff, topo, x, **kw)
     assert np.isfinite(lap0).all() and abs(lap0[0]) > 0
     np.testing.assert_allclose(g1, g0, rtol=1e-4)
     np.testing.assert_allclose(lap1, lap0, rtol=1e-3)
-    assert not np.array_equal(lap1, lap0)  # the monkeypatch reached the model: the sparse path ran
+    assert traced  # the monkeypatch reached the model: the sparse path ran

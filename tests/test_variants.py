@@ -34,7 +34,8 @@ def _energy_forces_grad(ff, batch):
     return float(jnp.sum(e)), np.asarray(f), [np.asarray(x) for x in jax.tree.leaves(g)]
 
 
-@pytest.mark.parametrize("name, model", [("mace-grouped-messages", "mace"), ("allegro-sparse-tp", "allegro")])
+@pytest.mark.parametrize("name, model", [("mace-grouped-messages", "mace"), ("mace-sparse-tp", "mace"),
+                                         ("allegro-sparse-tp", "allegro")])
 def test_variant_computes_the_default_function(name, model):
     topo, x = chain_system(24)
     ff = ForceField(backbone(model), None, cutoff=CUTOFF)
@@ -57,22 +58,26 @@ def test_unknown_variant_is_named():
         variants.apply("nope")
 
 
-def test_allegro_formulation_variants_pick_one_for_every_platform():
-    """The two Allegro variants force one tensor-product formulation whatever the compile target: lowered
-    for a GPU, `allegro-node-matrices` is the CPU path and the default the sparse one; lowered for CPU,
-    `allegro-sparse-tp` is the sparse path. Names in the lowered text come from each formulation's scope."""
+@pytest.mark.parametrize("model, cpu_scope, gpu_scope, force_cpu, force_gpu", [
+    ("allegro", "allegro_node_matrices", "allegro_sparse_tp", "allegro-node-matrices", "allegro-sparse-tp"),
+    ("mace", "mace_edge_dots", "mace_sparse_tp", "mace-edge-dots", "mace-sparse-tp"),
+])  # fmt: skip
+def test_formulation_variants_pick_one_for_every_platform(model, cpu_scope, gpu_scope, force_cpu, force_gpu):
+    """A backbone with two formulations lowers one per platform, and the variants force one whatever the
+    compile target: lowered for a GPU, `force_cpu` gives the CPU path; lowered for CPU, `force_gpu` gives the
+    GPU path. Names in the lowered text come from each formulation's scope."""
     topo, x = chain_system(12)
-    ff = ForceField(backbone("allegro"), None, cutoff=CUTOFF)
+    ff = ForceField(backbone(model), None, cutoff=CUTOFF)
     batch = ff.batch_for(x, topo)
 
     def scopes(platform):
         f = jax.jit(lambda ff, b: ff.energy_and_forces(b)[1])
         text = f.trace(ff, batch).lower(lowering_platforms=(platform,)).as_text(debug_info=True)
-        return {s for s in ("allegro_node_matrices", "allegro_sparse_tp") if s in text}
+        return {s for s in (cpu_scope, gpu_scope) if s in text}
 
-    assert scopes("cuda") == {"allegro_sparse_tp"} and scopes("cpu") == {"allegro_node_matrices"}
-    with variants.applied("allegro-node-matrices"):
-        assert scopes("cuda") == {"allegro_node_matrices"}
-    with variants.applied("allegro-sparse-tp"):
-        assert scopes("cpu") == {"allegro_sparse_tp"}
-    assert scopes("cuda") == {"allegro_sparse_tp"}  # restored
+    assert scopes("cuda") == {gpu_scope} and scopes("cpu") == {cpu_scope}
+    with variants.applied(force_cpu):
+        assert scopes("cuda") == {cpu_scope}
+    with variants.applied(force_gpu):
+        assert scopes("cpu") == {gpu_scope}
+    assert scopes("cuda") == {gpu_scope}  # restored

@@ -58,6 +58,7 @@ from .radial import (MLP, Irrep, SpeciesEmbedding, bessel_basis, edge_geometry, 
                      polynomial_envelope, sh_flip)  # fmt: skip
 from .radial import irrep_dim as _dim
 from .radial import sh_irreps
+from .sparse import bilinear, sparse_spec
 
 PRESETS: dict[str, dict] = {
     "default": dict(n_layers=3, n_radial_basis=24),
@@ -137,71 +138,11 @@ def _irrep_index(irs: tuple[Irrep, ...]) -> np.ndarray:
     return np.concatenate([np.full(_dim(ir), k) for k, ir in enumerate(irs)]).astype(np.int32)
 
 
-# ------------------------------------------------------------- the tensor product over its nonzeros (GPU)
-
-
-def _grouped(keys: tuple[int, ...], n: int) -> np.ndarray:
-    """Indices of the nonzeros grouped by `keys` (values 0..n-1), each group padded with -1 to one length."""
-    keys_a = np.asarray(keys)
-    groups = [np.flatnonzero(keys_a == k) for k in range(n)]
-    out = np.full((n, max(1, max(len(g) for g in groups))), -1, np.int64)
-    for k, g in enumerate(groups):
-        out[k, : len(g)] = g
-    return out
-
-
 @functools.lru_cache(maxsize=None)
 def _sparse_plan(irs_in: tuple[Irrep, ...], irs_sh: tuple[Irrep, ...], irs_out: tuple[Irrep, ...]):
-    """The nonzeros of the summed path tensor as a spec `(o, i, j, d_out, d_in, d_sh)` (per nonzero its
-    output, first and second factor index; then the three sizes) and the per-path values on them,
+    """The nonzeros of the summed path tensor (`sparse.sparse_spec`) and the per-path values on them,
     `(n_path, n_nonzero)`."""
-    t = _path_tensors(irs_in, irs_sh, irs_out)
-    nz = np.argwhere(np.abs(t).sum(0) > 1e-12)
-    d_in, d_sh, d_out = t.shape[1:]
-    spec = (tuple(nz[:, 2].tolist()), tuple(nz[:, 0].tolist()), tuple(nz[:, 1].tolist()), d_out, d_in, d_sh)
-    return spec, t[:, nz[:, 0], nz[:, 1], nz[:, 2]]
-
-
-def _swap(spec, first: str):
-    """The spec of a gradient: the same nonzeros, output and factors permuted (`first` the new output)."""
-    o, xi, yi, n_o, n_x, n_y = spec
-    return (xi, o, yi, n_x, n_o, n_y) if first == "x" else (yi, o, xi, n_y, n_o, n_x)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _bilinear(x: Array, y: Array, w: Array, spec) -> Array:
-    """`out[e, c, o] = Σ_z w[c, z] x[e, c, i_z] y[e, c, j_z]` over the nonzeros z with output o. Its VJP is
-    made of `_bilinear` and `_weight_grad`, and theirs of the same two, so every derivative order is gathers
-    and reductions (plain autodiff would turn the constant-index gathers into scatters)."""
-    o, xi, yi, n_o, _, _ = spec
-    groups = _grouped(o, n_o)
-    z = np.where(groups < 0, 0, groups)
-    wg = w[:, z] * jnp.asarray(groups >= 0, w.dtype)  # (c, O, G); padding weighs 0
-    return jnp.sum(x[:, :, np.asarray(xi)[z]] * y[:, :, np.asarray(yi)[z]] * wg, axis=-1)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _weight_grad(d: Array, x: Array, y: Array, spec) -> Array:
-    """`Σ_e d[e, c, o_z] x[e, c, i_z] y[e, c, j_z]` per channel and nonzero: the gradient of `_bilinear`
-    with respect to its weights."""
-    o, xi, yi = (np.asarray(a) for a in spec[:3])
-    return jnp.einsum("ecz,ecz,ecz->cz", d[:, :, o], x[:, :, xi], y[:, :, yi])
-
-
-def _bilinear_bwd(spec, res, dout):
-    x, y, w = res
-    return (_bilinear(dout, y, w, _swap(spec, "x")), _bilinear(dout, x, w, _swap(spec, "y")),
-            _weight_grad(dout, x, y, spec))  # fmt: skip
-
-
-def _weight_grad_bwd(spec, res, t):
-    d, x, y = res
-    return (_bilinear(x, y, t, spec), _bilinear(d, y, t, _swap(spec, "x")), _bilinear(d, x, t, _swap(spec, "y")))
-
-
-_bilinear.defvjp(lambda x, y, w, spec: (_bilinear(x, y, w, spec), (x, y, w)), _bilinear_bwd)
-_weight_grad.defvjp(lambda d, x, y, spec: (_weight_grad(d, x, y, spec), (d, x, y)), _weight_grad_bwd)
-
+    return sparse_spec(_path_tensors(irs_in, irs_sh, irs_out))
 
 class _AllegroLayer(eqx.Module):
     """One Allegro layer: environment embedding, channel-wise TP, channel mix, latent update."""
@@ -268,14 +209,14 @@ class _AllegroLayer(eqx.Module):
     ) -> Float[Array, "e c d_out"]:
         """The TP per edge over the nonzeros of the summed Clebsch-Gordan tensor (83 of 729 at l_max 2,
         the GPU formulation): `out[e, c, o] = Σ_z w[c, z] V[e, c, i_z] Γ[center_e, c, j_z]`. Its custom VJPs
-        are again gathers, products and reductions, to any order (`_bilinear`), where autodiff of the node
+        are again gathers, products and reductions, to any order (`sparse.bilinear`), where autodiff of the node
         matrices scatters onto nodes. The H200 compile of a 128-replica simulation step moves 7.3 GB
         instead of 10.9 and scatters 191 M elements instead of 493; a training step 24.8 GB instead of
         33.4 (`benchmarks/bench_hlo.py --target h200`). On CPU it is 3.5-5.5x slower."""
         with jax.named_scope("allegro_sparse_tp"):
             spec, values = _sparse_plan(self.irs_in, self.irs_sh, self.irs_out)
             wz = self.path_weights.astype(v.dtype) @ jnp.asarray(values, v.dtype)  # (c, n_nonzero)
-            return _bilinear(v, gamma[center], wz, spec)
+            return bilinear(v, gamma[center], wz, spec)
 
 
 def _env_features(weights, y, n_sh_irreps_index, channels):

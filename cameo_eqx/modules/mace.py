@@ -11,7 +11,10 @@ multiplicity `C` for every irrep of `hidden_irreps` (e.g. `"32x0e + 32x1o"`), st
    `φ_ij = R_path,c(r_ij) (h_j ⊗ Y(r̂_ij))_l3`, summed over neighbours j and divided by
    `avg_num_neighbors`, then a linear map mixing (paths × channels) → `C` channels per `l3`.
    The radial weights `R` are an MLP (no biases, SiLU) of the Bessel basis times the polynomial
-   envelope, so they vanish smoothly at the cutoff.
+   envelope, so they vanish smoothly at the cutoff. The products `h_j ⊗ Y` have two formulations,
+   picked by the compile target (`_edge_products`): batched dots per edge on CPU, a contraction over
+   the Clebsch-Gordan blocks' nonzeros with scatter-free custom VJPs on GPUs (`sparse.bilinear`). As
+   with Allegro, use reverse mode for derivatives of any order.
 3. Higher body order (the "B-basis"): per channel, symmetric contractions of `A` with itself up to
    the correlation order `ν = correlation`, `B_L = Σ_ν Σ_k W^ν_{z_i,k,c} (U^{ν,L}_k · A^{⊗ν})`, with
    learnable weights per bead species `z_i` and the generalised Clebsch-Gordan basis `U` from
@@ -56,6 +59,7 @@ from .radial import Irrep as Ir
 from .radial import irrep_dim as _dim
 from .radial import polynomial_envelope
 from .radial import sh_irreps as _sh_irs
+from .sparse import bilinear, sparse_spec
 
 PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(hidden_irreps="16x0e + 16x1o", l_max=2, correlation=3, n_layers=2,
@@ -114,6 +118,14 @@ def _conv_plan(in_irs: tuple[Ir, ...], sh_irs: tuple[Ir, ...]):
                 path_irs.append((l3, p3))
         blocks.append(np.concatenate(cols, axis=-1) if cols else np.zeros((sh_off[-1], 2 * l1 + 1, 0)))
     return tuple(blocks), tuple(path_irs)
+
+
+@functools.lru_cache(maxsize=None)
+def _conv_sparse_plan(in_irs: tuple[Ir, ...], sh_irs: tuple[Ir, ...]) -> tuple:
+    """Per input irrep, the nonzeros of its `_conv_plan` block as `(spec, values)` (`sparse.sparse_spec`
+    with x = the input irrep's components, y = the spherical harmonics); None for a block without paths."""
+    blocks, _ = _conv_plan(in_irs, sh_irs)
+    return tuple(sparse_spec(b.transpose(1, 0, 2)) if b.shape[-1] else None for b in blocks)
 
 
 @functools.lru_cache(maxsize=None)
@@ -193,6 +205,35 @@ def _channel_linear(x: Float[Array, "n c m"], w: Float[Array, "c d"]) -> Float[A
     return jnp.einsum("ncm,cd->ndm", x, w)
 
 
+def _edge_products(
+    x: Float[Array, "e c d1"], y: Float[Array, "e d_sh"], blk: np.ndarray, sparse: tuple
+) -> Float[Array, "e c D1"]:
+    """`out[e, c, k] = Σ_{q, m} blk[q, m, k] x[e, c, m] y[e, q]`: an input irrep's paths with the spherical
+    harmonics, per edge. Two formulations of this function, chosen by the platform the program is compiled
+    for (`lax.platform_dependent`): `_edge_dots` on CPU, `_edge_sparse` (with `sparse` = the block's
+    `_conv_sparse_plan` entry) on GPUs."""
+    return jax.lax.platform_dependent(x, y, cpu=lambda x, y: _edge_dots(x, y, blk),
+                                      default=lambda x, y: _edge_sparse(x, y, sparse))  # fmt: skip
+
+
+def _edge_dots(x, y, blk):
+    """`Y · blk` per edge, then a batched dot per edge (batch = edges): measured 5x faster in the backward pass
+    on CPU than an unrolled broadcast-multiply-add over m."""
+    with jax.named_scope("mace_edge_dots"):
+        yb = jnp.einsum("eq,qmk->emk", y, jnp.asarray(blk, x.dtype))  # (E, d1, D1)
+        return jnp.einsum("ecm,emk->eck", x, yb)
+
+
+def _edge_sparse(x, y, sparse):
+    """The same over the block's nonzeros (`sparse.bilinear`, Y broadcast over channels): no `(E, d1, D1)`
+    block per edge, no batched GEMMs with a batch of E, and derivatives of any order without scatters. The
+    H200 compile of a 128-replica step moves 5.9 GB instead of 7.1 and of a training step 21.0 GB instead of
+    24.0 (`benchmarks/bench_hlo.py --target h200`)."""
+    spec, values = sparse
+    with jax.named_scope("mace_sparse_tp"):
+        return bilinear(x, y[:, None, :], jnp.asarray(values, x.dtype)[None], spec)
+
+
 def _by_species(onehot: Float[Array, "n s"], w: Float[Array, "s ..."]) -> Float[Array, "n ..."]:
     """Per-bead rows `w[species]` as a one-hot matmul (a matmul, not a scatter, in the backward)."""
     return (onehot @ w.reshape(w.shape[0], -1)).reshape((onehot.shape[0],) + w.shape[1:])
@@ -257,21 +298,20 @@ class _Layer(eqx.Module):
         dtype = h[0].dtype
         c = self.channels
         blocks, path_irs = _conv_plan(self.in_irs, self.sh_irs)
-        # 1. linear_up on nodes, then per-edge channel-wise tensor products with Y(r̂), one batched dot
-        # per input irrep for all its paths, the radial weight per path, one segment sum. On a GPU the
-        # slices, scaling and concatenation fuse into the segment sum's kernel: grouping the paths by
-        # target irrep instead (825189e, faster on CPU) made the H200 compile of a simulation step move
-        # 1.7x the bytes and of a training step 1.5x (benchmarks/bench_hlo.py --target h200).
+        sparse = _conv_sparse_plan(self.in_irs, self.sh_irs)
+        # 1. linear_up on nodes, then per-edge channel-wise tensor products with Y(r̂), one per input irrep
+        # for all its paths (`_edge_products`: batched dots on CPU, the block's nonzeros on GPUs), the
+        # radial weight per path, one segment sum. On a GPU the slices, scaling and concatenation fuse
+        # into the segment sum's kernel: grouping the paths by target irrep instead (825189e, faster on
+        # CPU) made the H200 compile of a simulation step move 1.7x the bytes and of a training step 1.5x
+        # (benchmarks/bench_hlo.py --target h200).
         with jax.named_scope("mace_messages"):
             msgs = []
-            for x, w, blk in zip(h, self.linear_up, blocks):
+            for x, w, blk, sp in zip(h, self.linear_up, blocks, sparse):
                 if blk.shape[-1] == 0:
                     continue
                 x = _channel_linear(x, w)[senders]  # (E, C, d1)
-                yb = jnp.einsum("eq,qmk->emk", y, jnp.asarray(blk, dtype))  # (E, d1, D1)
-                # a batched dot per edge: measured 5x faster in the backward pass on CPU than an
-                # unrolled broadcast-multiply-add over m
-                msgs.append(jnp.einsum("ecm,emk->eck", x, yb))
+                msgs.append(_edge_products(x, y, blk, sp))
             m = jnp.concatenate(msgs, axis=-1)  # (E, C, D)
             r = geo.spread(self.radial(radial_in)).reshape(-1, c, len(path_irs))  # (E, C, P); zero on padding
             offsets = np.concatenate([[0], np.cumsum([_dim(i) for i in path_irs])])
