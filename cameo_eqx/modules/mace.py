@@ -227,8 +227,8 @@ def _edge_dots(x, y, blk):
 def _edge_sparse(x, y, sparse):
     """The same over the block's nonzeros (`sparse.bilinear`, Y broadcast over channels): no `(E, d1, D1)`
     block per edge, no batched GEMMs with a batch of E, and derivatives of any order without scatters. The
-    H200 compile of a 128-replica step moves 5.9 GB instead of 7.1 and of a training step 21.0 GB instead of
-    24.0 (`benchmarks/bench_hlo.py --target h200`)."""
+    H200 compile of a 128-replica step moves 5.6 GB instead of 7.0 and of a training step 20.3 GB instead of
+    23.4 (`benchmarks/bench_hlo.py --target h200`)."""
     spec, values = sparse
     with jax.named_scope("mace_sparse_tp"):
         return bilinear(x, y[:, None, :], jnp.asarray(values, x.dtype)[None], spec)
@@ -304,21 +304,24 @@ class _Layer(eqx.Module):
         # radial weight per path, one segment sum. On a GPU the slices, scaling and concatenation fuse
         # into the segment sum's kernel: grouping the paths by target irrep instead (825189e, faster on
         # CPU) made the H200 compile of a simulation step move 1.7x the bytes and of a training step 1.5x
-        # (benchmarks/bench_hlo.py --target h200).
+        # (benchmarks/bench_hlo.py --target h200). Each path is sliced from its own irrep's products, not
+        # from all paths concatenated: the backward of a slice is then a pad to that irrep's width only.
+        # That made the chain's E+F and training step 1.6-1.8x faster on CPU, and on the H200 compile
+        # of a 1,024-replica step removed three kernels that each re-read every path (64.8 -> 50.8 GB).
         with jax.named_scope("mace_messages"):
-            msgs = []
+            r = geo.spread(self.radial(radial_in)).reshape(-1, c, len(path_irs))  # (E, C, P); zero on padding
+            offsets = np.concatenate([[0], np.cumsum([_dim(i) for i in path_irs])])
+            msgs, p = [], 0
             for x, w, blk, sp in zip(h, self.linear_up, blocks, sparse):
                 if blk.shape[-1] == 0:
                     continue
                 x = _channel_linear(x, w)[senders]  # (E, C, d1)
-                msgs.append(_edge_products(x, y, blk, sp))
+                out, start = _edge_products(x, y, blk, sp), offsets[p]  # (E, C, D1): this irrep's paths
+                while p < len(path_irs) and offsets[p + 1] - start <= blk.shape[-1]:
+                    msgs.append(out[..., offsets[p] - start : offsets[p + 1] - start] * r[..., p, None])
+                    p += 1
+            assert p == len(path_irs), "_conv_plan's paths are contiguous per input irrep"
             m = jnp.concatenate(msgs, axis=-1)  # (E, C, D)
-            r = geo.spread(self.radial(radial_in)).reshape(-1, c, len(path_irs))  # (E, C, P); zero on padding
-            offsets = np.concatenate([[0], np.cumsum([_dim(i) for i in path_irs])])
-            m = jnp.concatenate(
-                [m[..., offsets[p] : offsets[p + 1]] * r[..., p, None] for p in range(len(path_irs))],
-                axis=-1,
-            )
             m = jax.ops.segment_sum(m, receivers, num_segments=n_node) * inv_avg  # (n, C, D)
             # 2. the A-basis: mix paths x channels per target irrep; layout (d_sh, n, C) for step 3
             a = []
