@@ -3,16 +3,16 @@
 in this process only. They exist because some choices can only be decided by a GPU: a CPU compile and an
 H200 compile (`bench_hlo.py --target h200`) can rank two formulations in opposite orders. Not used by the
 library; `tests/test_variants.py` checks that each one that changes the CPU computation gives the default's
-energies, forces and training gradients, and that the Allegro ones force their formulation in a CPU and a
-CUDA lowering.
+energies, forces and training gradients, and that the Allegro and MACE ones force their formulation in a
+CPU and a CUDA lowering.
 
 - `mace-grouped-messages`: MACE's messages grouped by target irrep (825189e), one block, one radial
-  weighting and one segment sum per l3. Faster on CPU (chain E+F 23 against 31 ms); the H200 compile moves
-  1.7x the bytes of the default in a simulation step and 1.5x in a training step.
+  weighting and one segment sum per l3. Against the default at 825189e: faster on CPU (chain E+F 23 against
+  31 ms), but the H200 compile moved 1.7x the bytes in a simulation step and 1.5x in a training step.
 - `mace-sparse-tp` and `mace-edge-dots`: MACE's per-edge products of an input irrep with the spherical
   harmonics have two formulations, picked by the compile target (`mace._edge_products`: batched dots on CPU,
-  the Clebsch-Gordan blocks' nonzeros on GPUs, chosen from the H200 compile: a 128-replica step 5.9 GB
-  instead of 7.1, a training step 21.0 GB instead of 24.0). `mace-edge-dots` is the GPU A/B baseline,
+  the Clebsch-Gordan blocks' nonzeros on GPUs, chosen from the H200 compile: a 128-replica step 5.6 GB
+  instead of 7.0, a training step 20.3 GB instead of 23.4). `mace-edge-dots` is the GPU A/B baseline,
   `mace-sparse-tp` runs the GPU path on CPU.
 - `allegro-sparse-tp` and `allegro-node-matrices`: Allegro's tensor product has two formulations, picked by
   the compile target (`_AllegroLayer.tensor_product`: per-node (C, 9, 9) matrices on CPU, the sparse

@@ -238,7 +238,6 @@ def test_parameter_gradients_finite_on_villin(villin_h5):
     assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
 
 
-
 def test_sparse_plan_is_the_summed_path_tensor():
     """The GPU formulation's nonzeros and per-path values rebuild every path tensor exactly."""
     from cameo_eqx.modules import allegro

@@ -266,3 +266,31 @@ def test_parameter_gradients_finite_on_villin(name, villin_h5):
     leaves = jax.tree.leaves(eqx.filter(grads, eqx.is_inexact_array))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
     assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
+
+
+@pytest.mark.parametrize("l_max", [1, 2, 3])
+def test_mace_paths_are_sliced_from_their_own_block(l_max):
+    """`_Layer.messages` scales path p by radial weight p as the columns `offsets[p] - offsets[paths.start]`
+    of its input irrep's block: those columns must hold that path's Clebsch-Gordan coefficients, i.e. be
+    nonzero only on one spherical-harmonic irrep l2 with |l1 - l2| <= l3 <= l1 + l2 and the right parity. An
+    input irrep without paths (0o with l_max 1) gets an empty range."""
+    from cameo_eqx.modules.mace import _block_paths, _conv_plan, _dim, _sh_irs
+
+    in_irs = ((0, 1), (0, -1), (1, -1), (2, 1), (1, 1))
+    sh = tuple(_sh_irs(l_max))
+    blocks, path_irs = _conv_plan(in_irs, sh)
+    ranges = _block_paths(in_irs, sh)
+    offsets = np.concatenate([[0], np.cumsum([_dim(i) for i in path_irs])])
+    sh_off = np.concatenate([[0], np.cumsum([_dim(i) for i in sh])])
+    assert [p for r in ranges for p in r] == list(range(len(path_irs)))
+    if l_max == 1:
+        assert not ranges[1]
+    for (l1, p1), blk, paths in zip(in_irs, blocks, ranges):
+        assert blk.shape[-1] == sum(_dim(path_irs[p]) for p in paths)
+        for p in paths:
+            l3, p3 = path_irs[p]
+            cols = blk[..., offsets[p] - offsets[paths.start] : offsets[p + 1] - offsets[paths.start]]
+            rows = np.flatnonzero(np.abs(cols).sum(axis=(1, 2)) > 1e-9)
+            (j,) = {int(np.searchsorted(sh_off, r, side="right") - 1) for r in rows}  # one l2 per path
+            l2, p2 = sh[j]
+            assert abs(l1 - l2) <= l3 <= l1 + l2 and p3 == p1 * p2

@@ -207,8 +207,9 @@ def test_analyze_reports_stationarity(villin_prepared, tmp_path):
 def test_laplacian_through_gpu_tensor_products(name, monkeypatch):
     """The Hessian-vector products go through custom VJPs: the GPU formulation of Allegro's tensor product
     and of MACE's edge products (forced on CPU here) gives the Laplacian the CPU formulation gives, with the
-    same probes (the patched formulation records that it was traced). Forward mode (jax.jvp of the gradient under jit and vmap, as
-    the estimator used it) fails on such a model on any platform: both formulations are traced."""
+    same probes (the patched formulation records that it was traced). Forward mode (jax.jvp of the gradient
+    under jit and vmap, as the estimator used it) fails on such a model on any platform: both formulations
+    are traced."""
     from cameo_eqx.data.testdata import compact_chain
     from cameo_eqx.modules import ForceField, make_backbone, mace
     from cameo_eqx.modules.allegro import _AllegroLayer

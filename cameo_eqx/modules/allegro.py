@@ -144,6 +144,7 @@ def _sparse_plan(irs_in: tuple[Irrep, ...], irs_sh: tuple[Irrep, ...], irs_out: 
     `(n_path, n_nonzero)`."""
     return sparse_spec(_path_tensors(irs_in, irs_sh, irs_out))
 
+
 class _AllegroLayer(eqx.Module):
     """One Allegro layer: environment embedding, channel-wise TP, channel mix, latent update."""
 

@@ -121,6 +121,24 @@ def _conv_plan(in_irs: tuple[Ir, ...], sh_irs: tuple[Ir, ...]):
 
 
 @functools.lru_cache(maxsize=None)
+def _block_paths(in_irs: tuple[Ir, ...], sh_irs: tuple[Ir, ...]) -> tuple[range, ...]:
+    """Per input irrep, the indices in `_conv_plan`'s `path_irs` of its paths: its block's columns, in order
+    (an input irrep without paths has an empty range)."""
+    blocks, path_irs = _conv_plan(in_irs, sh_irs)
+    out, p = [], 0
+    for b in blocks:
+        start, width = p, 0
+        while width < b.shape[-1]:
+            width, p = width + _dim(path_irs[p]), p + 1
+        if width != b.shape[-1]:
+            raise AssertionError("_conv_plan's paths do not tile its blocks")
+        out.append(range(start, p))
+    if p != len(path_irs):
+        raise AssertionError("_conv_plan has paths outside its blocks")
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=None)
 def _conv_sparse_plan(in_irs: tuple[Ir, ...], sh_irs: tuple[Ir, ...]) -> tuple:
     """Per input irrep, the nonzeros of its `_conv_plan` block as `(spec, values)` (`sparse.sparse_spec`
     with x = the input irrep's components, y = the spherical harmonics); None for a block without paths."""
@@ -306,21 +324,20 @@ class _Layer(eqx.Module):
         # CPU) made the H200 compile of a simulation step move 1.7x the bytes and of a training step 1.5x
         # (benchmarks/bench_hlo.py --target h200). Each path is sliced from its own irrep's products, not
         # from all paths concatenated: the backward of a slice is then a pad to that irrep's width only.
-        # That made the chain's E+F and training step 1.6-1.8x faster on CPU, and on the H200 compile
+        # That made the chain's E+F and training step 1.6-2.0x faster on CPU, and on the H200 compile
         # of a 1,024-replica step removed three kernels that each re-read every path (64.8 -> 50.8 GB).
         with jax.named_scope("mace_messages"):
             r = geo.spread(self.radial(radial_in)).reshape(-1, c, len(path_irs))  # (E, C, P); zero on padding
             offsets = np.concatenate([[0], np.cumsum([_dim(i) for i in path_irs])])
-            msgs, p = [], 0
-            for x, w, blk, sp in zip(h, self.linear_up, blocks, sparse):
-                if blk.shape[-1] == 0:
+            msgs = []
+            per_block = zip(h, self.linear_up, blocks, sparse, _block_paths(self.in_irs, self.sh_irs))
+            for x, w, blk, sp, paths in per_block:
+                if not paths:
                     continue
                 x = _channel_linear(x, w)[senders]  # (E, C, d1)
-                out, start = _edge_products(x, y, blk, sp), offsets[p]  # (E, C, D1): this irrep's paths
-                while p < len(path_irs) and offsets[p + 1] - start <= blk.shape[-1]:
+                out, start = _edge_products(x, y, blk, sp), offsets[paths.start]  # (E, C, D1): its paths
+                for p in paths:
                     msgs.append(out[..., offsets[p] - start : offsets[p + 1] - start] * r[..., p, None])
-                    p += 1
-            assert p == len(path_irs), "_conv_plan's paths are contiguous per input irrep"
             m = jnp.concatenate(msgs, axis=-1)  # (E, C, D)
             m = jax.ops.segment_sum(m, receivers, num_segments=n_node) * inv_avg  # (n, C, D)
             # 2. the A-basis: mix paths x channels per target irrep; layout (d_sh, n, C) for step 3
