@@ -203,7 +203,9 @@ def test_analyze_reports_stationarity(villin_prepared, tmp_path):
     assert "stationary: no" in text and "potential energy drifts" in text and "RMSD" in text and "T_conf n/a" in text
 
 
-@pytest.mark.parametrize("name", ["allegro", "mace"])
+# allegro in the slow tier (34 s here): test_variants' allegro-sparse-tp check already differentiates the
+# forces of its GPU formulation in reverse mode (the training gradient), in the default tier
+@pytest.mark.parametrize("name", [pytest.param("allegro", marks=pytest.mark.slow), "mace"])
 def test_laplacian_through_gpu_tensor_products(name, monkeypatch):
     """The Hessian-vector products go through custom VJPs: the GPU formulation of Allegro's tensor product
     and of MACE's edge products (forced on CPU here) gives the Laplacian the CPU formulation gives, with the
