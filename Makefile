@@ -30,7 +30,7 @@ test: $(STAMP)
 # a representative subset of the suite (models, force field, simulation). Not part of `make test`.
 PYTHON312 ?= python3.12
 VENV312 ?= .venv312
-PY312_TESTS ?= tests/test_core.py tests/test_painn_mace.py tests/test_allegro.py tests/test_forcefield.py tests/test_simulate.py
+PY312_TESTS ?= tests/test_core.py tests/test_pair_function.py tests/test_painn_mace.py tests/test_allegro.py tests/test_forcefield.py tests/test_simulate.py
 
 $(VENV312)/.installed-stamp: pyproject.toml
 	@py=$(PYTHON312); $$py -c 'import sys; assert sys.version_info[:2] >= (3, 12)' 2>/dev/null \

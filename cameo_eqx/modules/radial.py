@@ -1,6 +1,7 @@
 """Pieces shared by the backbones (Allegro, PaiNN, MACE), in one module: edge geometry, radial basis,
-cutoff functions, species embedding, dense layers and MLPs, irreps helpers, and the constructor-keyword
-helpers behind `hyperparameters()` (`safe_norm` comes from `cameo_eqx.geometry`).
+cutoff functions, per-pair functions differentiated in r in forward mode (`pair_function`), species
+embedding, dense layers and MLPs, irreps helpers, and the constructor-keyword helpers behind
+`hyperparameters()` (`safe_norm` comes from `cameo_eqx.geometry`).
 
 All three follow the edge convention of `cameo_eqx.graph.Batch` (the edge's message or energy belongs
 to `receivers`, the centre); `edge_geometry` gives vectors from the centre to the neighbour.
@@ -8,6 +9,7 @@ to `receivers`, the centre); `edge_geometry` gives vectors from the centre to th
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,6 +45,55 @@ def polynomial_envelope(r: Float[Array, " n"], cutoff: float, p: int = 6) -> Flo
         - p * (p + 1.0) / 2.0 * x ** (p + 2)
     )
     return jnp.where(x < 1.0, env, 0.0)
+
+
+def _pair_function(fn, r, params):
+    return fn(r, params)
+
+
+pair_function = jax.custom_jvp(_pair_function, nondiff_argnums=(0,))
+pair_function.__doc__ = """`fn(r, params)`, a function of one scalar per row (a radial filter or radial MLP of the
+pair distances), whose derivative in `r` is taken in forward mode.
+
+The Jacobian of `fn` in `r` is one column per row, so its JVP in `r` is one more forward pass (the slope
+`∂fn/∂r`, a `(n, d)` array kept for the reverse pass), and the gradient in `r` is a row-wise dot of the
+cotangent with it. Plain reverse mode instead keeps the activations and runs the transposed matmuls per
+row. The JVP in `params` is the usual one. Every derivative order works (the rule is plain JAX), forward
+mode included.
+
+PaiNN's filters use it (a (pairs, 3F) linear map of the basis: fewer bytes in both the simulation and the
+training step on the H200 compile). MACE's radial MLPs and Allegro's two-body radial were measured with it
+and do not: MACE's training step moved 21.9 GB instead of 20.3, Allegro's 24.9 instead of 24.8, for no gain
+in the simulation step.
+
+**Arguments:**
+
+- `fn`: `fn(r, params) -> (n, d)`, row k depending on `r[k]` only (not checked).
+- `r`: `(n,)` distances.
+- `params`: a pytree of float arrays (the weights).
+
+**Returns:** `fn(r, params)`.
+"""
+
+
+@functools.partial(pair_function.defjvp, symbolic_zeros=True)
+def _pair_function_jvp(fn, primals, tangents):
+    r, params = primals
+    dr, dparams = tangents
+    zero = jax.custom_derivatives.SymbolicZero
+    if isinstance(dr, zero):
+        return jax.jvp(lambda p: fn(r, p), (params,), (_instantiate(dparams, params),))
+    out, slope = jax.jvp(lambda x: fn(x, params), (r,), (jnp.ones_like(r),))
+    tangent = slope * dr[:, None]
+    if not all(isinstance(t, zero) for t in jax.tree.leaves(dparams, is_leaf=lambda t: isinstance(t, zero))):
+        tangent = tangent + jax.jvp(lambda p: fn(r, p), (params,), (_instantiate(dparams, params),))[1]
+    return out, tangent
+
+
+def _instantiate(tangents, primals):
+    zero = jax.custom_derivatives.SymbolicZero
+    return jax.tree.map(lambda t, p: jnp.zeros_like(p) if isinstance(t, zero) else t, tangents, primals,
+                        is_leaf=lambda t: isinstance(t, zero))
 
 
 class SpeciesEmbedding(eqx.Module):
