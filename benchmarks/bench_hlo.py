@@ -19,7 +19,8 @@ it reads and writes, the FLOPs of its dots and elementwise work and the elements
 `--case step` compiles one BAOAB step of backbone + prior on `--replicas` copies of the chain, as the
 Simulator does, `--case train` one training step on a packed bucket, and `--target h100|h200` compiles
 for that GPU on this machine (a deviceless compile; needs jax's CUDA plugin, no GPU), with a floor time
-from the bytes and the kernel count:
+from the bytes and the kernel count, and a roofline floor where each kernel takes the longer of its bytes
+and its FLOPs at the float32 peak:
 
     python benchmarks/bench_hlo.py --case step --target h200          # issue 15's simulation case
     python benchmarks/bench_hlo.py allegro prior --case step --replicas 1024 --target h200
@@ -299,9 +300,11 @@ def op_group(op_name: str, depth: int) -> str:
     return "/".join(parts[1 : 1 + depth] if parts[0].startswith("jit(") else parts[:depth]) or op_name
 
 
-def kernel_summary(ks: list[Kernel], bandwidth: float | None) -> dict:
+def kernel_summary(ks: list[Kernel], bandwidth: float | None, flop_rate: float | None = None) -> dict:
     """Totals of `kernels` and per named scope; with a `bandwidth` (bytes/s) also the floor time: all bytes
-    at that bandwidth plus `LAUNCH_S` per kernel."""
+    at that bandwidth plus `LAUNCH_S` per kernel; with a `flop_rate` (FLOP/s) too, `roofline_floor_s`,
+    where each kernel takes the longer of its bytes at the bandwidth and its FLOPs at that rate (a GEMM with
+    K = 64 in float32 is compute-bound on an H200: about 18 FLOP per byte against a ridge of 14)."""
     fields = ("kernels", "bytes_moved", "scatter_updates", "dot_flops", "other_flops")
     scopes: dict[str, dict] = collections.defaultdict(lambda: dict.fromkeys(fields, 0))
     total = dict.fromkeys(fields, 0)
@@ -313,12 +316,19 @@ def kernel_summary(ks: list[Kernel], bandwidth: float | None) -> dict:
     out = {**total, "scopes": dict(sorted(scopes.items(), key=lambda kv: -kv[1]["bytes_moved"]))}
     if bandwidth:
         out["floor_s"] = total["bytes_moved"] / bandwidth + len(ks) * LAUNCH_S
+        if flop_rate:
+            out["roofline_floor_s"] = len(ks) * LAUNCH_S + sum(
+                max((k.bytes_in + k.bytes_out) / bandwidth, (k.dot_flops + k.other_flops) / flop_rate) for k in ks
+            )
     return out
 
 
 # Deviceless GPU compiles: XLA's GpuTargetConfig for sm_90 parts (datasheet bandwidth and memory).
 _GPU = {"h100": ("NVIDIA H100 80GB HBM3", 3.35e12, 84_929_347_584),
         "h200": ("NVIDIA H200", H200["hbm_bytes_per_s"], 150_754_820_096)}  # fmt: skip
+FP32_FLOP_S = H200["fp32_flop_per_s"]
+"""Float32 (non-tensor-core) peak of both SXM parts (the same GH100 chip): the rate of `roofline_floor_s`, since
+the models run their matmuls at float32 by default (`cameo_eqx/precision.py`)."""
 LAUNCH_S = 1.4e-6
 """Per-kernel overhead: the issue's prior-only step on an H200 took 96 µs for its 59 kernels (less 15 µs of
 traffic), 128 replicas, before the work on issue 15 (commit 725d0ec)."""
@@ -408,6 +418,8 @@ def print_kernels(title: str, ks: list[Kernel], summary: dict, top: int) -> None
     rows = [[s, r["kernels"], f"{r['bytes_moved'] / 1e6:.1f}", f"{r['scatter_updates'] / 1e6:.1f}",
              f"{r['dot_flops'] / 1e9:.2f}", f"{r['other_flops'] / 1e9:.2f}"] for s, r in summary["scopes"].items()]
     floor = f"; floor {summary['floor_s'] * 1e3:.2f} ms" if "floor_s" in summary else ""
+    if "roofline_floor_s" in summary:
+        floor += f" ({summary['roofline_floor_s'] * 1e3:.2f} ms with each kernel's FLOPs at the float32 peak)"
     print_table(f"{title}: {summary['kernels']} kernels, {summary['bytes_moved'] / 1e9:.2f} GB read + written, "
                 f"{summary['scatter_updates'] / 1e6:.0f} M scattered elements, {summary['dot_flops'] / 1e9:.1f} "
                 f"GFLOP in dots + {summary['other_flops'] / 1e9:.1f} elementwise{floor}",
@@ -471,7 +483,7 @@ def main() -> None:
         groups, total = output_bytes_by_op(text, args.depth)
         ranked = sorted(groups.items(), key=lambda kv: -kv[1][0])
         ks = kernels(text)
-        summary = kernel_summary(ks, bandwidth)
+        summary = kernel_summary(ks, bandwidth, FP32_FLOP_S)
         size_key = {"ef": "edges", "step": "edge_slots_per_replica", "train": "frames"}[args.case]
         res["backbones"][name] = {"output_bytes": total, size_key: size, "scopes": by_scope(groups),
                                   "groups": {k: {"bytes": b, "instructions": n} for k, (b, n) in ranked},
@@ -484,9 +496,10 @@ def main() -> None:
                     ["MB", "share", "instr", "op_name group"], rows)  # fmt: skip
         print_kernels(f"{name}: {what}", ks, summary, args.top)
         if "floor_s" in summary and args.case != "ef":
-            rate = size / summary["floor_s"] if args.case == "train" else args.replicas / summary["floor_s"]
+            units = size if args.case == "train" else args.replicas
             unit = "frames/s" if args.case == "train" else "timestep*mol/s"
-            print(f"{name}: at the floor, {rate:,.0f} {unit}")
+            print(f"{name}: at the floor, {units / summary['floor_s']:,.0f} {unit}; "
+                  f"{units / summary['roofline_floor_s']:,.0f} with each kernel's FLOPs at the float32 peak")
         write_results("hlo", res, args.out)  # after each backbone: a later failure keeps these
 
 

@@ -99,6 +99,14 @@ def test_kernels_of_a_gpu_compile():
     assert s["scopes"]["edges"]["dot_flops"] == 65536 and s["scopes"]["nodes"]["scatter_updates"] == 1024
     assert s["floor_s"] == pytest.approx(s["bytes_moved"] / 4.8e12 + 10 * bench_hlo.LAUNCH_S)
     assert "floor_s" not in bench_hlo.kernel_summary(ks, bandwidth=None)
+    # the roofline floor: unchanged while every kernel is bound by its bytes; at a ridge of 2 FLOP per byte the
+    # two GEMMs (3.6 FLOP per byte) are compute-bound and the elementwise kernels (at most 0.5) are not, so it
+    # is longer by exactly the GEMMs' FLOP time less their byte time
+    assert bench_hlo.kernel_summary(ks, 4.8e12, flop_rate=1e30)["roofline_floor_s"] == pytest.approx(s["floor_s"])
+    slow = bench_hlo.kernel_summary(ks, 4.8e12, flop_rate=2 * 4.8e12)
+    extra = sum((k.dot_flops + k.other_flops) / 9.6e12 - (k.bytes_in + k.bytes_out) / 4.8e12 for k in gemms)
+    assert extra > 0 and slow["roofline_floor_s"] == pytest.approx(s["floor_s"] + extra)
+    assert "roofline_floor_s" not in s
 
 
 def test_kernels_of_a_cpu_compile():
