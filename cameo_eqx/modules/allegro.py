@@ -220,10 +220,15 @@ class _AllegroLayer(eqx.Module):
             return bilinear(v, gamma[center], wz, spec)
 
 
-def _env_features(weights, y, n_sh_irreps_index, channels):
-    """w ⊙ Y per channel: weights (e, c*n_sh) and Y (e, d_sh) → (e, c, d_sh)."""
-    w = weights.reshape(weights.shape[0], channels, -1)[..., n_sh_irreps_index]
-    return w * y[:, None, :]
+def _env_features(weights, y, sh_dims: tuple[int, ...], channels):
+    """w ⊙ Y per channel: weights (e, c*n_sh) and Y (e, d_sh) → (e, c, d_sh), each irrep's weight broadcast
+    over its `sh_dims` components. Broadcasts, not a gather along the last axis: the gather's transpose
+    scatter-adds onto zeroed (e, c, n_sh) buffers (atomics on a GPU)."""
+    w = weights.reshape(weights.shape[0], channels, len(sh_dims))
+    offsets = np.cumsum([0, *sh_dims])
+    return jnp.concatenate(
+        [w[..., k : k + 1] * y[:, None, offsets[k] : offsets[k + 1]] for k in range(len(sh_dims))], axis=-1
+    )
 
 
 class Allegro(AbstractBackbone):
@@ -356,7 +361,7 @@ class Allegro(AbstractBackbone):
             lambda g: e3nn.spherical_harmonics(sh, g.unit, normalize=False, normalization="component").array,
             flip=sh_flip(self.l_max),
         ).astype(dtype)  # (e, d_sh)
-        sh_index = _irrep_index(sh_irreps(self.l_max))
+        sh_dims = tuple(_dim(ir) for ir in sh_irreps(self.l_max))
         c = self.n_tensor_features
         n_node = batch.n_node
 
@@ -371,11 +376,11 @@ class Allegro(AbstractBackbone):
             x = x * u[:, None]
 
         env_w = x @ self.env0
-        v = _env_features(env_w, y, sh_index, c)  # V^0 = w ⊙ Y
+        v = _env_features(env_w, y, sh_dims, c)  # V^0 = w ⊙ Y
         norm = 1.0 / math.sqrt(self.avg_num_neighbors)
         for layer in self.layers:
             with jax.named_scope("allegro_tensor_product"):
-                wy = _env_features(env_w, y, sh_index, c)
+                wy = _env_features(env_w, y, sh_dims, c)
                 gamma = jax.ops.segment_sum(wy, center, num_segments=n_node) * norm
                 v = layer.tensor_product(v, gamma, center)
             with jax.named_scope("allegro_latent"):
