@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_output
 
-.PHONY: install demo test test-slow test-py312 bench bench-gpu bench-hlo-gpu device-wheels bench-consistency bench-reference validate-villin clean legacy-xla-venv lammps-venv
+.PHONY: install demo test test-slow test-py312 bench bench-gpu bench-hlo-gpu bench-hlo-gpu-py312 device-wheels bench-consistency bench-reference validate-villin clean legacy-xla-venv lammps-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cameo_eqx needs Python >= 3.11, found " + sys.version.split()[0]'
@@ -69,6 +69,23 @@ bench-hlo-gpu: $(CUDA_PLUGIN)/.installed-stamp
 		painn mace allegro --case step --target h200 --top 8 --out benchmarks/results/hlo_h200_step.json
 	PYTHONPATH=$(CUDA_PLUGIN) XLA_FLAGS=--xla_gpu_enable_triton_gemm=false $(PY) benchmarks/bench_hlo.py \
 		--case train --target h200 --top 8 --out benchmarks/results/hlo_h200_train.json
+
+# The same on the jax 0.11 line (Python 3.12, make test-py312's venv) with CUDA 13: the XLA of the lent GPU machines'
+# image (jax 0.11.2, jax-cuda13-plugin), so a compile failure there shows here first. About 4 GB.
+CUDA13_PLUGIN ?= .venv-cudaplugin312
+
+$(CUDA13_PLUGIN)/.installed-stamp: $(VENV312)/.installed-stamp
+	rm -rf $(CUDA13_PLUGIN)
+	v=$$($(VENV312)/bin/python -c 'import jax; print(jax.__version__)'); \
+		$(VENV312)/bin/python -m pip install -q --target $(CUDA13_PLUGIN) "jax-cuda13-plugin[with-cuda]==$$v"
+	@touch $@
+
+bench-hlo-gpu-py312: $(CUDA13_PLUGIN)/.installed-stamp
+	PYTHONPATH=$(CUDA13_PLUGIN) XLA_FLAGS=--xla_gpu_enable_triton_gemm=false $(VENV312)/bin/python \
+		benchmarks/bench_hlo.py prior painn mace allegro --case step --target h200 --top 8 \
+		--out benchmarks/results/hlo_h200_step_jax011.json
+	PYTHONPATH=$(CUDA13_PLUGIN) XLA_FLAGS=--xla_gpu_enable_triton_gemm=false $(VENV312)/bin/python \
+		benchmarks/bench_hlo.py --case train --target h200 --top 8 --out benchmarks/results/hlo_h200_train_jax011.json
 
 # pytest exits 5 when no test is selected; an empty slow tier is not a failure.
 test-slow: $(STAMP) legacy-xla-venv lammps-venv
