@@ -47,36 +47,40 @@ def polynomial_envelope(r: Float[Array, " n"], cutoff: float, p: int = 6) -> Flo
     return jnp.where(x < 1.0, env, 0.0)
 
 
+def pair_function(
+    fn: Callable[[Float[Array, " n"], Any], Float[Array, "n d"]], r: Float[Array, " n"], params: Any
+) -> Float[Array, "n d"]:
+    """`fn(r, params)`, a function of one scalar per row (a radial filter or radial MLP of the pair distances),
+    whose derivative in `r` is taken in forward mode.
+
+    The Jacobian of `fn` in `r` is one column per row, so its JVP in `r` is one more forward pass (the slope
+    `∂fn/∂r`, a `(n, d)` array kept for the reverse pass), and the gradient in `r` is a row-wise dot of the
+    cotangent with it. Plain reverse mode instead keeps the activations and runs the transposed matmuls per
+    row. The JVP in `params` is the usual one. Every derivative order works (the rule is plain JAX), forward
+    mode included.
+
+    PaiNN's filters use it (a (pairs, 3F) linear map of the basis: fewer bytes in both the simulation and the
+    training step on the H200 compile). MACE's radial MLPs and Allegro's two-body radial were measured with it
+    and do not: MACE's training step moved 21.9 GB instead of 20.3, Allegro's 24.9 instead of 24.8, for no
+    gain in the simulation step.
+
+    **Arguments:**
+
+    - `fn`: `fn(r, params) -> (n, d)`, row k depending on `r[k]` only (not checked).
+    - `r`: `(n,)` distances.
+    - `params`: a pytree of float arrays (the weights).
+
+    **Returns:** `fn(r, params)`.
+    """
+    return _pair_function(fn, r, params)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _pair_function(fn, r, params):
     return fn(r, params)
 
 
-pair_function = jax.custom_jvp(_pair_function, nondiff_argnums=(0,))
-pair_function.__doc__ = """`fn(r, params)`, a function of one scalar per row (a radial filter or radial MLP of the
-pair distances), whose derivative in `r` is taken in forward mode.
-
-The Jacobian of `fn` in `r` is one column per row, so its JVP in `r` is one more forward pass (the slope
-`∂fn/∂r`, a `(n, d)` array kept for the reverse pass), and the gradient in `r` is a row-wise dot of the
-cotangent with it. Plain reverse mode instead keeps the activations and runs the transposed matmuls per
-row. The JVP in `params` is the usual one. Every derivative order works (the rule is plain JAX), forward
-mode included.
-
-PaiNN's filters use it (a (pairs, 3F) linear map of the basis: fewer bytes in both the simulation and the
-training step on the H200 compile). MACE's radial MLPs and Allegro's two-body radial were measured with it
-and do not: MACE's training step moved 21.9 GB instead of 20.3, Allegro's 24.9 instead of 24.8, for no gain
-in the simulation step.
-
-**Arguments:**
-
-- `fn`: `fn(r, params) -> (n, d)`, row k depending on `r[k]` only (not checked).
-- `r`: `(n,)` distances.
-- `params`: a pytree of float arrays (the weights).
-
-**Returns:** `fn(r, params)`.
-"""
-
-
-@functools.partial(pair_function.defjvp, symbolic_zeros=True)
+@functools.partial(_pair_function.defjvp, symbolic_zeros=True)
 def _pair_function_jvp(fn, primals, tangents):
     r, params = primals
     dr, dparams = tangents
