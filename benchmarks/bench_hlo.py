@@ -243,10 +243,19 @@ def _bytes_read(comps: dict, instr: tuple, shapes: dict[str, str]) -> int:
             k = re.match(r"number=(\d+)", attrs_p) if opcode == "parameter" else None
             if k is None or int(k.group(1)) >= len(sizes):
                 continue
-            users = [u for u in inner if name in u[3]]
+            users = _readers(inner, name)
             if users and all(u[2] in ("slice", "dynamic-slice") for u in users):
                 sizes[int(k.group(1))] = min(sizes[int(k.group(1))], sum(_type_bytes(u[1]) for u in users))
     return sum(sizes)
+
+
+def _readers(inner: list[tuple], name: str) -> list[tuple]:
+    """The instructions of a fused computation that read `name`, looking through bitcasts (which move no
+    data: XLA 0.11 reshapes a GEMM's output by a bitcast before slicing it)."""
+    out = []
+    for u in (u for u in inner if name in u[3]):
+        out += _readers(inner, u[0]) if u[2] == "bitcast" else [u]
+    return out
 
 
 def kernels(hlo_text: str) -> list[Kernel]:

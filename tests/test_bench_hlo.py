@@ -132,6 +132,13 @@ _KERNEL_TEXT = """HloModule m
   ROOT %s = f32[10,8]{1,0} slice(%param_0), slice={[0:10], [0:8]}
 }
 
+%fused_bitcast_slice (param_0.2: f32[100,8]) -> f32[10,8] {
+  %param_0.2 = f32[100,8]{1,0} parameter(0)
+  %bc = f32[10,10,8]{2,1,0} bitcast(%param_0.2)
+  %s2 = f32[1,10,8]{2,1,0} slice(%bc), slice={[0:1], [0:10], [0:8]}
+  ROOT %bc2 = f32[10,8]{1,0} bitcast(%s2)
+}
+
 %fused_mul (param_0.1: f32[100,8]) -> f32[100,8] {
   %param_0.1 = f32[100,8]{1,0} parameter(0)
   ROOT %m = f32[100,8]{1,0} multiply(%param_0.1, %param_0.1)
@@ -144,7 +151,9 @@ _KERNEL_TEXT = """HloModule m
 
 %cheap (q: f32[100,8]) -> f32[10,8] {
   %q = f32[100,8]{1,0} parameter(0)
-  ROOT %c = f32[10,8]{1,0} fusion(%q), kind=kLoop, calls=%fused_slice
+  %c = f32[10,8]{1,0} fusion(%q), kind=kLoop, calls=%fused_slice
+  %c2 = f32[10,8]{1,0} fusion(%q), kind=kLoop, calls=%fused_bitcast_slice
+  ROOT %c3 = f32[10,8]{1,0} add(%c, %c2)
 }
 
 %dear (r: f32[100,8]) -> f32[10,8] {
@@ -163,12 +172,13 @@ ENTRY %main (a: f32[100,8], i: s32[]) -> f32[10,8] {
 
 
 def test_kernels_of_loops_branches_and_slices():
-    """A while body counts once; a conditional its cheapest branch; a fusion that only slices an operand
-    is charged the slice it reads, not the whole operand."""
+    """A while body counts once; a conditional its cheapest branch; a fusion that only slices an operand,
+    directly or through a bitcast, is charged the slice it reads, not the whole operand."""
     ks = bench_hlo.kernels(_KERNEL_TEXT)
-    assert [(k.name, k.branch) for k in ks] == [("k", ""), ("c", "cheap")]
+    assert [(k.name, k.branch) for k in ks] == [("k", ""), ("c", "cheap"), ("c2", "cheap"), ("c3", "cheap")]
     assert ks[0].bytes_in == ks[0].bytes_out == 3200 and ks[0].other_flops == 800
     assert ks[1].bytes_in == ks[1].bytes_out == 320
+    assert ks[2].bytes_in == ks[2].bytes_out == 320
 
 
 def test_kernels_of_a_cublas_call():
