@@ -57,35 +57,37 @@ lammps-venv:
 # GPU"): jax's CUDA plugin at the installed jax's version, with its NVIDIA libraries (about 5 GB), in a side
 # folder put on PYTHONPATH for these commands only. Needs no GPU or driver.
 CUDA_PLUGIN ?= .venv-cudaplugin
-
-$(CUDA_PLUGIN)/.installed-stamp: $(STAMP)
-	rm -rf $(CUDA_PLUGIN)
-	v=$$($(PY) -c 'import jax; print(jax.__version__)'); \
-		$(PY) -m pip install -q --target $(CUDA_PLUGIN) "jax-cuda12-plugin[with-cuda]==$$v"
-	@touch $@
-
-bench-hlo-gpu: $(CUDA_PLUGIN)/.installed-stamp
-	PYTHONPATH=$(CUDA_PLUGIN) XLA_FLAGS=--xla_gpu_enable_triton_gemm=false $(PY) benchmarks/bench_hlo.py prior \
-		painn mace allegro --case step --target h200 --top 8 --out benchmarks/results/hlo_h200_step.json
-	PYTHONPATH=$(CUDA_PLUGIN) XLA_FLAGS=--xla_gpu_enable_triton_gemm=false $(PY) benchmarks/bench_hlo.py \
-		--case train --target h200 --top 8 --out benchmarks/results/hlo_h200_train.json
-
 # The same on the jax 0.11 line (Python 3.12, make test-py312's venv) with CUDA 13: the XLA of the lent GPU machines'
 # image (jax 0.11.2, jax-cuda13-plugin), so a compile failure there shows here first. About 4 GB.
 CUDA13_PLUGIN ?= .venv-cudaplugin312
 
+# $(1) the python, $(2) the plugin's folder, $(3) its CUDA line (cuda12 | cuda13): the plugin at that python's jax
+define install_cuda_plugin
+	rm -rf $(2)
+	v=$$($(1) -c 'import jax; print(jax.__version__)'); \
+		$(1) -m pip install -q --target $(2) "jax-$(3)-plugin[with-cuda]==$$v"
+	@touch $(2)/.installed-stamp
+endef
+
+# $(1) the python, $(2) the plugin's folder, $(3) the results' suffix: the step and training cases for an H200
+define hlo_h200_cases
+	PYTHONPATH=$(2) XLA_FLAGS=--xla_gpu_enable_triton_gemm=false $(1) benchmarks/bench_hlo.py prior painn mace \
+		allegro --case step --target h200 --top 8 --out benchmarks/results/hlo_h200_step$(3).json
+	PYTHONPATH=$(2) XLA_FLAGS=--xla_gpu_enable_triton_gemm=false $(1) benchmarks/bench_hlo.py --case train \
+		--target h200 --top 8 --out benchmarks/results/hlo_h200_train$(3).json
+endef
+
+$(CUDA_PLUGIN)/.installed-stamp: $(STAMP)
+	$(call install_cuda_plugin,$(PY),$(CUDA_PLUGIN),cuda12)
+
 $(CUDA13_PLUGIN)/.installed-stamp: $(VENV312)/.installed-stamp
-	rm -rf $(CUDA13_PLUGIN)
-	v=$$($(VENV312)/bin/python -c 'import jax; print(jax.__version__)'); \
-		$(VENV312)/bin/python -m pip install -q --target $(CUDA13_PLUGIN) "jax-cuda13-plugin[with-cuda]==$$v"
-	@touch $@
+	$(call install_cuda_plugin,$(VENV312)/bin/python,$(CUDA13_PLUGIN),cuda13)
+
+bench-hlo-gpu: $(CUDA_PLUGIN)/.installed-stamp
+	$(call hlo_h200_cases,$(PY),$(CUDA_PLUGIN),)
 
 bench-hlo-gpu-py312: $(CUDA13_PLUGIN)/.installed-stamp
-	PYTHONPATH=$(CUDA13_PLUGIN) XLA_FLAGS=--xla_gpu_enable_triton_gemm=false $(VENV312)/bin/python \
-		benchmarks/bench_hlo.py prior painn mace allegro --case step --target h200 --top 8 \
-		--out benchmarks/results/hlo_h200_step_jax011.json
-	PYTHONPATH=$(CUDA13_PLUGIN) XLA_FLAGS=--xla_gpu_enable_triton_gemm=false $(VENV312)/bin/python \
-		benchmarks/bench_hlo.py --case train --target h200 --top 8 --out benchmarks/results/hlo_h200_train_jax011.json
+	$(call hlo_h200_cases,$(VENV312)/bin/python,$(CUDA13_PLUGIN),_jax011)
 
 # pytest exits 5 when no test is selected; an empty slow tier is not a failure.
 test-slow: $(STAMP) legacy-xla-venv lammps-venv
