@@ -41,3 +41,15 @@ def test_a_missing_package_is_named(tmp_path):
     r = _run(tmp_path, str(block))
     assert r.returncode != 0
     assert "lacks e3nn-jax, matscipy" in r.stderr and "make device-wheels" in r.stderr
+
+
+def test_check_covers_every_dependency():
+    """The script's import list names every runtime dependency in pyproject.toml (by distribution name), so a
+    dependency added there cannot be missed on the device machine."""
+    import re
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0].lower() for d in deps}
+    listed = {d.lower() for d in re.findall(r'"[\w.]+": "([\w.\-]+)"', SCRIPT.read_text())}
+    assert names and names <= listed, f"missing from device_bench.sh: {sorted(names - listed)}"
