@@ -19,11 +19,13 @@ def _coupling(rng, d_x=4, d_y=5, d_out=3, density=0.3, paths=2):
     return t
 
 
+@pytest.mark.parametrize("first", [False, True], ids=["channels-first", "irreps-first"])
 @pytest.mark.parametrize("cx, cy, cw", [(3, 3, 3), (3, 1, 1), (1, 3, 3), (3, 3, 1)])
-def test_bilinear_equals_dense_contraction_and_its_derivatives(cx, cy, cw):
+def test_bilinear_equals_dense_contraction_and_its_derivatives(cx, cy, cw, first):
     """Full channels (Allegro: per-channel weights) and broadcast ones (MACE: one Y per edge, fixed CG
-    values). A gradient swapped between the factors, a wrong spec permutation or a cotangent not summed back
-    over a broadcast axis fails this."""
+    values), in both layouts ((e, c, d) and (d, e, c)). A gradient swapped between the factors, a wrong spec
+    permutation, a reduction over the wrong axis or a cotangent not summed back over a broadcast axis fails
+    this."""
     rng = np.random.default_rng(0)
     t = _coupling(rng)
     spec, values = sparse_spec(t)
@@ -38,8 +40,10 @@ def test_bilinear_equals_dense_contraction_and_its_derivatives(cx, cy, cw):
         dense[:, xi, yi, o] = np.asarray(w)  # the nonzeros sit at distinct places
         want = jnp.einsum("eci,ecj,cijk->eck", jnp.broadcast_to(x, (5, 3, t.shape[1])),
                           jnp.broadcast_to(y, (5, 3, t.shape[2])), jnp.broadcast_to(dense, (3, *t.shape[1:])))  # fmt: skip
-        np.testing.assert_allclose(bilinear(x, y, w, spec), want, rtol=1e-10, atol=1e-10)
-        check_grads(lambda x, y, w: bilinear(x, y, w, spec), (x, y, w), order=3, modes=["rev"])
+        if first:  # the same arrays stored irreps-first
+            x, y, want = (jnp.moveaxis(a, -1, 0) for a in (x, y, want))
+        np.testing.assert_allclose(bilinear(x, y, w, spec, irreps_first=first), want, rtol=1e-10, atol=1e-10)
+        check_grads(lambda x, y, w: bilinear(x, y, w, spec, irreps_first=first), (x, y, w), order=3, modes=["rev"])
 
 
 def test_sparse_spec_lists_the_nonzeros():

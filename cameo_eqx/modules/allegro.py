@@ -33,7 +33,8 @@ The tensor product has two formulations of one function, picked by the compile t
 contraction over the nonzeros of the Clebsch-Gordan tensor whose custom VJPs avoid scatter-adds (fewer bytes
 and atomics in the H200 compile). Use reverse mode for derivatives of any order, on every platform: both
 formulations are traced (the compile keeps one) and a custom VJP has no forward mode, so forward mode can fail
-on CPU too (`jax.jvp` of the gradient under `jit` and `vmap` does).
+on CPU too (`jax.jvp` of the gradient under `jit` and `vmap` does). The tensor track is stored irreps-first,
+`(d, e, c)`, on both (see `_AllegroLayer.tensor_product`).
 
 The energy is O(3) invariant (it cannot tell a protein from its mirror image: chirality must come from the
 prior's dihedral term).
@@ -172,9 +173,14 @@ class _AllegroLayer(eqx.Module):
         self.resnet = jnp.zeros(())
 
     def tensor_product(
-        self, v: Float[Array, "e c d_in"], gamma: Float[Array, "n c d_sh"], center: Array
-    ) -> Float[Array, "e c d_out"]:
+        self, v: Float[Array, "d_in e c"], gamma: Float[Array, "d_sh n c"], center: Array
+    ) -> Float[Array, "d_out e c"]:
         """Channel-wise TP `V_ij ⊗ Γ_i` with per-channel path weights, then a per-irrep channel mix.
+
+        The tensor track is stored irreps-first, `(d, e, c)`: the mix is then a batched matmul whose batch
+        (irreps) axis is major, which cuBLAS runs without transposing its operand and result as `(e, c, d)`
+        needed (the H200 compile of a training step moves 21.5 GB instead of 23.6, `benchmarks/bench_hlo.py
+        --target h200`).
 
         Two formulations of the same function, chosen by the platform the program is compiled for
         (`lax.platform_dependent`: a saved model runs either way; an exported artifact carries the formulation of
@@ -183,17 +189,17 @@ class _AllegroLayer(eqx.Module):
 
         **Arguments:** the edge features `v`, the node environments `gamma`, each edge's centre `center`.
 
-        **Returns:** the mixed TP per edge, `(e, c, d_out)`.
+        **Returns:** the mixed TP per edge, `(d_out, e, c)`.
         """
         out = jax.lax.platform_dependent(  # closures: the branches are hashed, and bound methods hash arrays
             v, gamma, center, cpu=lambda *a: self.node_matrices(*a), default=lambda *a: self.sparse_tp(*a)
         )
         mix = self.mix[_irrep_index(self.irs_out)]  # (d_out, c, c)
-        return jnp.einsum("ecd,dcf->efd", out, mix)
+        return jnp.einsum("dec,dcf->def", out, mix)
 
     def node_matrices(
-        self, v: Float[Array, "e c d_in"], gamma: Float[Array, "n c d_sh"], center: Array
-    ) -> Float[Array, "e c d_out"]:
+        self, v: Float[Array, "d_in e c"], gamma: Float[Array, "d_sh n c"], center: Array
+    ) -> Float[Array, "d_out e c"]:
         """The TP through per-node matrices (the CPU formulation). It is linear in Γ, which lives on
         nodes: `M_i = W · Γ_i` (a `d_in x d_out` matrix per node and channel) is formed per node and each
         edge does one small matrix-vector product, ~9x fewer flops than contracting the dense CG tensor
@@ -202,14 +208,14 @@ class _AllegroLayer(eqx.Module):
         with jax.named_scope("allegro_node_matrices"):
             cg = jnp.asarray(_path_tensors(self.irs_in, self.irs_sh, self.irs_out), v.dtype)
             w = jnp.einsum("cp,pijk->cijk", self.path_weights.astype(v.dtype), cg)
-            m = jnp.einsum("ncj,cijk->ncik", gamma, w)
-            return jnp.einsum("eci,ecik->eck", v, m[center])
+            m = jnp.einsum("jnc,cijk->ncik", gamma, w)
+            return jnp.einsum("eci,ecik->eck", jnp.moveaxis(v, 0, -1), m[center]).transpose(2, 0, 1)
 
     def sparse_tp(
-        self, v: Float[Array, "e c d_in"], gamma: Float[Array, "n c d_sh"], center: Array
-    ) -> Float[Array, "e c d_out"]:
+        self, v: Float[Array, "d_in e c"], gamma: Float[Array, "d_sh n c"], center: Array
+    ) -> Float[Array, "d_out e c"]:
         """The TP per edge over the nonzeros of the summed Clebsch-Gordan tensor (83 of 729 at l_max 2,
-        the GPU formulation): `out[e, c, o] = Σ_z w[c, z] V[e, c, i_z] Γ[center_e, c, j_z]`. Its custom VJPs
+        the GPU formulation): `out[o, e, c] = Σ_z w[c, z] V[i_z, e, c] Γ[j_z, center_e, c]`. Its custom VJPs
         are again gathers, products and reductions, to any order (`sparse.bilinear`), where autodiff of the node
         matrices scatters onto nodes. The H200 compile of a 128-replica simulation step moves 7.3 GB
         instead of 10.9 and scatters 191 M elements instead of 493; a training step 24.8 GB instead of
@@ -217,17 +223,17 @@ class _AllegroLayer(eqx.Module):
         with jax.named_scope("allegro_sparse_tp"):
             spec, values = _sparse_plan(self.irs_in, self.irs_sh, self.irs_out)
             wz = self.path_weights.astype(v.dtype) @ jnp.asarray(values, v.dtype)  # (c, n_nonzero)
-            return bilinear(v, gamma[center], wz, spec)
+            return bilinear(v, gamma[:, center], wz, spec, irreps_first=True)
 
 
 def _env_features(weights, y, sh_dims: tuple[int, ...], channels):
-    """w ⊙ Y per channel: weights (e, c*n_sh) and Y (e, d_sh) → (e, c, d_sh), each irrep's weight broadcast
-    over its `sh_dims` components. Broadcasts, not a gather along the last axis: the gather's transpose
+    """w ⊙ Y per channel, irreps-first: weights (e, c*n_sh) and Y (e, d_sh) → (d_sh, e, c), each irrep's
+    weight broadcast over its `sh_dims` components. Broadcasts, not a gather: the gather's transpose
     scatter-adds onto zeroed (e, c, n_sh) buffers (atomics on a GPU)."""
     w = weights.reshape(weights.shape[0], channels, len(sh_dims))
     offsets = np.cumsum([0, *sh_dims])
     return jnp.concatenate(
-        [w[..., k : k + 1] * y[:, None, offsets[k] : offsets[k + 1]] for k in range(len(sh_dims))], axis=-1
+        [y[:, offsets[k] : offsets[k + 1]].T[:, :, None] * w[None, :, :, k] for k in range(len(sh_dims))], axis=0
     )
 
 
@@ -376,15 +382,16 @@ class Allegro(AbstractBackbone):
             x = x * u[:, None]
 
         env_w = x @ self.env0
-        v = _env_features(env_w, y, sh_dims, c)  # V^0 = w ⊙ Y
+        v = _env_features(env_w, y, sh_dims, c)  # V^0 = w ⊙ Y, (d_sh, e, c)
         norm = 1.0 / math.sqrt(self.avg_num_neighbors)
         for layer in self.layers:
             with jax.named_scope("allegro_tensor_product"):
                 wy = _env_features(env_w, y, sh_dims, c)
-                gamma = jax.ops.segment_sum(wy, center, num_segments=n_node) * norm
+                gamma = jax.ops.segment_sum(wy.transpose(1, 0, 2), center, num_segments=n_node)
+                gamma = gamma.transpose(1, 0, 2) * norm  # (d_sh, n, c)
                 v = layer.tensor_product(v, gamma, center)
             with jax.named_scope("allegro_latent"):
-                scalars = v[..., 0]
+                scalars = v[0]
                 new = layer.latent(jnp.concatenate([x, scalars], axis=-1)) * u[:, None]
                 b = jax.nn.sigmoid(layer.resnet)
                 x = (x + b * new) / jnp.sqrt(1.0 + b * b)

@@ -6,8 +6,11 @@ tensor `T[i, j, o]` (`sparse_spec` lists them). Plain autodiff of the constant-i
 their transposes as scatter-adds, which a GPU runs as atomics; here every VJP is again a `bilinear` (with
 the spec's roles permuted) or a `weight_grad`, and theirs are too, so training (which differentiates the
 forces once more) never scatters along the irreps axis. `x`, `y` and `w` may have size 1 on the channel
-axis (broadcast): cotangents are summed back to each input's shape. The H200 compile of Allegro's tensor
-product written this way moves a third fewer bytes than per-node matrices (`modules.allegro`).
+axis (broadcast): cotangents are summed back to each input's shape.
+
+Two layouts: channels-first `(e, c, d)` (the default, MACE), or irreps-first `(d, e, c)` (`irreps_first=True`,
+Allegro), where every nonzero reads whole contiguous `(e, c)` planes and a per-irrep channel mix after it is a
+batched matmul with its batch axis major, which cuBLAS takes without the transposes that `(e, c, d)` needs.
 """
 
 from __future__ import annotations
@@ -62,48 +65,68 @@ def _sum_to(a: Array, shape: tuple[int, ...]) -> Array:
     return jnp.sum(a, axis=axes, keepdims=True) if axes else a
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def bilinear(
-    x: Float[Array, "e cx d_x"], y: Float[Array, "e cy d_y"], w: Float[Array, "cw n_nonzero"], spec: Spec
-) -> Float[Array, "e c d_out"]:
-    """`out[e, c, o] = Σ_z w[c, z] x[e, c, i_z] y[e, c, j_z]` over the nonzeros z of `spec` with output o.
+def _take(a: Array, index: np.ndarray, first: bool) -> Array:
+    """`a`'s irreps components at `index` (any shape), on the irreps axis of the layout."""
+    return a[index] if first else a[..., index]
 
-    **Arguments:** `x`, `y` per edge and channel; `w` per channel and nonzero (channel axes of size 1
-    broadcast); `spec` from `sparse_spec`.
 
-    **Returns:** `(e, c, d_out)`.
-    """
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _bilinear(x: Array, y: Array, w: Array, spec: Spec, first: bool) -> Array:
     o, xi, yi, n_o, _, _ = spec
     groups = _grouped(o, n_o)
     z = np.where(groups < 0, 0, groups)
     wg = w[:, z] * jnp.asarray(groups >= 0, w.dtype)  # (c, O, G); padding weighs 0
-    return jnp.sum(x[:, :, np.asarray(xi)[z]] * y[:, :, np.asarray(yi)[z]] * wg, axis=-1)
+    if first:
+        wg = jnp.moveaxis(wg, 0, -1)[:, :, None, :]  # (O, G, 1, c)
+    prod = _take(x, np.asarray(xi)[z], first) * _take(y, np.asarray(yi)[z], first) * wg
+    return jnp.sum(prod, axis=1 if first else -1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _weight_grad(d: Array, x: Array, y: Array, spec: Spec, first: bool) -> Array:
+    o, xi, yi = (np.asarray(a) for a in spec[:3])
+    a, b, c = _take(d, o, first), _take(x, xi, first), _take(y, yi, first)
+    shape = jnp.broadcast_shapes(a.shape, b.shape, c.shape)
+    return jnp.einsum("zec,zec,zec->cz" if first else "ecz,ecz,ecz->cz",
+                      *(jnp.broadcast_to(v, shape) for v in (a, b, c)))  # fmt: skip
+
+
+def _bilinear_bwd(spec, first, res, dout):
+    x, y, w = res
+    return (_sum_to(_bilinear(dout, y, w, _swap(spec, "x"), first), x.shape),
+            _sum_to(_bilinear(dout, x, w, _swap(spec, "y"), first), y.shape),
+            _sum_to(_weight_grad(dout, x, y, spec, first), w.shape))  # fmt: skip
+
+
+def _weight_grad_bwd(spec, first, res, t):
+    d, x, y = res
+    return (_sum_to(_bilinear(x, y, t, spec, first), d.shape),
+            _sum_to(_bilinear(d, y, t, _swap(spec, "x"), first), x.shape),
+            _sum_to(_bilinear(d, x, t, _swap(spec, "y"), first), y.shape))  # fmt: skip
+
+
+_bilinear.defvjp(lambda x, y, w, spec, first: (_bilinear(x, y, w, spec, first), (x, y, w)), _bilinear_bwd)
+_weight_grad.defvjp(lambda d, x, y, spec, first: (_weight_grad(d, x, y, spec, first), (d, x, y)), _weight_grad_bwd)
+
+
+def bilinear(
+    x: Float[Array, "..."], y: Float[Array, "..."], w: Float[Array, "cw n_nonzero"], spec: Spec,
+    *, irreps_first: bool = False,
+) -> Float[Array, "..."]:  # fmt: skip
+    """`out[e, c, o] = Σ_z w[c, z] x[e, c, i_z] y[e, c, j_z]` over the nonzeros z of `spec` with output o.
+
+    **Arguments:** `x`, `y` per edge and channel, `(e, c, d_x)` and `(e, c, d_y)`, or with `irreps_first`
+    `(d_x, e, c)` and `(d_y, e, c)`; `w` per channel and nonzero (channel axes of size 1 broadcast); `spec`
+    from `sparse_spec`.
+
+    **Returns:** `(e, c, d_out)`, or `(d_out, e, c)` with `irreps_first`.
+    """
+    return _bilinear(x, y, w, spec, bool(irreps_first))
+
+
 def weight_grad(
-    d: Float[Array, "e c d_out"], x: Float[Array, "e cx d_x"], y: Float[Array, "e cy d_y"], spec: Spec
+    d: Float[Array, "..."], x: Float[Array, "..."], y: Float[Array, "..."], spec: Spec, *, irreps_first: bool = False
 ) -> Float[Array, "c n_nonzero"]:
     """`Σ_e d[e, c, o_z] x[e, c, i_z] y[e, c, j_z]` per channel and nonzero: the gradient of `bilinear` with
-    respect to its weights (channel axes of size 1 broadcast)."""
-    o, xi, yi = (np.asarray(a) for a in spec[:3])
-    a, b, c = d[:, :, o], x[:, :, xi], y[:, :, yi]
-    shape = jnp.broadcast_shapes(a.shape, b.shape, c.shape)
-    return jnp.einsum("ecz,ecz,ecz->cz", *(jnp.broadcast_to(v, shape) for v in (a, b, c)))
-
-
-def _bilinear_bwd(spec, res, dout):
-    x, y, w = res
-    return (_sum_to(bilinear(dout, y, w, _swap(spec, "x")), x.shape),
-            _sum_to(bilinear(dout, x, w, _swap(spec, "y")), y.shape),
-            _sum_to(weight_grad(dout, x, y, spec), w.shape))  # fmt: skip
-
-
-def _weight_grad_bwd(spec, res, t):
-    d, x, y = res
-    return (_sum_to(bilinear(x, y, t, spec), d.shape), _sum_to(bilinear(d, y, t, _swap(spec, "x")), x.shape),
-            _sum_to(bilinear(d, x, t, _swap(spec, "y")), y.shape))  # fmt: skip
-
-
-bilinear.defvjp(lambda x, y, w, spec: (bilinear(x, y, w, spec), (x, y, w)), _bilinear_bwd)
-weight_grad.defvjp(lambda d, x, y, spec: (weight_grad(d, x, y, spec), (d, x, y)), _weight_grad_bwd)
+    respect to its weights (channel axes of size 1 broadcast; layouts as in `bilinear`)."""
+    return _weight_grad(d, x, y, spec, bool(irreps_first))
