@@ -5,8 +5,9 @@ plus XLA's cost analysis (FLOPs and bytes) of energy + forces per backbone.
    presets plus the villin demo prior, for the prior alone and PaiNN / MACE / Allegro + prior at 128 and
    1,024 replicas; timestep·molecules per second (steps/s x replicas).
 2. **Training step**: mdCATH-like sizes (log-normal, mean 137 beads, 50-500), 8,192-node buckets,
-   frames/s of the jitted training step (adabelief) with packed batches against every frame padded to
-   N_max (same frames, same node budget per batch); host batch building and compiles are excluded.
+   frames/s of the jitted training step (a default stage's optimiser: clipping, AdaBelief) with packed
+   batches against every frame padded to N_max (same frames, same node budget per batch); host batch
+   building and compiles are excluded.
 3. **Cost** (`--cost`, or part of the full run): `jit(...).lower(...).compile().cost_analysis()` of
    energy + forces of each backbone alone (no prior) on the 54-bead chain and on one training bucket,
    per bead and per edge, and of the whole training step on that bucket per frame; on the chain also
@@ -174,10 +175,18 @@ def packed_and_padded(recs, target_nodes: int):
     return packed, padded, int(nmax[0])
 
 
+def default_optimizer():
+    """The optimiser of a default training stage (`StageConfig()`: clipping at norm 10, then AdaBelief on a
+    warmup-cosine schedule), as users train."""
+    from cameo_eqx.training.config import StageConfig
+    from cameo_eqx.training.optim import make_optimizer
+
+    return make_optimizer(StageConfig(), 1000)
+
+
 def train_case(name: str, batches, repeats: int) -> dict:
     import equinox as eqx
     import jax
-    import optax
 
     from cameo_eqx.training.distributed import make_mesh, replicate, shard_leading
     from cameo_eqx.training.task import Task
@@ -185,7 +194,7 @@ def train_case(name: str, batches, repeats: int) -> dict:
 
     model = backbone(name)
     params, static = eqx.partition(model, eqx.is_inexact_array)
-    opt = optax.adabelief(1e-3)
+    opt = default_optimizer()
     mesh = make_mesh(jax.devices()[:1])
     P, S, O = replicate(params, mesh), replicate(static, mesh), replicate(opt.init(params), mesh)
     return time_train_epochs(P, S, O, lambda: (make_train_step(Task(), opt, mesh), lambda b: shard_leading(b, mesh)),
@@ -238,17 +247,17 @@ def bucket_batch(bucket_nodes: int):
 
 
 def train_step_compiled(name: str, batch, sharding=None):
-    """One training step (force matching, AdaBelief) of backbone `name` on the packed `batch`, compiled."""
+    """One training step (force matching, `default_optimizer`) of backbone `name` on the packed `batch`,
+    compiled."""
     import equinox as eqx
     import jax
-    import optax
 
     from cameo_eqx.training.distributed import make_mesh
     from cameo_eqx.training.task import Task
     from cameo_eqx.training.trainer import make_train_step
 
     params, static = eqx.partition(backbone(name), eqx.is_inexact_array)
-    opt = optax.adabelief(1e-3)
+    opt = default_optimizer()
     mesh = make_mesh(jax.devices()[:1] if sharding is None else list(sharding.mesh.devices.flat))
     step = make_train_step(Task(), opt, mesh)
     return compile_for(lambda p, o, b: step(p, static, o, None, b), (params, opt.init(params), batch), sharding)

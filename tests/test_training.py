@@ -129,6 +129,26 @@ def test_every_optimizer_decreases_a_quadratic(name):
     assert float(loss(params)) < l0
 
 
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])
+def test_clip_by_global_norm_equals_optax(max_norm):
+    """Our clip (one reduction over the concatenated leaves) gives optax's updates and state, clipped (norm
+    above `max_norm`) and not; a norm over one leaf only, or a wrong scale, fails this."""
+    from cameo_eqx.training.optim import clip_by_global_norm, global_norm
+
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(3), 3)
+    g = {"w": jax.random.normal(k1, (5, 3)), "b": jax.random.normal(k2, (3,)), "s": jax.random.normal(k3, ())}
+    np.testing.assert_allclose(float(global_norm(g)), float(optax.tree.norm(g)), rtol=1e-6)
+    assert float(global_norm({})) == 0.0
+    ours, theirs = clip_by_global_norm(max_norm), optax.clip_by_global_norm(max_norm)
+    assert jax.tree.structure(ours.init(g)) == jax.tree.structure(theirs.init(g))
+    got, _ = jax.jit(ours.update)(g, ours.init(g))
+    want, _ = theirs.update(g, theirs.init(g))
+    for k in g:
+        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-6, atol=1e-7)
+    clipped = float(optax.tree.norm(got))
+    assert clipped == pytest.approx(min(max_norm, float(optax.tree.norm(g))), rel=1e-5)
+
+
 def test_schedule_warmup_then_cosine():
     from cameo_eqx.training.optim import make_schedule
 

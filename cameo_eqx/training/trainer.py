@@ -50,7 +50,7 @@ from .distributed import (
     shard_leading,
     to_host,
 )
-from .optim import make_optimizer, make_schedule, needs_value
+from .optim import global_norm, make_optimizer, make_schedule, needs_value
 from .refine_stage import refine_prior_stage
 from .sim_validation import SimValidation
 from .task import LossSums, Task, metrics_from_sums
@@ -126,7 +126,7 @@ def _global_loss_and_grad(task: Task, params, static, batch):
     g = jax.lax.psum(g, AXIS)
     loss = jax.lax.psum(loss, AXIS)
     s = jax.lax.psum(s, AXIS)
-    return loss, s, g, optax.tree.norm(g)
+    return loss, s, g, global_norm(g)
 
 
 def _guard_update(g_in, finite, loss, gnorm):
