@@ -209,8 +209,9 @@ class PaiNN(AbstractBackbone):
                 v = v + dv
             # update block
             with jax.named_scope("painn_update"):
-                uv = upd.u(v)
-                vv = upd.v(v)
+                # U v and V v as one matmul (and one per derivative): fewer, larger GEMMs
+                uvv = v @ jnp.concatenate([upd.u.weight, upd.v.weight], axis=1)
+                uv, vv = uvv[..., :f], uvv[..., f:]
                 sq = jnp.sum(vv * vv, axis=1)  # (n, F)
                 ok = sq > 1e-12
                 vnorm = jnp.where(ok, jnp.sqrt(jnp.where(ok, sq, 1.0)), 0.0)
