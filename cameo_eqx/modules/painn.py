@@ -209,7 +209,7 @@ class PaiNN(AbstractBackbone):
                 v = v + dv
             # update block
             with jax.named_scope("painn_update"):
-                # U v and V v as one matmul (and one per derivative): fewer, larger GEMMs
+                # U v and V v (both bias-free) as one matmul, and one per derivative: fewer, larger GEMMs
                 uvv = v @ jnp.concatenate([upd.u.weight, upd.v.weight], axis=1)
                 uv, vv = uvv[..., :f], uvv[..., f:]
                 sq = jnp.sum(vv * vv, axis=1)  # (n, F)
