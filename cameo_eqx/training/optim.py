@@ -18,8 +18,9 @@ def global_norm(tree: PyTree) -> Float[Array, ""]:
     """The 2-norm of all of a pytree's array leaves together (`optax.tree.norm`'s value).
 
     One reduction over the leaves' concatenation: `optax.tree.norm` reduces each leaf on its own, one
-    kernel per parameter array on a GPU (40 of PaiNN's 400 in a training step, twice with gradient
-    clipping; `benchmarks/bench_hlo.py --case train`).
+    kernel per parameter array on a GPU, once for the trainer's norm and once for clipping (PaiNN's
+    training step on the H200 compile: 400 kernels with per-leaf norms, 324 with this one;
+    `benchmarks/bench_hlo.py painn --case train --target h200`).
 
     **Arguments:** `tree`, a pytree of arrays (gradients, updates).
 
