@@ -8,7 +8,7 @@ clipped to 50-500 beads (mean 137), packs them with `BatchLoader`, and reports, 
 
 - node / edge slot utilisation of our packing (real entries / capacity over the epoch) and of the old
   approach (every protein padded to N_max with a dense N_max x N_max neighbour list);
-- host batch building (read + matscipy radius graph + bonded terms + pack): frames/s and batches/s,
+- host batch building (read + radius graph + bonded terms + pack): frames/s and batches/s,
   single thread, and with the prefetch thread feeding the JAX step;
 - the JAX stand-in step on the same batches: an edge MLP (16 radial features -> 64 -> 64 -> 1) summed
   to per-frame energies, forces = -dE/dR, and the force-matching loss gradient w.r.t. the parameters

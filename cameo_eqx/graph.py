@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
-from .neighbors import radius_graph
+from .neighbors import radius_pairs
 from .topology import SEPARATION_NONBONDED  # noqa: F401  (`pair_sep` of pairs across segments)
 
 
@@ -310,17 +310,14 @@ def frame_graph(
 
     **Returns:** a `FrameGraph`.
     """
-    s, r = radius_graph(positions, cutoff)
-    s, r = paired_edges(s, r) or (s, r)  # a radius graph is symmetric: always paired
-    upper = s < r
-    pi, pj = s[upper], r[upper]
+    pi, pj = radius_pairs(positions, cutoff)  # the paired layout: these pairs, then the same reversed
     sep = topology.sequence_separation(pi, pj)
     keep = sep >= pair_min_sep
     return FrameGraph(
         positions=np.asarray(positions, np.float32),
         species=np.asarray(topology.species, np.int32),
-        senders=s,
-        receivers=r,
+        senders=np.concatenate([pi, pj]),
+        receivers=np.concatenate([pj, pi]),
         bonds=topology.bonds,
         angles=topology.angles,
         dihedrals=topology.dihedrals,

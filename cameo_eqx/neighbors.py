@@ -1,11 +1,13 @@
-"""Radius graphs. Host side (matscipy) for training data; the device-side fixed-capacity neighbour list
-for simulation and export lives with those stages."""
+"""Radius graphs on the host, for training data: `radius_pairs` (scipy's k-d tree, what the batch loader
+uses) and `radius_graph` (matscipy's cell list, the directed reference). The device-side fixed-capacity
+neighbour list for simulation and export lives with those stages."""
 
 from __future__ import annotations
 
 import numpy as np
 from jaxtyping import Float, Int
 from matscipy.neighbours import neighbour_list
+from scipy.spatial import cKDTree
 
 
 def radius_graph(
@@ -31,3 +33,29 @@ def radius_graph(
     i, j = neighbour_list("ij", positions=pos - lo + cutoff, cutoff=float(cutoff), cell=cell,
                           pbc=[False, False, False])  # fmt: skip
     return i.astype(np.int32), j.astype(np.int32)
+
+
+def radius_pairs(
+    positions: Float[np.ndarray, "n 3"], cutoff: float
+) -> tuple[Int[np.ndarray, " p"], Int[np.ndarray, " p"]]:
+    """The undirected pairs (i, j), i < j, with |r_i - r_j| < cutoff (non-periodic), sorted by (i, j).
+
+    The first half of the paired edge layout (`graph.Batch`), straight from a k-d tree: on 137 beads
+    (the mdCATH mean) 0.14 ms, against 0.52 ms for `radius_graph` and sorting its edges into pairs
+    (`benchmarks/bench_batching.py` measures the whole host build).
+
+    **Arguments:**
+
+    - `positions`: bead positions in Å.
+    - `cutoff`: radius in Å.
+
+    **Returns:** `(i, j)` int32 arrays.
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    if len(pos) < 2:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    # query_pairs keeps distances <= r; the largest double below the cutoff makes that < cutoff
+    r = float(np.nextafter(float(cutoff), 0.0))
+    p = cKDTree(pos).query_pairs(r, output_type="ndarray").astype(np.int32)
+    p = p[np.lexsort((p[:, 1], p[:, 0]))]
+    return p[:, 0], p[:, 1]

@@ -12,7 +12,7 @@ import pytest
 from cameo_eqx.config import from_dict, load_yaml_defaults
 from cameo_eqx.data.config import InspectConfig, PrepareConfig
 from cameo_eqx.graph import Capacity, check_paired, frame_graph, graph_sum, pack, paired_edges, single_frame_batch
-from cameo_eqx.neighbors import radius_graph
+from cameo_eqx.neighbors import radius_graph, radius_pairs
 from cameo_eqx.topology import (
     SEPARATION_NONBONDED,
     CGTopology,
@@ -79,6 +79,22 @@ def test_radius_graph_matches_brute_force():
     want = {(i, j) for i in range(60) for j in range(60) if i != j and d[i, j] < 7.5}
     assert set(zip(s.tolist(), r.tolist())) == want
     assert len(s) == len(want)
+
+
+def test_radius_pairs_are_the_paired_layout_of_the_radius_graph():
+    """The k-d tree pairs the loader uses are matscipy's radius graph in the paired layout, exactly: on a
+    compact chain, a random cloud (ties in i), two beads and one; a pair exactly at the cutoff is out."""
+    rng = np.random.default_rng(0)
+    for x, c in ((chain(120, seed=4), 10.0), (rng.uniform(0, 30, (300, 3)).astype(np.float32), 10.0),
+                 (chain(2, seed=1), 7.5), (chain(1, seed=1), 7.5)):  # fmt: skip
+        i, j = radius_pairs(x, c)
+        assert i.dtype == j.dtype == np.int32
+        want = paired_edges(*radius_graph(x, c))
+        h = len(want[0]) // 2
+        np.testing.assert_array_equal(i, want[0][:h])
+        np.testing.assert_array_equal(j, want[1][:h])
+    x = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, np.nextafter(10.0, 0.0), 0.0]])
+    assert [radius_pairs(x, 10.0)[k].tolist() for k in (0, 1)] == [[0], [2]]
 
 
 def test_paired_edges_layout_and_refusals():

@@ -1,7 +1,7 @@
 """The prefetching batch loader: packed `Batch`es of a frame selection, epoch after epoch.
 
 `BatchLoader` plans each epoch with an `EpochPlanner` (`cameo_eqx.data.planner`), reads each step's frames
-grouped by protein (one sorted h5py read per protein per step), builds the frame graphs (matscipy) and
+grouped by protein (one sorted h5py read per protein per step), builds the frame graphs (`neighbors.radius_pairs`) and
 packs them (see `cameo_eqx.graph` for the batch layout) in a background thread, optionally with a leading
 device axis and sharded across processes.
 
