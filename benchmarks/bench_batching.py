@@ -9,7 +9,8 @@ clipped to 50-500 beads (mean 137), packs them with `BatchLoader`, and reports, 
 - node / edge slot utilisation of our packing (real entries / capacity over the epoch) and of the old
   approach (every protein padded to N_max with a dense N_max x N_max neighbour list);
 - host batch building (read + radius graph + bonded terms + pack): frames/s and batches/s,
-  single thread, and with the prefetch thread feeding the JAX step;
+  single thread, in the prefetch thread, in `--workers` worker processes, and with the prefetch thread
+  feeding the JAX step;
 - the JAX stand-in step on the same batches: an edge MLP (16 radial features -> 64 -> 64 -> 1) summed
   to per-frame energies, forces = -dE/dR, and the force-matching loss gradient w.r.t. the parameters
   (a "train step"), plus the energy+forces evaluation alone. Target: host >= 5x faster than the step.
@@ -156,6 +157,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20, help="batches timed per repeat")
     ap.add_argument("--plan-proteins", type=int, default=5398)
     ap.add_argument("--plan-frames", type=int, default=400, help="frames per protein, planning")
+    ap.add_argument("--workers", default="1,2", help="worker-process counts to time (comma-separated; '' none)")
     ap.add_argument("--out", type=Path, default=RESULTS / "batching.json")
     a = ap.parse_args()
 
@@ -258,8 +260,9 @@ def main():
     pipe_batch = dt / k
 
     # prefetch thread alone (no consumer work)
-    def run_prefetch_only(limit=a.steps):
-        it = pipe.epoch(1)
+    def run_prefetch_only(loader, limit=a.steps):
+        limit = min(limit, len(loader.steps(1)))
+        it = loader.epoch(1)
         t = time.perf_counter()
         n = f = 0
         for _ in range(limit):
@@ -270,7 +273,18 @@ def main():
         it.close()
         return dt, n, f
 
-    pre = sorted(run_prefetch_only() for _ in range(a.repeats))[a.repeats // 2]
+    pre = sorted(run_prefetch_only(pipe) for _ in range(a.repeats))[a.repeats // 2]
+
+    # worker processes alone (no consumer work), after the pool has started
+    pooled = {}
+    for n_workers in [int(x) for x in a.workers.split(",") if x.strip()]:
+        pool = BatchLoader(records, cutoff=a.cutoff, buckets=bp, seed=0, prefetch=2, workers=n_workers)
+        it = pool.epoch(1)
+        next(it)  # starts the processes
+        it.close()
+        r = sorted(run_prefetch_only(pool, 2 * a.steps) for _ in range(a.repeats))[a.repeats // 2]
+        pool.close()
+        pooled[n_workers] = {"batches_per_s": r[1] / r[0], "frames_per_s": r[2] / r[0]}
 
     scale = planner_scale(a.plan_proteins, a.plan_frames, a.target_nodes)
 
@@ -296,6 +310,7 @@ def main():
             "single_thread": {"seconds_per_batch": host_batch, "batches_per_s": 1 / host_batch,
                               "frames_per_s": host_fps},  # fmt: skip
             "prefetch_only": {"batches_per_s": pre[1] / pre[0], "frames_per_s": pre[2] / pre[0]},
+            "worker_processes": {str(k): v for k, v in pooled.items()},
             "pipelined_with_train_step": {"seconds_per_step": pipe_batch,
                                           "frames_per_s": frames / dt,
                                           "consumer_wait_fraction": wait / dt},  # fmt: skip
@@ -321,6 +336,9 @@ def main():
     print(f"{'host build, single thread':<{w}}{host_batch:>12.4f}{1 / host_batch:>12.1f}{host_fps:>12.0f}")
     print(f"{'host build, prefetch thread only':<{w}}{pre[0] / pre[1]:>12.4f}{pre[1] / pre[0]:>12.1f}"
           f"{pre[2] / pre[0]:>12.0f}")
+    for k, v in pooled.items():
+        print(f"{f'host build, {k} worker process' + ('es' if k > 1 else ''):<{w}}{1 / v['batches_per_s']:>12.4f}"
+              f"{v['batches_per_s']:>12.1f}{v['frames_per_s']:>12.0f}")
     print(f"{'JAX train step (stand-in)':<{w}}{train_batch:>12.4f}{1 / train_batch:>12.1f}")
     print(f"{'JAX energy+forces eval (stand-in)':<{w}}{eval_batch:>12.4f}{1 / eval_batch:>12.1f}")
     print(f"{'pipelined: prefetch + train step':<{w}}{pipe_batch:>12.4f}{1 / pipe_batch:>12.1f}"

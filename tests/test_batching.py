@@ -313,6 +313,60 @@ def test_prepared_dataset_source(recs, tmp_path):
         assert set(seen.values()) == {1}
 
 
+def _same_batches(a, b) -> bool:
+    return all(np.array_equal(np.asarray(x), np.asarray(y), equal_nan=x.dtype.kind == "f")
+               for p, q in zip(a, b, strict=True) for x, y in zip(jax.tree.leaves(p), jax.tree.leaves(q)))  # fmt: skip
+
+
+def _shared_blocks() -> set[str]:
+    """Python's shared-memory blocks on this machine (Linux: /dev/shm/psm_*; elsewhere none seen)."""
+    import pathlib
+
+    d = pathlib.Path("/dev/shm")
+    return {p.name for p in d.glob("psm_*")} if d.is_dir() else set()
+
+
+def test_worker_processes_build_the_same_batches(recs, tmp_path):
+    """Steps built by worker processes (spawned; records read lazily from HDF5 reopen there) are the
+    batches, descriptions and stats of the single-thread loader, in order; an early exit leaves the
+    pool usable and frees the batches built ahead; an error in a worker names the step and its cause;
+    close() stops the processes."""
+    h5, tmp, final = open_for_writing(tmp_path, species_map_name="aa20",
+                                      species_map={"ALA": 0}, config={})  # fmt: skip
+    for r in recs:
+        write_record(h5, r, frame=np.arange(r.n_frames))
+    finalise(h5, tmp, final)
+    shm_before = _shared_blocks()
+    with PreparedDataset(tmp_path) as ds:
+        kw = dict(cutoff=CUTOFF, target_nodes=64, seed=2, n_devices=2)
+        ref = BatchLoader(ds, prefetch=0, **kw)
+        want = [list(ref.epoch(e, describe=True)) for e in (0, 1)]
+        pool = BatchLoader(ds, buckets=ref.buckets, prefetch=1, workers=2, **kw)
+        it = pool.epoch(0)
+        next(it)
+        it.close()  # early exit: queued steps cancelled, the workers stay for the next epoch
+        for e in (0, 1):
+            got = list(pool.epoch(e, describe=True))
+            assert [d for _, d in got] == [d for _, d in want[e]]
+            assert _same_batches([b for b, _ in got], [b for b, _ in want[e]])
+        assert pool.stats.per_bucket == ref.stats.per_bucket and pool.stats.frames == ref.stats.frames
+        procs = list(pool._executor._processes.values())
+        pool.close()
+        assert pool._executor is None and not any(p.is_alive() for p in procs)
+        assert _shared_blocks() <= shm_before, "a worker's shared-memory batch was never freed"
+    bad = dataclasses.replace(recs[1], positions=recs[1].positions.copy())
+    bad.positions[4, 2, 0] = np.nan
+    bp = choose_buckets([recs[0], recs[1]], cutoff=CUTOFF, target_nodes=64)
+    loader = BatchLoader([recs[0], bad], cutoff=CUTOFF, buckets=bp, workers=1)
+    with pytest.raises(RuntimeError, match=r"failed at epoch 0 step \d+ .*non-finite positions") as e:
+        for _ in loader.epoch(0):
+            pass
+    assert isinstance(e.value.__cause__, ValueError) and f"protein {bad.name} frame 4" in str(e.value)
+    loader.close()
+    with pytest.raises(ValueError, match="workers must be >= 0"):
+        BatchLoader(recs, cutoff=CUTOFF, target_nodes=64, workers=-1)
+
+
 def _villin_records(path) -> list[ProteinRecord]:
     """CA beads of villin, one record per temperature (forces summed over CA+HA as a stand-in)."""
     out = []

@@ -4,7 +4,8 @@ Wraps `cameo_eqx.data.splits` and `cameo_eqx.data.loader`: the split (`split_by`
 time_block or frame; seeded by `split_seed`, the same for every ensemble member), the train loader plans
 every epoch deterministically from `(seed, epoch)` and gives each process a disjoint share; batches carry a
 leading axis of this process's device count.
-`train_batches(epoch, start)` can start mid-epoch (resume) and prefetches in a background thread.
+`train_batches(epoch, start)` can start mid-epoch (resume) and prefetches in a background thread (and,
+with `workers`, builds in worker processes that `close()` stops).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class DataModule:
             raise ValueError(f"dataset {cfg.dataset}: the split leaves no training frames")
         common = dict(cutoff=cfg.cutoff, target_nodes=cfg.target_nodes, pair_min_sep=cfg.pair_min_sep,
                       n_devices=n_devices, process_index=process_index, process_count=process_count,
-                      prefetch=int(cfg.prefetch))  # fmt: skip
+                      prefetch=int(cfg.prefetch), workers=int(cfg.workers))  # fmt: skip
         self.train = BatchLoader(self.dataset, self.split.train, seed=seed, shuffle=cfg.shuffle, **common)
         val = subsample_frames(self.split.val, cfg.max_val_frames)
         self.val = BatchLoader(self.dataset, val, seed=0, **common) if val else None
@@ -71,6 +72,12 @@ class DataModule:
         if self.val is None:
             return iter(())
         return self._stream(self.val, 0, 0)
+
+    def close(self) -> None:
+        """Stops the loaders' worker processes (if any)."""
+        for loader in (self.train, self.val):
+            if loader is not None:
+                loader.close()
 
     def _stream(self, loader: BatchLoader, epoch: int, start: int):
         return loader.epoch(epoch, start=start, describe=True)

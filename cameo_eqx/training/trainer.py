@@ -403,6 +403,7 @@ class Trainer:
             with precision_context(self.cfg.matmul_precision):  # every step is traced at this precision
                 return self._fit()
         finally:
+            self.dm.close()
             if lock is not None:
                 lock.release()
 
@@ -689,7 +690,7 @@ RUN_FILES = ("config.json", "model.eqx", "best.eqx", "summary.json", "summary_hi
 """What a run writes into its folder besides checkpoints/ and tb/."""
 
 _NOT_IDENTITY = {"output", "name", "resume", "progress", "max_steps", "log_every", "checkpoint_every",
-                 "keep_checkpoints", "distributed", "data.prefetch"}  # fmt: skip
+                 "keep_checkpoints", "distributed", "data.prefetch", "data.workers"}  # fmt: skip
 """Config keys a resumed run may change: where it runs, how it reports, how long this job runs."""
 
 
