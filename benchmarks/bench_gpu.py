@@ -175,6 +175,28 @@ def packed_and_padded(recs, target_nodes: int):
     return packed, padded, int(nmax[0])
 
 
+def host_build(recs, target_nodes: int, workers: int) -> dict:
+    """Frames/s at which this machine's CPU builds the training case's batches (the step can go no faster in
+    training): the prefetch thread alone, then `workers` worker processes (`data.workers`), after a warm-up
+    epoch (which starts the processes)."""
+    from cameo_eqx.data.loader import BatchLoader
+
+    out, buckets = {}, None
+    for w in (0, workers) if workers > 0 else (0,):
+        loader = BatchLoader(recs, cutoff=CUTOFF, target_nodes=target_nodes, buckets=buckets, n_devices=1,
+                             prefetch=2, workers=w)  # fmt: skip
+        buckets = loader.buckets
+        try:
+            for _ in loader.epoch(0):
+                pass
+            t = time.perf_counter()
+            n = sum(int(b.graph_mask.sum()) for b in loader.epoch(1))
+            out[str(w)] = n / (time.perf_counter() - t)
+        finally:
+            loader.close()
+    return out
+
+
 def default_optimizer():
     """The optimiser of a default training stage (`StageConfig()`: clipping at norm 10, then AdaBelief on a
     warmup-cosine schedule), as users train."""
@@ -373,6 +395,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=None,
                     help="start no new case after this many seconds (default 420; 1,200 with --quick)")
     ap.add_argument("--bucket-nodes", type=int, default=8192, help="training bucket size (nodes)")
+    ap.add_argument("--loader-workers", type=int, default=None,
+                    help="worker processes for the host-build rate of the training case (default: cores - 2, at "
+                    "most 8; 0: the thread alone)")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/gpu.json)")
     ap.add_argument("--matmul-precision", choices=("float32", "tensorfloat32"), default="float32",
                     help="precision of float32 matmuls (cameo_eqx.precision); tensorfloat32 also reports each "
@@ -461,6 +486,14 @@ def main() -> None:
         except Exception as e:
             train[name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
             print(f"  train {name} failed: {train[name]['error']}", flush=True)
+    if args.only != "sim" and not over("host build"):
+        import os
+
+        w = args.loader_workers if args.loader_workers is not None else max(0, min(8, (os.cpu_count() or 1) - 2))
+        train["host_build_frames_per_s"] = host = host_build(recs, nodes, w)
+        print("  host build of these batches: " + ", ".join(
+            f"{v:.0f} frames/s " + ("in the prefetch thread" if k == "0" else f"with {k} worker processes")
+            for k, v in host.items()) + f" ({os.cpu_count()} cores)", flush=True)  # fmt: skip
     res["train"] = train
 
     if not args.quick and args.only == "all" and not over("cost analysis"):
@@ -491,6 +524,9 @@ def main() -> None:
         print_table(f"training step: mdCATH-like sizes (mean {train['mean_beads']:.0f} beads, N_max {nmax}), "
                     f"{nodes}-node buckets, frames/s",
                     ["backbone", "packed", "padded", "ratio", "issue packed (H200)", "target"], rows)  # fmt: skip
+    if "host_build_frames_per_s" in train:
+        print("host build of the training batches (the rate training cannot exceed), frames/s: " + ", ".join(
+            f"{v:.0f} " + ("thread" if k == "0" else f"{k} workers") for k, v in train["host_build_frames_per_s"].items()))
     if "cost" in res:
         print_cost(res["cost"])
     print(f"\ntotal {res['seconds']:.0f} s", flush=True)
