@@ -311,6 +311,14 @@ def test_prepared_dataset_source(recs, tmp_path):
         seen, _ = run_epoch(loader, 1, recs)
         assert set(seen) == {(n, int(i)) for n, idx in split.train.items() for i in idx}
         assert set(seen.values()) == {1}
+        # frames read from the file (one slice per run of consecutive rows) in the asked order, repeats kept
+        mem = recs[4]
+        lazy = ds.record(mem.name)
+        for idx in ([7, 3, 4, 5, 3, 29, 0], [2], [0, 1, 2], list(range(mem.n_frames))[::-1], []):
+            r, f = lazy.frames(np.asarray(idx, np.int64))
+            np.testing.assert_array_equal(r, mem.positions[idx])
+            np.testing.assert_array_equal(f, mem.forces[idx])
+            assert r.dtype == f.dtype == np.float32 and r.shape == (len(idx), mem.n_beads, 3)
 
 
 def _same_batches(a, b) -> bool:
