@@ -131,7 +131,8 @@ class BatchLoader:
     - `workers`: processes that build steps in parallel (0: none, the thread above builds them). A GPU
       trains faster than one core builds graphs (`benchmarks/bench_batching.py`); with `workers` > 0,
       `workers + prefetch` steps are in flight, yielded in order, the same batches as without. The
-      processes start with the first epoch (spawned: a few seconds) and live until `close()`.
+      processes start with the first epoch (spawned: a few seconds) and live until `close()`. Each holds
+      the records: lazy HDF5 records cost little, records in memory are copied into every worker.
     - `require_forces`: fail clearly when a selected protein has no forces.
     """
 
@@ -481,12 +482,13 @@ class _StepBuilder:
 
 
 def _portable(rec: ProteinRecord) -> ProteinRecord:
-    """`rec` with its HDF5 datasets replaced by `(file, dataset)` names (to cross a process boundary)."""
+    """What a worker needs of `rec` (to cross a process boundary): its HDF5 datasets as `(file, dataset)`
+    names, without the per-frame replica indices and the attributes, which building never reads."""
     def ref(a):
         return ("h5", str(a.file.filename), a.name) if isinstance(a, h5py.Dataset) else a
 
     return dataclasses.replace(rec, positions=ref(rec.positions), forces=ref(rec.forces),
-                               forces_true=ref(rec.forces_true))  # fmt: skip
+                               forces_true=ref(rec.forces_true), replica=np.zeros(0, np.int32), attrs={})  # fmt: skip
 
 
 _OPEN_FILES: dict[str, h5py.File] = {}
