@@ -5,6 +5,7 @@ happened; the guarded, donating step gives the same parameters as the plain one.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import equinox as eqx
@@ -73,7 +74,8 @@ def test_nan_is_caught_before_a_checkpoint(tmp_path, records, monkeypatch):
 
 
 def test_host_reads_the_guard_every_log_every_steps(tmp_path, records, monkeypatch):
-    """log_every k: about steps/k host reads (+ one per epoch end), not one per step."""
+    """log_every k: about steps/k host reads (+ one per epoch end), not one per step. The logs' `data_wait`
+    is the share of the time the loop waited for batches: a loader slowed by 50 ms a batch dominates."""
     calls = {"n": 0}
     real = T.read_device
 
@@ -82,6 +84,14 @@ def test_host_reads_the_guard_every_log_every_steps(tmp_path, records, monkeypat
         return real(tree)
 
     monkeypatch.setattr(T, "read_device", counting)
+    real_batches = DataModule.train_batches
+
+    def slow(self, epoch, start=0):
+        for item in real_batches(self, epoch, start):
+            time.sleep(0.05)
+            yield item
+
+    monkeypatch.setattr(DataModule, "train_batches", slow)
     k = 3
     cfg = _cfg(tmp_path, log_every=k)
     dm = DataModule(cfg.data, seed=cfg.seed, dataset=records)
@@ -96,6 +106,8 @@ def test_host_reads_the_guard_every_log_every_steps(tmp_path, records, monkeypat
     recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if r["kind"] == "train"] == list(range(k, steps + 1, k))
     assert all(np.isfinite(r["loss"]) and r["frames_per_s"] > 0 for r in recs if r["kind"] == "train")
+    waits = [r["data_wait"] for r in recs if r["kind"] == "train"]
+    assert all(0.0 <= w <= 1.0 for w in waits) and max(waits) > 0.5, waits
 
 
 def test_guarded_donating_step_matches_the_plain_step(records):

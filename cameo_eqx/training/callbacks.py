@@ -4,7 +4,8 @@ ETA, and the NaN/inf guard. Checkpointing is driven by the trainer (it owns the 
 
 Hooks get the trainer and a dict of host floats; only process 0 logs. `on_step_end`'s dict always has the
 position (`step`, `stage`, `epoch`, `step_in_epoch`, `batch_desc`); the device values (`loss`, `force_rmse`,
-`grad_norm`, `finite`, `lr`, and `frames_per_s` over the steps since the previous log step) only on log
+`grad_norm`, `finite`, `lr`, and over the steps since the previous log step `frames_per_s` and `data_wait`,
+the fraction of that time the training loop waited for the batch loader) only on log
 steps (`step % log_every == 0`): the trainer does not wait for the device on the others. A non-finite
 step is caught on the device and reported through `NaNGuard` at the next log step, checkpoint or epoch end.
 
@@ -73,7 +74,7 @@ class TensorBoardLogger(Callback):
         if self.writer is None or info["step"] % self.log_every:
             return
         s = info["step"]
-        for k in ("loss", "force_rmse", "lr", "grad_norm", "frames_per_s"):
+        for k in ("loss", "force_rmse", "lr", "grad_norm", "frames_per_s", "data_wait"):
             if k in info and info[k] is not None and math.isfinite(info[k]):
                 self.writer.add_scalar(f"train/{k}", info[k], s)
 
@@ -112,7 +113,7 @@ class JsonlLogger(Callback):
 
     def on_step_end(self, trainer: Any, info: dict[str, Any]) -> None:
         if info["step"] % self.log_every == 0:
-            keep = ("step", "stage", "epoch", "loss", "force_rmse", "lr", "grad_norm", "frames_per_s")
+            keep = ("step", "stage", "epoch", "loss", "force_rmse", "lr", "grad_norm", "frames_per_s", "data_wait")
             self._write({"kind": "train", "time": time.time(), **{k: info[k] for k in keep if k in info}})
 
     def on_validation_end(self, trainer: Any, metrics: dict[str, float]) -> None:
@@ -126,7 +127,8 @@ class JsonlLogger(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per stage with ETA, showing loss, force RMSE and frames/s."""
+    """A tqdm bar per stage with ETA, showing loss, force RMSE, frames/s and the share of time spent waiting
+    for batches (`wait`: high means the loader, not the step, sets the pace; raise `data.workers`)."""
 
     def __init__(self):
         self.bar = None
@@ -143,7 +145,8 @@ class ProgressBar(Callback):
             self.bar.update(1)
             if "loss" in info:  # a log step (the trainer reads the device only there)
                 self.bar.set_postfix(loss=f"{info['loss']:.3g}", rmse=f"{info['force_rmse']:.3g}",
-                                     fps=f"{info.get('frames_per_s', 0):.0f}", refresh=False)  # fmt: skip
+                                     fps=f"{info.get('frames_per_s', 0):.0f}",
+                                     wait=f"{info.get('data_wait', 0):.0%}", refresh=False)  # fmt: skip
 
     def on_validation_end(self, trainer: Any, metrics: dict[str, float]) -> None:
         if self.bar is None:

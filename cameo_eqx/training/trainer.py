@@ -610,8 +610,15 @@ class Trainer:
         """The epoch's remaining steps; returns (dev, guard, cut), cut True (saved) when `max_steps` is reached."""
         cfg, st = self.cfg, run.st
         dep = self._data_epoch(run.k, self.epoch)
-        t_last, frames = time.perf_counter(), 0
-        for batch, desc in self.dm.train_batches(dep, self.step_in_epoch):
+        t_last, frames, waited = time.perf_counter(), 0, 0.0
+        batches = self.dm.train_batches(dep, self.step_in_epoch)
+        while True:
+            t_wait = time.perf_counter()
+            item = next(batches, None)  # the time spent here is the loader's, not the device's
+            waited += time.perf_counter() - t_wait
+            if item is None:
+                break
+            batch, desc = item
             frames += int(np.sum(batch.graph_mask))
             gb = shard_leading(batch, self.mesh)
             p, o, e, guard, out = run.step_fn(dev["params"], run.dev_static, dev["opt_state"], dev["ema"], guard, gb)
@@ -627,8 +634,9 @@ class Trainer:
                     "grad_norm": out["grad_norm"], "finite": bool(out["finite"]),
                     "lr": float(run.sched(self.step_in_stage)),
                     "frames_per_s": frames * jax.process_count() / max(now - t_last, 1e-9),
+                    "data_wait": min(waited / max(now - t_last, 1e-9), 1.0),
                 })  # fmt: skip
-                t_last, frames = now, 0
+                t_last, frames, waited = now, 0, 0.0
             self._call("on_step_end", info)
             self.global_step += 1
             self.step_in_epoch += 1
