@@ -163,8 +163,9 @@ class DataConfig:
     prefetch: int = 2
     """Batches built ahead in a background thread (0: in the training thread)."""
     workers: int = 0
-    """Processes that build batches in parallel (0: the background thread alone). On a GPU the step
-    outruns one core's graph building (~2,000 frames/s); give it a few cores (each starts in seconds)."""
+    """Processes that build batches in parallel (0: the background thread alone). A GPU step outruns one
+    core's batch building (3,000-4,000 frames/s); give it a few cores (each starts in seconds). `wait=` on
+    the progress bar (`data_wait` in the logs) says whether the loader holds the step back."""
     max_val_frames: int | None = None
     """Cap on validation frames (evenly subsampled per protein); None: all."""
 
