@@ -267,7 +267,7 @@ def test_forcefield_energy_uses_the_prior_fast_path_and_matches_autodiff():
         np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-3 * float(jnp.max(jnp.abs(b))) + 1e-6)
 
 
-@pytest.mark.parametrize("name", ["painn", "mace", "allegro"])
+@pytest.mark.parametrize("name", ["painn", pytest.param("mace", marks=pytest.mark.slow), "allegro"])  # mace: 55 s
 def test_paired_edges_give_the_per_edge_results_with_fewer_flops(name):
     """On a paired batch (`Batch.edges_paired`) the backbones compute the pair geometry, radial
     terms and spherical harmonics once per pair: energies and forces equal those of the per-edge
