@@ -9,8 +9,8 @@ clipped to 50-500 beads (mean 137), packs them with `BatchLoader`, and reports, 
 - node / edge slot utilisation of our packing (real entries / capacity over the epoch) and of the old
   approach (every protein padded to N_max with a dense N_max x N_max neighbour list);
 - host batch building (read + radius graph + bonded terms + pack): frames/s and batches/s,
-  single thread, in the prefetch thread, in `--workers` worker processes, and with the prefetch thread
-  feeding the JAX step;
+  single thread (from memory and from a prepared HDF5 dataset of the same frames), in the prefetch
+  thread, in `--workers` worker processes, and with the prefetch thread feeding the JAX step;
 - the JAX stand-in step on the same batches: an edge MLP (16 radial features -> 64 -> 64 -> 1) summed
   to per-frame energies, forces = -dE/dR, and the force-matching loss gradient w.r.t. the parameters
   (a "train step"), plus the energy+forces evaluation alone. Target: host >= 5x faster than the step.
@@ -25,6 +25,7 @@ import argparse
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from cameo_eqx.data.buckets import SizeEstimate, choose_buckets
 from cameo_eqx.data.loader import BatchLoader
 from cameo_eqx.data.planner import EpochPlanner
 from cameo_eqx.data.testdata import mdcath_like_sizes, synthetic_records
-from cameo_eqx.data.store import ProteinRecord
+from cameo_eqx.data.store import PreparedDataset, ProteinRecord, finalise, open_for_writing, write_record
 from cameo_eqx.topology import CGTopology
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -286,6 +287,16 @@ def main():
         pool.close()
         pooled[n_workers] = {"batches_per_s": r[1] / r[0], "frames_per_s": r[2] / r[0]}
 
+    # the same frames read from a prepared dataset (HDF5, the store's 64-frame chunks), one thread
+    with tempfile.TemporaryDirectory() as tmp:
+        h5, part, final = open_for_writing(tmp, species_map_name="aa20", species_map={"ALA": 0}, config={})
+        for r in records:
+            write_record(h5, r, frame=np.arange(r.n_frames))
+        finalise(h5, part, final)
+        with PreparedDataset(tmp) as ds:
+            disk = BatchLoader(ds, cutoff=a.cutoff, buckets=bp, seed=0, prefetch=0)
+            h5_run = sorted(run_prefetch_only(disk) for _ in range(a.repeats))[a.repeats // 2]
+
     scale = planner_scale(a.plan_proteins, a.plan_frames, a.target_nodes)
 
     res = {
@@ -311,6 +322,7 @@ def main():
                               "frames_per_s": host_fps},  # fmt: skip
             "prefetch_only": {"batches_per_s": pre[1] / pre[0], "frames_per_s": pre[2] / pre[0]},
             "worker_processes": {str(k): v for k, v in pooled.items()},
+            "single_thread_from_hdf5": {"batches_per_s": h5_run[1] / h5_run[0], "frames_per_s": h5_run[2] / h5_run[0]},
             "pipelined_with_train_step": {"seconds_per_step": pipe_batch,
                                           "frames_per_s": frames / dt,
                                           "consumer_wait_fraction": wait / dt},  # fmt: skip
@@ -339,6 +351,8 @@ def main():
     for k, v in pooled.items():
         print(f"{f'host build, {k} worker process' + ('es' if k > 1 else ''):<{w}}{1 / v['batches_per_s']:>12.4f}"
               f"{v['batches_per_s']:>12.1f}{v['frames_per_s']:>12.0f}")
+    print(f"{'host build, one thread, frames from HDF5':<{w}}{h5_run[0] / h5_run[1]:>12.4f}"
+          f"{h5_run[1] / h5_run[0]:>12.1f}{h5_run[2] / h5_run[0]:>12.0f}")
     print(f"{'JAX train step (stand-in)':<{w}}{train_batch:>12.4f}{1 / train_batch:>12.1f}")
     print(f"{'JAX energy+forces eval (stand-in)':<{w}}{eval_batch:>12.4f}{1 / eval_batch:>12.1f}")
     print(f"{'pipelined: prefetch + train step':<{w}}{pipe_batch:>12.4f}{1 / pipe_batch:>12.1f}"
