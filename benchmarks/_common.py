@@ -66,6 +66,23 @@ def time_train_epochs(params, static, opt_state, make_step: Callable[[], Any], b
             "frames_per_s": frames / med, "compile_s": compile_s, "node_util": util}  # fmt: skip
 
 
+def loader_throughput(loader, epoch: int = 1, limit: int | None = None) -> tuple[float, int, int]:
+    """`(seconds, batches, frames)` of a `BatchLoader` yielding epoch `epoch` (its first `limit` steps, or all)
+    to a consumer that does nothing with them: the rate at which the host builds batches."""
+    n_steps = len(loader.steps(epoch))
+    limit = n_steps if limit is None else min(limit, n_steps)
+    it = loader.epoch(epoch)
+    t = time.perf_counter()
+    n = f = 0
+    for _ in range(limit):
+        b = next(it)
+        n += 1
+        f += int(b.graph_mask.sum())
+    dt = time.perf_counter() - t
+    it.close()
+    return dt, n, f
+
+
 def machine() -> dict[str, Any]:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()}
 

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from _common import write_results  # noqa: E402
+from _common import loader_throughput, write_results  # noqa: E402
 from cameo_eqx.data.buckets import SizeEstimate, choose_buckets
 from cameo_eqx.data.loader import BatchLoader
 from cameo_eqx.data.planner import EpochPlanner
@@ -262,17 +262,7 @@ def main():
 
     # prefetch thread alone (no consumer work)
     def run_prefetch_only(loader, limit=a.steps):
-        limit = min(limit, len(loader.steps(1)))
-        it = loader.epoch(1)
-        t = time.perf_counter()
-        n = f = 0
-        for _ in range(limit):
-            b = next(it)
-            n += 1
-            f += int(b.graph_mask.sum())
-        dt = time.perf_counter() - t
-        it.close()
-        return dt, n, f
+        return loader_throughput(loader, 1, limit)
 
     pre = sorted(run_prefetch_only(pipe) for _ in range(a.repeats))[a.repeats // 2]
 
@@ -280,9 +270,7 @@ def main():
     pooled = {}
     for n_workers in [int(x) for x in a.workers.split(",") if x.strip()]:
         pool = BatchLoader(records, cutoff=a.cutoff, buckets=bp, seed=0, prefetch=2, workers=n_workers)
-        it = pool.epoch(1)
-        next(it)  # starts the processes
-        it.close()
+        loader_throughput(pool, 1, 1)  # starts the processes
         r = sorted(run_prefetch_only(pool, 2 * a.steps) for _ in range(a.repeats))[a.repeats // 2]
         pool.close()
         pooled[n_workers] = {"batches_per_s": r[1] / r[0], "frames_per_s": r[2] / r[0]}

@@ -45,7 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import print_table, time_train_epochs, write_results  # noqa: E402
+from _common import loader_throughput, print_table, time_train_epochs, write_results  # noqa: E402
 import variants  # noqa: E402
 
 BACKBONES = ("painn", "mace", "allegro")
@@ -187,11 +187,9 @@ def host_build(recs, target_nodes: int, workers: int) -> dict:
                              prefetch=2, workers=w)  # fmt: skip
         buckets = loader.buckets
         try:
-            for _ in loader.epoch(0):
-                pass
-            t = time.perf_counter()
-            n = sum(int(b.graph_mask.sum()) for b in loader.epoch(1))
-            out[str(w)] = n / (time.perf_counter() - t)
+            loader_throughput(loader, 0)  # warm-up: starts the processes
+            dt, _, frames = loader_throughput(loader, 1)
+            out[str(w)] = frames / dt
         finally:
             loader.close()
     return out
