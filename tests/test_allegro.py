@@ -61,6 +61,7 @@ def model(key=0, **kw):
     return Allegro(5, CUTOFF, key=jax.random.PRNGKey(key), **{**TINY, **kw})
 
 
+@eqx.filter_jit  # one compile per model and capacity, not one per op
 def energy_forces(m, b):
     def total(pos):
         return jnp.sum(m.node_energies(b.with_positions(pos)))
@@ -232,7 +233,7 @@ def test_parameter_gradients_finite_on_villin(villin_h5):
         _, f = energy_forces(m, b)
         return jnp.mean(f**2)
 
-    grads = eqx.filter_grad(loss)(m)
+    grads = eqx.filter_jit(eqx.filter_grad(loss))(m)
     leaves = jax.tree.leaves(eqx.filter(grads, eqx.is_inexact_array))
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
     assert sum(float(jnp.abs(g).sum()) for g in leaves) > 0
