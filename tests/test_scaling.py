@@ -89,7 +89,7 @@ def test_comm_check_on_hlo_text():
 def _env(n: int | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     if n is not None:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n}"
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}"
     return env
 
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DP = textwrap.dedent(
     """
     import os, sys, json
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     import jax, jax.numpy as jnp, numpy as np, optax, equinox as eqx
     from cameo_eqx.data.loader import BatchLoader
     from cameo_eqx.data.testdata import synthetic_records
@@ -94,7 +94,7 @@ MP = textwrap.dedent(
     import os, sys, json
     mode, out_dir = sys.argv[1], sys.argv[2]
     if mode == "one":
-        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     import jax, numpy as np, equinox as eqx
     from pathlib import Path
     from cameo_eqx.modules.backbones import BackboneOverrides
