@@ -172,8 +172,12 @@ def _autodiff_energy(prior, batch):
     return graph_sum(prior.node_energies(batch), batch)
 
 
+@eqx.filter_jit  # one compile per call site, not one per op
 def _forces(energy_fn, prior, batch, pos):
     return -jax.grad(lambda p: jnp.sum(energy_fn(prior, batch.with_positions(p))))(pos)
+
+
+_energy_and_forces = eqx.filter_jit(lambda prior, batch: prior.energy_and_forces(batch))
 
 
 @pytest.mark.parametrize("per_species", [False, True])
@@ -219,7 +223,7 @@ def test_fused_equals_autodiff_values_and_grad_of_grad(per_species):
         wf = jnp.asarray(np.random.default_rng(3).normal(size=batch.n_graph))
 
         def e_loss(fn):
-            return eqx.filter_grad(lambda m: jnp.sum(wf * fn(m, batch)))(prior)
+            return eqx.filter_jit(eqx.filter_grad(lambda m: jnp.sum(wf * fn(m, batch))))(prior)
 
         g1, g2 = e_loss(lambda m, b: m.energy(b)), e_loss(_autodiff_energy)
         # force matching: d/dθ Σ |F(θ) - F_ref|², F through each path
@@ -230,7 +234,7 @@ def test_fused_equals_autodiff_values_and_grad_of_grad(per_species):
                 f = _forces(fn, m, batch, pos)
                 return jnp.sum(jnp.where(batch.node_mask[:, None], (f - target) ** 2, 0.0))
 
-            return eqx.filter_grad(loss)(prior)
+            return eqx.filter_jit(eqx.filter_grad(loss))(prior)
 
         h1, h2 = f_loss(lambda m, b: m.energy(b)), f_loss(_autodiff_energy)
         for x1, x2 in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
@@ -248,15 +252,15 @@ def test_fused_padding_invariance():
     b_pad = jax.tree.map(jnp.asarray, make_batch(seed=32, pad=True))
     b_tight = jax.tree.map(jnp.asarray, make_batch(seed=32, pad=False))
     prior = Prior(random_terms(32))
-    e0, f0 = prior.energy_and_forces(b_tight)
-    e1, f1 = prior.energy_and_forces(b_pad)
+    e0, f0 = _energy_and_forces(prior, b_tight)
+    e1, f1 = _energy_and_forces(prior, b_pad)
     n, g = b_tight.n_node, b_tight.n_graph
     np.testing.assert_allclose(e1[:g], e0, rtol=1e-6)
     np.testing.assert_array_equal(e1[g:], 0.0)
     np.testing.assert_allclose(f1[:n], f0, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(f1[n:], 0.0)
-    p0 = eqx.filter_grad(lambda m: jnp.sum(m.energy(b_tight)))(prior)
-    p1 = eqx.filter_grad(lambda m: jnp.sum(m.energy(b_pad)))(prior)
+    p0 = eqx.filter_jit(eqx.filter_grad(lambda m: jnp.sum(m.energy(b_tight))))(prior)
+    p1 = eqx.filter_jit(eqx.filter_grad(lambda m: jnp.sum(m.energy(b_pad))))(prior)
     for x0, x1 in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
         np.testing.assert_allclose(x1, x0, rtol=1e-5, atol=1e-5)
 
@@ -273,7 +277,7 @@ def test_fused_degenerate_geometry_matches_autodiff():
         b = jax.tree.map(jnp.asarray, host)
         b = b.with_positions(b.positions.astype(jnp.float64))
         prior = to64(Prior(random_terms(0, per_species=False)))
-        e, f = prior.energy_and_forces(b)
+        e, f = _energy_and_forces(prior, b)
         assert np.all(np.isfinite(e)) and np.all(np.isfinite(f))
         np.testing.assert_allclose(e, _autodiff_energy(prior, b), rtol=1e-12)
         np.testing.assert_allclose(f, _forces(_autodiff_energy, prior, b, b.positions), rtol=1e-9, atol=1e-9)
@@ -411,9 +415,9 @@ def test_degenerate_geometry_is_finite():
     host = pack([frame_graph(np.asarray(p), topo, 10.0)], Capacity(6, 30, 2, 5, 4, 3, 8))
     prior = Prior(random_terms(0))
     b = jax.tree.map(jnp.asarray, host)
-    e, f = prior.energy_and_forces(b)
+    e, f = _energy_and_forces(prior, b)
     assert np.all(np.isfinite(e)) and np.all(np.isfinite(f))
-    pg = eqx.filter_grad(lambda m: jnp.sum(m.energy(b)))(prior)
+    pg = eqx.filter_jit(eqx.filter_grad(lambda m: jnp.sum(m.energy(b))))(prior)
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(pg))
 
 
